@@ -1,0 +1,166 @@
+"""``init_data_input_workers`` and the global coordinator it returns.
+
+Argument checking happens here, at the public boundary, with ``TypeError`` /
+``ValueError`` messages that name the parameter and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+
+from caffe2.proto import caffe2_pb2
+from caffe2.python import core, scope
+
+from ._coordinator import GlobalWorkerCoordinator, InitFun
+from ._input import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
+from ._metrics import ExternalLogger, InputStats, Metrics
+from ._thread_workers import ThreadFetchers
+
+__all__ = ["GlobalCoordinator", "global_coordinator", "init_data_input_workers", "get_worker_ids"]
+
+logger = logging.getLogger(__name__)
+
+WORKER_TYPES = ("thread", "process")
+
+
+def get_worker_ids(num_workers: int) -> List[int]:
+    """``[0, ..., num_workers - 1]`` (upstream helper)."""
+    return list(range(num_workers))
+
+
+class GlobalCoordinator(GlobalWorkerCoordinator):
+    """The data-input registry returned by every ``init_data_input_workers`` call.
+
+    Usage::
+
+        coordinator = data_workers.init_data_input_workers(net, ["data", "label"], fetch, 32)
+        with coordinator:           # start() ... stop(), raising an input's failure
+            for _ in range(iters):
+                workspace.RunNet(net.Proto().name)
+    """
+
+    def inputs(self) -> List[InputCoordinator]:
+        with self._lock:
+            return [g for g in self.groups if isinstance(g, InputCoordinator)]
+
+    def stats(self) -> Tuple[InputStats, ...]:
+        """A frozen snapshot of every registered input's counters."""
+        return tuple(c.stats() for c in self.inputs())
+
+    def reset_data_input(self, namescope: str, name: str, net: Any, batch_size: int) -> None:
+        """Point the input ``name`` in ``namescope`` at ``net`` with a new batch size.
+
+        Adds the dequeue op to ``net`` unless it already has it.  Rows already
+        fetched are kept; the new size applies from the next batch.
+        """
+        _check_positive_int("batch_size", batch_size)
+        logger.info("reset data input %r in %r: batch size %d", name, namescope, batch_size)
+        for c in self.inputs():
+            if c.name == name and c.config.namescope == namescope:
+                c.feeder.set_batch_size(batch_size)
+                c.feeder.caffe2.add_dequeue_ops(net)
+
+
+global_coordinator = GlobalCoordinator()
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("%s must be a positive int, got %r" % (name, value))
+
+
+def _check_args(net: Any, input_blob_names: Any, fetch_fun: Any, batch_size: Any,
+                num_worker_threads: Any, max_buffered_batches: Any, batch_columns: Any,
+                timeout: Any, worker_type: Any) -> List[int]:
+    target = getattr(net, "net", net)
+    if not isinstance(target, core.Net):
+        raise TypeError("net must be a caffe2 core.Net or a ModelHelper, got %s" % type(net).__name__)
+    if isinstance(input_blob_names, str) or not isinstance(input_blob_names, (list, tuple)) \
+            or not input_blob_names or not all(isinstance(b, str) for b in input_blob_names):
+        raise TypeError("input_blob_names must be a non-empty list of blob names, got %r"
+                        % (input_blob_names,))
+    if not callable(fetch_fun):
+        raise TypeError("fetch_fun must be callable as fetch_fun(worker_id, batch_size), got %r"
+                        % (fetch_fun,))
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("num_worker_threads", num_worker_threads)
+    _check_positive_int("max_buffered_batches", max_buffered_batches)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError("timeout must be a positive number of seconds, got %r" % (timeout,))
+    if worker_type not in WORKER_TYPES:
+        raise ValueError("worker_type must be one of %s, got %r" % (WORKER_TYPES, worker_type))
+    if batch_columns is None:
+        return [0] * len(input_blob_names)
+    columns = list(batch_columns)
+    if len(columns) != len(input_blob_names) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in columns):
+        raise ValueError("batch_columns must list one non-negative int per blob %s, got %r"
+                         % (list(input_blob_names), batch_columns))
+    return columns
+
+
+def init_data_input_workers(
+    net: Any,
+    input_blob_names: Sequence[str],
+    fetch_fun: Callable[[int, int], Any],
+    batch_size: int,
+    num_worker_threads: int = 2,
+    input_source_name: str = "train",
+    max_buffered_batches: int = 800,
+    init_fun: Optional[InitFun] = None,
+    external_loggers: Optional[Iterable[ExternalLogger]] = None,
+    dont_rebatch: bool = False,
+    batch_columns: Optional[Sequence[int]] = None,
+    timeout: float = 600,
+    *,
+    worker_type: str = "thread",
+    deterministic: bool = False,
+    seed: Optional[int] = None,
+    log_interval_secs: float = LOG_INT_SECS,
+) -> GlobalCoordinator:
+    """Feed ``input_blob_names`` of ``net`` from ``fetch_fun``, in the current scopes.
+
+    Upstream-compatible arguments keep their meaning (see the README).  Extras:
+
+    Args:
+        worker_type: ``"thread"`` (default) or ``"process"``: fetchers run in
+            spawned worker processes and return arrays through shared memory.
+        deterministic: take one chunk from each worker in turn (worker-id order),
+            so the batch stream depends on the fetchers' outputs alone.
+        seed: process workers seed ``random`` and numpy with ``seed + worker_id``
+            (default: a random base seed).
+        log_interval_secs: seconds between inputs/sec logs and external-logger flushes.
+
+    Returns:
+        The global coordinator (the same object for every call).
+
+    Raises:
+        TypeError, ValueError: an argument is invalid (the message names it).
+    """
+    columns = _check_args(net, input_blob_names, fetch_fun, batch_size, num_worker_threads,
+                          max_buffered_batches, batch_columns, timeout, worker_type)
+    device_option = scope.CurrentDeviceScope()
+    if device_option is None:
+        device_option = caffe2_pb2.DeviceOption(device_type=caffe2_pb2.CPU)
+    config = InputConfig(
+        blob_names=tuple(input_blob_names), batch_size=batch_size,
+        input_source=input_source_name, namescope=scope.CurrentNameScope(),
+        device_option=device_option, num_workers=num_worker_threads,
+        max_buffered_batches=max_buffered_batches, dont_rebatch=bool(dont_rebatch),
+        batch_columns=tuple(columns), timeout=float(timeout), worker_type=worker_type,
+        deterministic=bool(deterministic), seed=seed, log_interval_secs=log_interval_secs)
+    metrics = Metrics(external_loggers)
+    worker_ids = [global_coordinator.get_new_worker_id() for _ in range(num_worker_threads)]
+    feeder = BatchFeeder(config, worker_ids, metrics)
+    feeder.caffe2.add_dequeue_ops(net)
+    coordinator = InputCoordinator(config, worker_ids, init_fun, feeder)
+    if worker_type == "process":
+        from ._process_workers import ProcessFetchers
+
+        coordinator.fetchers = ProcessFetchers(coordinator, fetch_fun, metrics, feeder)
+    else:
+        coordinator.fetchers = ThreadFetchers(coordinator, fetch_fun, metrics, feeder)
+    coordinator.threads = list(getattr(coordinator.fetchers, "threads", [])) + [coordinator.enqueuer_thread]
+    global_coordinator.add(coordinator)
+    return global_coordinator

@@ -1,0 +1,178 @@
+"""The Caffe2 side of one input: its queue, dequeue ops and a prepared enqueue net.
+
+Layout for an input with blobs ``data`` and ``label``, source ``train``, name
+scope ``gpu_0/``::
+
+    gpu_0/data_label_c2queue_train      one BlobsQueue holding whole batches
+    gpu_0/data_scratch_train            scratch blobs the enqueue net pushes
+    gpu_0/label_scratch_train
+    net: DequeueBlobs(queue) -> gpu_0/data, gpu_0/label      (added to the user's net)
+
+Every blob of a batch travels in one queue entry, so data and label can never
+go out of step (upstream used a queue per blob and enqueued them one by one).
+
+The enqueue net is built once; pushing a batch is one ``RunNet``.  On the CPU
+the re-batcher writes straight into the scratch blobs' tensor memory (numpy
+views from ``TensorCPU.data``); ``SafeEnqueueBlobs`` then swaps the blobs into
+the queue, so the one copy made by the re-batcher is the only one.  On a GPU
+device scope (and for string blobs) the batch is assembled in a host staging
+array and fed with ``FeedBlob`` (the host-to-device copy), then enqueued.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+from caffe2.proto import caffe2_pb2
+from caffe2.python import core, workspace
+
+__all__ = ["Caffe2Feed", "caffe2_dtype"]
+
+logger = logging.getLogger(__name__)
+
+#: Capacity of the Caffe2 queue, in batches (upstream used 4 per blob).
+C2_QUEUE_CAPACITY = 4
+
+_DTYPES = {
+    np.dtype(np.float32): core.DataType.FLOAT,
+    np.dtype(np.float64): core.DataType.DOUBLE,
+    np.dtype(np.float16): core.DataType.FLOAT16,
+    np.dtype(np.int32): core.DataType.INT32,
+    np.dtype(np.int64): core.DataType.INT64,
+    np.dtype(np.int16): core.DataType.INT16,
+    np.dtype(np.int8): core.DataType.INT8,
+    np.dtype(np.uint16): core.DataType.UINT16,
+    np.dtype(np.uint8): core.DataType.UINT8,
+    np.dtype(np.bool_): core.DataType.BOOL,
+}
+
+
+def caffe2_dtype(dtype: np.dtype) -> Optional[int]:
+    """The Caffe2 tensor type a numpy dtype maps to without conversion, or None."""
+    return _DTYPES.get(np.dtype(dtype))
+
+
+def is_gpu(device_option: caffe2_pb2.DeviceOption) -> bool:
+    return bool(core.IsGPUDeviceType(device_option.device_type))
+
+
+class Caffe2Feed:
+    """Creates and drives the Caffe2 objects of one input.
+
+    Args:
+        blob_names: the input's blob names as given by the user (unscoped).
+        namescope: the Caffe2 name scope captured at init (``""`` or ``"gpu_0/"``).
+        input_source: the input source name.
+        device_option: the device scope captured at init.
+        timeout: dequeue timeout in seconds for the ops added to the user's net.
+    """
+
+    def __init__(self, blob_names: Sequence[str], namescope: str, input_source: str,
+                 device_option: caffe2_pb2.DeviceOption, timeout: float) -> None:
+        self.namescope = namescope
+        self.device_option = device_option
+        self.timeout = float(timeout)
+        self.outputs = [namescope + b for b in blob_names]
+        self.queue_name = "%s%s_c2queue_%s" % (namescope, "_".join(blob_names), input_source)
+        self.scratch = ["%s%s_scratch_%s" % (namescope, b, input_source) for b in blob_names]
+        self.status = "%s%s_enqueue_status_%s" % (namescope, "_".join(blob_names), input_source)
+        self.net_name = "data_workers_enqueue/" + self.queue_name
+        self._host_staging = is_gpu(device_option)
+        self._close_lock = threading.Lock()
+        self._closed = False
+        self._staged: List[bool] = []
+        self._create()
+
+    def _create(self) -> None:
+        workspace.RunOperatorOnce(core.CreateOperator(
+            "CreateBlobsQueue", [], [self.queue_name],
+            num_blobs=len(self.outputs), capacity=C2_QUEUE_CAPACITY))
+        # Create the scratch blobs here, on the caller's thread, so enqueue
+        # threads never create blobs while the workspace's blob map is read.
+        for name in self.scratch:
+            workspace.FeedBlob(name, np.zeros((0,), np.float32), device_option=self.device_option)
+        workspace.FeedBlob(self.status, np.zeros((1,), np.bool_))
+        net = core.Net(self.net_name)
+        net.SafeEnqueueBlobs([self.queue_name] + self.scratch, self.scratch + [self.status],
+                             device_option=self.device_option)
+        workspace.CreateNet(net, overwrite=True)
+
+    def add_dequeue_ops(self, net: Any) -> bool:
+        """Add one DequeueBlobs op for all blobs to ``net`` (a core.Net or ModelHelper).
+
+        Returns:
+            False if the net already dequeues from this input's queue (nothing added).
+        """
+        target = net.net if isinstance(getattr(net, "net", None), core.Net) else net
+        for op in target.Proto().op:
+            if op.type == "DequeueBlobs" and op.input and op.input[0] == self.queue_name:
+                return False
+        target.DequeueBlobs(
+            [core.BlobReference(self.queue_name)],
+            [core.BlobReference(o) for o in self.outputs],
+            timeout_secs=self.timeout,
+            device_option=self.device_option)
+        return True
+
+    def destinations(self, layout: Sequence[Tuple[Tuple[int, ...], np.dtype]]) -> List[np.ndarray]:
+        """Arrays the next batch is written into, one per blob.
+
+        On the CPU path these are views of the scratch blobs' own memory.
+        """
+        ws = workspace.C.Workspace.current
+        dests = []
+        self._staged = []
+        for name, (shape, dtype) in zip(self.scratch, layout):
+            c2type = caffe2_dtype(dtype)
+            staged = self._host_staging or c2type is None
+            self._staged.append(staged)
+            if staged:
+                dests.append(np.empty(shape, dtype))
+                continue
+            tensor = ws.create_blob(name).tensor()
+            tensor.init(list(shape), c2type)
+            dests.append(tensor.data)
+        return dests
+
+    def enqueue(self, dests: Sequence[np.ndarray]) -> bool:
+        """Push the batch written into ``dests`` as one queue entry.
+
+        Blocks (without the GIL) while the queue is full.
+
+        Returns:
+            True if enqueued, False if the queue was closed meanwhile.
+        """
+        for name, dest, staged in zip(self.scratch, dests, self._staged):
+            if staged:
+                # A host staging array (GPU scope or string blob): FeedBlob
+                # copies it to the blob's device.
+                workspace.FeedBlob(name, dest, device_option=self.device_option)
+        workspace.RunNet(self.net_name)
+        closed = workspace.C.Workspace.current.create_blob(self.status).tensor().data
+        return not bool(closed.any())
+
+    def close(self) -> None:
+        """Close the queue: blocked enqueues return, dequeues fail once it is empty.
+
+        Idempotent; tolerates a workspace that was reset meanwhile.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            workspace.RunOperatorOnce(core.CreateOperator("CloseBlobsQueue", [self.queue_name], []))
+        except Exception:
+            logger.debug("closing %s failed (workspace reset?)", self.queue_name, exc_info=True)
+
+    def cleanup(self) -> None:
+        """Release the scratch blobs' memory."""
+        for name in self.scratch:
+            try:
+                if workspace.HasBlob(name):
+                    workspace.FeedBlob(name, np.zeros((0,), np.float32), device_option=self.device_option)
+            except Exception:
+                logger.debug("resetting %s failed", name, exc_info=True)

@@ -1,0 +1,103 @@
+"""Exceptions raised by data_workers, named by what went wrong.
+
+Hierarchy::
+
+    DataInputError                     base of everything an input reports
+     +-- FetcherError                  the user's fetch_fun or init_fun raised
+     +-- WorkerDiedError               a worker process ended without saying why
+     +-- ChunkTypeError (TypeError)    a fetcher returned the wrong kind of thing
+     +-- ChunkValueError (ValueError)  a fetcher returned arrays of the wrong shape/dtype
+     +-- PipelineError                 the re-batching / Caffe2 enqueue stage failed
+     +-- InputClosedError              the input was used after stop() (you closed it)
+
+A failure inside a worker thread or process is caught there, turned into one of
+these (the original exception attached as ``__cause__``) and handed to the
+input's coordinator, which stops the input and re-raises the error where the
+training loop waits: ``check()`` or ``stop()``.  See NOTE [ Shutdown and error
+protocol ] in ``_coordinator.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+__all__ = [
+    "DataInputError",
+    "FetcherError",
+    "WorkerDiedError",
+    "ChunkTypeError",
+    "ChunkValueError",
+    "PipelineError",
+    "InputClosedError",
+    "RemoteTraceback",
+]
+
+
+class DataInputError(Exception):
+    """Base class: an input source could not deliver data.
+
+    Attributes:
+        input_source: the ``input_source_name`` of the failed input, if known.
+        worker_id: the global worker id involved, if any.
+    """
+
+    input_source: Optional[str] = None
+    worker_id: Optional[int] = None
+
+    def where(self, input_source: Optional[str], worker_id: Optional[int]) -> "DataInputError":
+        """Attach the location of the failure and return self (for chaining)."""
+        self.input_source = input_source
+        self.worker_id = worker_id
+        return self
+
+
+class FetcherError(DataInputError):
+    """The user's ``fetch_fun`` (or ``init_fun``) raised; the original is ``__cause__``."""
+
+
+class WorkerDiedError(DataInputError):
+    """A worker process exited unexpectedly (killed, crashed, ``os._exit``).
+
+    Attributes:
+        pid: the process id of the dead worker.
+        exitcode: its exit code (negative: killed by that signal).
+        signal_name: e.g. ``"SIGKILL"`` when killed by a signal, else ``None``.
+    """
+
+    def __init__(self, message: str, pid: Optional[int] = None,
+                 exitcode: Optional[int] = None, signal_name: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal_name = signal_name
+
+
+class ChunkTypeError(DataInputError, TypeError):
+    """A fetcher returned something that is not a list of numpy arrays, one per blob."""
+
+
+class ChunkValueError(DataInputError, ValueError):
+    """A fetcher returned arrays whose shapes, row counts or dtypes do not fit."""
+
+
+class PipelineError(DataInputError):
+    """The re-batching or Caffe2 enqueue stage failed (e.g. the workspace was reset)."""
+
+
+class InputClosedError(DataInputError):
+    """An input was started or fed after it had been stopped."""
+
+
+class RemoteTraceback(Exception):
+    """Carries a traceback formatted in a worker process, as text.
+
+    Set as the ``__cause__`` of the error re-raised in the trainer, so the
+    printed traceback shows where the worker failed.
+    """
+
+    def __init__(self, tb_text: str) -> None:
+        super().__init__(tb_text)
+        self.tb_text = tb_text
+
+    def __str__(self) -> str:
+        return "\n\"\"\"\n%s\"\"\"" % self.tb_text

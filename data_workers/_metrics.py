@@ -1,0 +1,153 @@
+"""Counters, the upstream metrics dict for external loggers, and frozen stats.
+
+Two views of the same numbers:
+
+* ``Metrics``: upstream's accumulate-and-flush dict (``put_metric`` /
+  ``log_metrics`` / ``reset_metrics``), handed to external loggers with the
+  upstream keys.  Unlike upstream, every mutation holds one lock, and a logger
+  receives a copy it may keep.
+* ``InputStats``: an immutable snapshot returned by ``stats()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any, Dict, Iterable, Optional, Protocol
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Metrics", "ExternalLogger", "InputStats", "InputCounters"]
+
+
+class ExternalLogger(Protocol):
+    """Anything with a ``log(metrics)`` method, e.g. a TensorBoard writer wrapper."""
+
+    def log(self, metrics: Dict[str, Any]) -> None: ...
+
+
+class Metrics:
+    """Accumulates numeric metrics and flushes them to external loggers.
+
+    Keys follow upstream: ``put_metric("fetcher_time", 0.01)`` adds to
+    ``fetcher_time`` and increments ``fetcher_time_count``.
+
+    Args:
+        external_loggers: objects with a ``log(dict)`` method, or None.
+    """
+
+    def __init__(self, external_loggers: Optional[Iterable[ExternalLogger]] = None) -> None:
+        self._lock = threading.Lock()
+        self._metrics: Dict[str, float] = {}
+        self._external_loggers = list(external_loggers or [])
+
+    def put_metric(self, key: str, value: float, count: bool = True) -> None:
+        with self._lock:
+            self._metrics[key] = self._metrics.get(key, 0) + value
+            if count:
+                count_key = key + "_count"
+                self._metrics[count_key] = self._metrics.get(count_key, 0) + 1
+
+    def snapshot(self) -> Dict[str, float]:
+        with self._lock:
+            return dict(self._metrics)
+
+    def reset_metrics(self) -> None:
+        with self._lock:
+            self._metrics = {}
+
+    def log_metrics(self) -> None:
+        """Hand a copy of the current metrics to each external logger.
+
+        A logger that raises is logged and skipped; it never stops the input.
+        """
+        if not self._external_loggers:
+            return
+        current = self.snapshot()
+        for ext in self._external_loggers:
+            try:
+                ext.log(dict(current))
+            except Exception:
+                logger.exception("external logger %r failed", ext)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputStats:
+    """A frozen snapshot of one input's counters, returned by ``stats()``."""
+
+    #: The ``input_source_name`` given to ``init_data_input_workers``.
+    input_source: str
+    #: The Caffe2 name scope captured at init (e.g. ``"gpu_0/"``), or ``""``.
+    namescope: str
+    #: Lifecycle state name: created, running, broken or stopped.
+    state: str
+    #: ``"thread"`` or ``"process"``.
+    worker_type: str
+    #: Number of fetcher workers.
+    workers: int
+    #: Chunks returned by fetchers and accepted (not None, not empty).
+    chunks_fetched: int
+    #: Rows in those chunks.
+    rows_fetched: int
+    #: Chunks skipped because a fetcher returned None or zero rows.
+    chunks_skipped: int
+    #: Batches pushed into the Caffe2 queue.
+    batches_enqueued: int
+    #: Rows in those batches.
+    rows_enqueued: int
+    #: Chunks waiting between the fetchers and the re-batcher.
+    chunk_queue_depth: int
+    #: Rows held by the re-batcher for the next batch.
+    rows_buffered: int
+    #: Rows enqueued per second since start().
+    inputs_per_sec: float
+    #: Seconds since start() (0 before).
+    elapsed_secs: float
+    #: ``repr`` of the failure that broke the input, if any.
+    failure: Optional[str]
+
+
+class InputCounters:
+    """Mutable counters behind ``InputStats``; every update holds one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.chunks_fetched = 0
+        self.rows_fetched = 0
+        self.chunks_skipped = 0
+        self.batches_enqueued = 0
+        self.rows_enqueued = 0
+        self.started_at: Optional[float] = None
+
+    def started(self) -> None:
+        with self._lock:
+            self.started_at = time.monotonic()
+
+    def fetched(self, rows: int) -> None:
+        with self._lock:
+            self.chunks_fetched += 1
+            self.rows_fetched += rows
+
+    def skipped(self) -> None:
+        with self._lock:
+            self.chunks_skipped += 1
+
+    def enqueued(self, rows: int) -> None:
+        with self._lock:
+            self.batches_enqueued += 1
+            self.rows_enqueued += rows
+
+    def values(self) -> Dict[str, Any]:
+        with self._lock:
+            elapsed = 0.0 if self.started_at is None else time.monotonic() - self.started_at
+            return {
+                "chunks_fetched": self.chunks_fetched,
+                "rows_fetched": self.rows_fetched,
+                "chunks_skipped": self.chunks_skipped,
+                "batches_enqueued": self.batches_enqueued,
+                "rows_enqueued": self.rows_enqueued,
+                "elapsed_secs": elapsed,
+                "inputs_per_sec": self.rows_enqueued / elapsed if elapsed > 0 else 0.0,
+            }

@@ -1,0 +1,172 @@
+"""What a fetcher may return, checked at the boundary where user data enters.
+
+A fetcher returns a list with one numpy array per input blob.  ``ChunkValidator``
+turns that into a ``Chunk`` or raises ``ChunkTypeError`` / ``ChunkValueError``
+naming the worker, the blob, what was expected and what came.  ``None`` and
+zero-row chunks keep upstream's lenient behaviour: skipped (and counted).
+
+In re-batching mode the first accepted chunk fixes each blob's dtype and
+trailing shape (every dimension but the batch column); a later chunk that
+differs is an error, because it could not be stacked into one tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ._errors import ChunkTypeError, ChunkValueError
+
+__all__ = ["Chunk", "BlobSpec", "ChunkValidator", "SUPPORTED_DTYPE_KINDS"]
+
+#: numpy dtype kinds a fetcher may return: bool, signed/unsigned ints, floats,
+#: and object arrays (Caffe2 stores those as string tensors).
+SUPPORTED_DTYPE_KINDS = "biufO"
+
+
+@dataclasses.dataclass
+class Chunk:
+    """A validated piece of fetcher output on its way to the re-batcher.
+
+    A chunk with ``rows == 0`` is a *turn marker*: the fetcher returned None or
+    nothing, which deterministic mode still counts as that worker's turn.
+    """
+
+    worker_id: int
+    arrays: List[np.ndarray]
+    rows: int
+    #: Called once every row has been copied out (process workers use it to
+    #: hand the shared-memory space back to the child).
+    release: Optional[Callable[[], None]] = None
+
+    def done(self) -> None:
+        if self.release is not None:
+            release, self.release = self.release, None
+            release()
+
+
+@dataclasses.dataclass(frozen=True)
+class BlobSpec:
+    """What every chunk of one blob must look like once the first one arrived."""
+
+    dtype: np.dtype
+    #: The shape with the batch column removed.
+    trailing_shape: Tuple[int, ...]
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return "ndarray of shape %s and dtype %s" % (value.shape, value.dtype)
+    return type(value).__name__
+
+
+def _without(shape: Tuple[int, ...], column: int) -> Tuple[int, ...]:
+    return shape[:column] + shape[column + 1:]
+
+
+class ChunkValidator:
+    """Checks fetcher output for one input.  Thread-safe.
+
+    Args:
+        blob_names: the input's blob names, in fetcher output order.
+        batch_columns: the batch dimension of each blob.
+        dont_rebatch: if True, chunks are batches of their own; only their
+            structure is checked, shapes may vary.
+        input_source: used in error messages.
+    """
+
+    def __init__(self, blob_names: Sequence[str], batch_columns: Sequence[int],
+                 dont_rebatch: bool, input_source: str) -> None:
+        self.blob_names = list(blob_names)
+        self.batch_columns = list(batch_columns)
+        self.dont_rebatch = dont_rebatch
+        self.input_source = input_source
+        self._lock = threading.Lock()
+        self._specs: Optional[List[BlobSpec]] = None
+
+    @property
+    def specs(self) -> Optional[List[BlobSpec]]:
+        return self._specs
+
+    def _where(self, worker_id: int) -> str:
+        return "fetcher %d of input %r" % (worker_id, self.input_source)
+
+    def check(self, worker_id: int, output: Any) -> Optional[Chunk]:
+        """Validate one fetcher result.
+
+        Returns:
+            The chunk, or None when the fetcher returned None or zero rows.
+
+        Raises:
+            ChunkTypeError: not a list/tuple of supported numpy arrays, one per blob.
+            ChunkValueError: row counts differ between blobs, a batch column is out
+                of range, or a dtype / trailing shape changed since the first chunk.
+        """
+        arrays = self.check_structure(worker_id, output)
+        if arrays is None:
+            return None
+        rows = arrays[0].shape[self.batch_columns[0]]
+        if rows == 0:
+            return None
+        if not self.dont_rebatch:
+            self._check_spec(worker_id, arrays)
+        return Chunk(worker_id, arrays, rows)
+
+    def check_structure(self, worker_id: int, output: Any) -> Optional[List[np.ndarray]]:
+        """The checks that need no memory of earlier chunks (also run in child processes)."""
+        if output is None:
+            return None
+        where = self._where(worker_id)
+        n = len(self.blob_names)
+        if not isinstance(output, (list, tuple)):
+            raise ChunkTypeError(
+                "%s returned %s; expected a list of %d numpy arrays, one per blob %s"
+                % (where, _describe(output), n, self.blob_names))
+        if len(output) != n:
+            raise ChunkTypeError(
+                "%s returned %d arrays; expected %d, one per blob %s"
+                % (where, len(output), n, self.blob_names))
+        for name, column, arr in zip(self.blob_names, self.batch_columns, output):
+            if not isinstance(arr, np.ndarray):
+                raise ChunkTypeError(
+                    "%s returned %s for blob %r; expected a numpy array"
+                    % (where, _describe(arr), name))
+            if arr.dtype.kind not in SUPPORTED_DTYPE_KINDS or arr.dtype.byteorder == ">":
+                raise ChunkTypeError(
+                    "%s returned dtype %s for blob %r; supported are native bool, "
+                    "integer, float and object (string) arrays" % (where, arr.dtype, name))
+            if arr.ndim <= column:
+                raise ChunkValueError(
+                    "%s returned shape %s for blob %r, which has no batch column %d "
+                    "(batch_columns)" % (where, arr.shape, name, column))
+        if not self.dont_rebatch:
+            rows = output[0].shape[self.batch_columns[0]]
+            for name, column, arr in zip(self.blob_names, self.batch_columns, output):
+                if arr.shape[column] != rows:
+                    raise ChunkValueError(
+                        "%s returned %d rows for blob %r (shape %s) but %d rows for blob %r "
+                        "(shape %s); every blob of a chunk needs the same number of rows "
+                        "along its batch column"
+                        % (where, arr.shape[column], name, arr.shape, rows,
+                           self.blob_names[0], output[0].shape))
+        return list(output)
+
+    def _check_spec(self, worker_id: int, arrays: List[np.ndarray]) -> None:
+        got = [BlobSpec(a.dtype, _without(a.shape, c)) for a, c in zip(arrays, self.batch_columns)]
+        with self._lock:
+            if self._specs is None:
+                self._specs = got
+                return
+            expected = self._specs
+        for name, column, want, have, arr in zip(
+                self.blob_names, self.batch_columns, expected, got, arrays):
+            if want != have:
+                raise ChunkValueError(
+                    "%s returned blob %r as %s with shape %s, but earlier chunks had dtype %s "
+                    "and shape %s outside batch column %d; chunks of one input must agree "
+                    "to be stacked into batches"
+                    % (self._where(worker_id), name, have.dtype, arr.shape, want.dtype,
+                       want.trailing_shape, column))
