@@ -7,6 +7,7 @@ Argument checking happens here, at the public boundary, with ``TypeError`` /
 from __future__ import annotations
 
 import logging
+import pickle
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 from caffe2.proto import caffe2_pb2
@@ -16,6 +17,7 @@ from ._coordinator import GlobalWorkerCoordinator, InitFun
 from ._input import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
 from ._metrics import ExternalLogger, InputStats, Metrics
 from ._thread_workers import ThreadFetchers
+from ._watchdog import StallWatchdog
 
 __all__ = ["GlobalCoordinator", "global_coordinator", "init_data_input_workers", "get_worker_ids"]
 
@@ -100,6 +102,18 @@ def _check_args(net: Any, input_blob_names: Any, fetch_fun: Any, batch_size: Any
     return columns
 
 
+def _check_process_args(fetch_fun: Any, shm_bytes_per_worker: Any) -> None:
+    try:
+        pickle.dumps(fetch_fun)
+    except Exception as exc:
+        raise TypeError(
+            "worker_type='process' sends fetch_fun to spawned worker processes, so it must be "
+            "picklable (a module-level function, or an instance of a module-level class); "
+            "%r is not: %s" % (fetch_fun, exc)) from exc
+    if shm_bytes_per_worker is not None:
+        _check_positive_int("shm_bytes_per_worker", shm_bytes_per_worker)
+
+
 def init_data_input_workers(
     net: Any,
     input_blob_names: Sequence[str],
@@ -118,6 +132,8 @@ def init_data_input_workers(
     deterministic: bool = False,
     seed: Optional[int] = None,
     log_interval_secs: float = LOG_INT_SECS,
+    stall_warning_secs: Optional[float] = None,
+    shm_bytes_per_worker: Optional[int] = None,
 ) -> GlobalCoordinator:
     """Feed ``input_blob_names`` of ``net`` from ``fetch_fun``, in the current scopes.
 
@@ -131,6 +147,11 @@ def init_data_input_workers(
         seed: process workers seed ``random`` and numpy with ``seed + worker_id``
             (default: a random base seed).
         log_interval_secs: seconds between inputs/sec logs and external-logger flushes.
+        shm_bytes_per_worker: shared memory per process worker (default 64 MiB);
+            a chunk larger than this is a ``ChunkValueError``.
+        stall_warning_secs: if set, log one warning naming the stuck stage (and,
+            for thread workers, the fetchers' stacks) when no batch has moved
+            for this many seconds; see ``data_workers/_watchdog.py``.
 
     Returns:
         The global coordinator (the same object for every call).
@@ -140,6 +161,8 @@ def init_data_input_workers(
     """
     columns = _check_args(net, input_blob_names, fetch_fun, batch_size, num_worker_threads,
                           max_buffered_batches, batch_columns, timeout, worker_type)
+    if worker_type == "process":
+        _check_process_args(fetch_fun, shm_bytes_per_worker)
     device_option = scope.CurrentDeviceScope()
     if device_option is None:
         device_option = caffe2_pb2.DeviceOption(device_type=caffe2_pb2.CPU)
@@ -149,7 +172,13 @@ def init_data_input_workers(
         device_option=device_option, num_workers=num_worker_threads,
         max_buffered_batches=max_buffered_batches, dont_rebatch=bool(dont_rebatch),
         batch_columns=tuple(columns), timeout=float(timeout), worker_type=worker_type,
-        deterministic=bool(deterministic), seed=seed, log_interval_secs=log_interval_secs)
+        deterministic=bool(deterministic), seed=seed, log_interval_secs=log_interval_secs,
+        shm_bytes_per_worker=shm_bytes_per_worker)
+    if stall_warning_secs is not None and (
+            isinstance(stall_warning_secs, bool) or not isinstance(stall_warning_secs, (int, float))
+            or not stall_warning_secs > 0):
+        raise ValueError("stall_warning_secs must be a positive number of seconds or None, got %r"
+                         % (stall_warning_secs,))
     metrics = Metrics(external_loggers)
     worker_ids = [global_coordinator.get_new_worker_id() for _ in range(num_worker_threads)]
     feeder = BatchFeeder(config, worker_ids, metrics)
@@ -162,5 +191,7 @@ def init_data_input_workers(
     else:
         coordinator.fetchers = ThreadFetchers(coordinator, fetch_fun, metrics, feeder)
     coordinator.threads = list(getattr(coordinator.fetchers, "threads", [])) + [coordinator.enqueuer_thread]
+    if stall_warning_secs is not None:
+        coordinator.watchdog = StallWatchdog(coordinator, stall_warning_secs)
     global_coordinator.add(coordinator)
     return global_coordinator

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from caffe2.proto import caffe2_pb2
 
@@ -28,6 +28,7 @@ from ._errors import DataInputError, PipelineError
 from ._metrics import InputCounters, InputStats, Metrics
 from ._rebatch import Rebatcher
 from ._validate import Chunk, ChunkValidator
+from ._watchdog import StallWatchdog
 from .parallel_workers import State
 
 __all__ = ["InputConfig", "BatchFeeder", "InputCoordinator", "enqueuer"]
@@ -58,6 +59,7 @@ class InputConfig:
     deterministic: bool
     seed: Optional[int]
     log_interval_secs: float = LOG_INT_SECS
+    shm_bytes_per_worker: Optional[int] = None
 
 
 class BatchFeeder(State, BatchFeederInternals):
@@ -74,6 +76,8 @@ class BatchFeeder(State, BatchFeederInternals):
         self.namescope = config.namescope
         self.input_source = config.input_source
         self.batch_size = config.batch_size
+        #: Called with the new size by set_batch_size (process workers share it).
+        self.batch_size_hooks: List[Callable[[int], None]] = []
         self.metrics = metrics
         self.counters = InputCounters()
         self.validator = ChunkValidator(self.blob_names, config.batch_columns,
@@ -89,6 +93,9 @@ class BatchFeeder(State, BatchFeederInternals):
                                  config.device_option, config.timeout)
         self._last_log = time.monotonic()
         self._logged_inputs = 0
+        #: monotonic time the enqueuer began pushing a batch it has not pushed
+        #: yet (the Caffe2 queue is full), else None; read by the stall watchdog.
+        self.enqueue_blocked_since: Optional[float] = None
 
     # -- State ------------------------------------------------------------
     def start(self) -> None:
@@ -152,6 +159,8 @@ class BatchFeeder(State, BatchFeederInternals):
         """Change the batch size; applies from the next batch, no row is lost."""
         self.batch_size = batch_size
         self.rebatcher.batch_size = batch_size
+        for hook in self.batch_size_hooks:
+            hook(batch_size)
 
     # -- enqueuer side ----------------------------------------------------
     def _enqueue_batch(self, coordinator: WorkerCoordinator) -> None:
@@ -166,7 +175,12 @@ class BatchFeeder(State, BatchFeederInternals):
             started = time.monotonic()
             dests = self.caffe2.destinations(self.rebatcher.batch_layout(rows))
             self.rebatcher.fill(dests, rows)
-            if not self.caffe2.enqueue(dests):
+            self.enqueue_blocked_since = time.monotonic()
+            try:
+                pushed = self.caffe2.enqueue(dests)
+            finally:
+                self.enqueue_blocked_since = None
+            if not pushed:
                 return  # queue closed: the input is stopping
             self.counters.enqueued(rows)
             self.metrics.put_metric("enqueue_time", time.monotonic() - started)
@@ -214,6 +228,7 @@ class InputCoordinator(WorkerCoordinator):
         self.config = config
         self.feeder = feeder
         self.fetchers: Any = None  # ThreadFetchers or ProcessFetchers, set by the builder
+        self.watchdog: Optional[StallWatchdog] = None  # set by the builder if asked for
         self.enqueuer_thread = threading.Thread(
             target=enqueuer, args=(self, feeder), daemon=True,
             name="data_workers %s%s enqueuer" % (config.namescope, config.input_source))
@@ -221,15 +236,21 @@ class InputCoordinator(WorkerCoordinator):
     def _start_workers(self) -> None:
         self.enqueuer_thread.start()
         self.fetchers.start()
+        if self.watchdog is not None:
+            self.watchdog.start()
 
     def _halt(self) -> None:
         super()._halt()  # feeder.stop(): close the Caffe2 queue and the channel
         if self.fetchers is not None:
             self.fetchers.halt()
+        if self.watchdog is not None:
+            self.watchdog.halt()
 
     def _join(self, deadline: float) -> bool:
         ok = join_threads([self.enqueuer_thread], deadline, self.name)
         ok = self.fetchers.join(deadline) and ok
+        if self.watchdog is not None:
+            ok = self.watchdog.join(deadline) and ok
         if not ok:
             # cleanup() is skipped when something is stuck; still give back
             # the chunks in the channel, and the re-batcher's unless the
