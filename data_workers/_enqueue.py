@@ -96,6 +96,9 @@ class Caffe2Feed:
             workspace.FeedBlob(name, np.zeros((0,), np.float32), device_option=self.device_option)
         workspace.FeedBlob(self.status, np.zeros((1,), np.bool_))
         net = core.Net(self.net_name)
+        # core.Net uniquifies names per process ("..._1" for a second input with
+        # this queue name, even after ResetWorkspace): run the net by its real name.
+        self.net_name = net.Proto().name
         net.SafeEnqueueBlobs([self.queue_name] + self.scratch, self.scratch + [self.status],
                              device_option=self.device_option)
         workspace.CreateNet(net, overwrite=True)

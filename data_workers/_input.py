@@ -127,7 +127,7 @@ class BatchFeeder(State, BatchFeederInternals):
     # -- fetcher side -----------------------------------------------------
     def accept(self, worker_id: int, output: Any) -> Optional[Chunk]:
         """Validate fetcher output and count it.  Raises ChunkTypeError/ChunkValueError."""
-        chunk = self.validator.check(worker_id, output)
+        chunk = self.validator.check(worker_id, output, self.batch_size)
         if chunk is None:
             self.counters.skipped()
             logger.warning("fetcher %d of input %r returned %s; skipped", worker_id,

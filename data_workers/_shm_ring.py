@@ -10,9 +10,11 @@ Chunks of one worker are released in the order they were written -- the
 re-batcher consumes each worker's chunks in order -- so a single counter says
 how much of the ring is free again.
 
-Layout::
+Layout (the header doubles as the parent's control block)::
 
     [0:8)     released: total bytes the parent has released (uint64, parent writes)
+    [8:16)    stop: nonzero once the parent asks the child to stop (parent writes)
+    [16:24)   batch size hint for fetch_fun (parent writes)
     [64:...)  the ring, ``capacity`` bytes
 
 Race note: the child only reads ``released`` and the parent only writes it;
@@ -53,7 +55,7 @@ class ShmArena:
             os.ftruncate(fd, HEADER_BYTES + capacity)
         self.fd = fd
         self._map: Optional[mmap.mmap] = mmap.mmap(fd, HEADER_BYTES + capacity)
-        self._released = np.frombuffer(self._map, np.uint64, 1, 0)
+        self._header = np.frombuffer(self._map, np.uint64, 3, 0)
         self._ring = np.frombuffer(self._map, np.uint8, capacity, HEADER_BYTES)
         self.written = 0  # child side: total bytes handed out, padding included
 
@@ -74,7 +76,7 @@ class ShmArena:
         pad = self.capacity - pos if pos + need > self.capacity else 0
         span = pad + need
         pause = 0.0002
-        while self.capacity - (self.written - int(self._released[0])) < span:
+        while self.capacity - (self.written - int(self._header[0])) < span:
             if not keep_waiting():
                 return None
             time.sleep(pause)
@@ -101,11 +103,27 @@ class ShmArena:
 
     def release(self, span: int) -> None:
         """Hand ``span`` bytes back to the child (call in write order)."""
-        self._released[0] += np.uint64(span)
+        self._header[0] += np.uint64(span)
+
+    # -- control block ----------------------------------------------------------
+    def request_stop(self) -> None:
+        self._header[1] = 1
+
+    @property
+    def stop_requested(self) -> bool:
+        return bool(self._header[1])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self._header[2])
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self._header[2] = value
 
     def close(self) -> None:
         """Unmap and close the fd.  Views still alive keep the memory until collected."""
-        self._released = self._ring = None  # type: ignore[assignment]
+        self._header = self._ring = None  # type: ignore[assignment]
         if self._map is not None:
             try:
                 self._map.close()

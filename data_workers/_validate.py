@@ -13,6 +13,7 @@ differs is an error, because it could not be stacked into one tensor.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -25,6 +26,25 @@ __all__ = ["Chunk", "BlobSpec", "ChunkValidator", "SUPPORTED_DTYPE_KINDS"]
 #: numpy dtype kinds a fetcher may return: bool, signed/unsigned ints, floats,
 #: and object arrays (Caffe2 stores those as string tensors).
 SUPPORTED_DTYPE_KINDS = "biufO"
+
+#: Fraction of physical memory one chunk, or one batch built from its rows,
+#: may need.  Sizes are *virtual*: a broadcast view counts as the array it
+#: becomes once copied, so a fetcher cannot make the re-batcher allocate (and
+#: the OOM killer end the trainer) more than this.
+MEMORY_BUDGET_FRACTION = 0.5
+
+
+def default_memory_budget() -> int:
+    """Bytes allowed per chunk or batch: ``MEMORY_BUDGET_FRACTION`` of physical memory."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        total = 16 << 30
+    return int(total * MEMORY_BUDGET_FRACTION)
+
+
+def _gib(n: int) -> str:
+    return "%.1f GiB" % (n / float(1 << 30))
 
 
 @dataclasses.dataclass
@@ -86,6 +106,8 @@ class ChunkValidator:
         self.input_source = input_source
         self._lock = threading.Lock()
         self._specs: Optional[List[BlobSpec]] = None
+        #: Bytes one chunk, or one batch of its rows, may need (see MEMORY_BUDGET_FRACTION).
+        self.max_bytes = default_memory_budget()
 
     @property
     def specs(self) -> Optional[List[BlobSpec]]:
@@ -94,8 +116,12 @@ class ChunkValidator:
     def _where(self, worker_id: int) -> str:
         return "fetcher %d of input %r" % (worker_id, self.input_source)
 
-    def check(self, worker_id: int, output: Any) -> Optional[Chunk]:
+    def check(self, worker_id: int, output: Any, batch_size: Optional[int] = None) -> Optional[Chunk]:
         """Validate one fetcher result.
+
+        Args:
+            batch_size: if given (re-batching mode), a batch of that many rows
+                shaped like this chunk must also fit in ``max_bytes``.
 
         Returns:
             The chunk, or None when the fetcher returned None or zero rows.
@@ -103,7 +129,8 @@ class ChunkValidator:
         Raises:
             ChunkTypeError: not a list/tuple of supported numpy arrays, one per blob.
             ChunkValueError: row counts differ between blobs, a batch column is out
-                of range, or a dtype / trailing shape changed since the first chunk.
+                of range, a dtype / trailing shape changed since the first chunk, or
+                the chunk (or a batch of its rows) is larger than ``max_bytes``.
         """
         arrays = self.check_structure(worker_id, output)
         if arrays is None:
@@ -111,6 +138,7 @@ class ChunkValidator:
         rows = arrays[0].shape[self.batch_columns[0]]
         if rows == 0:
             return None
+        self._check_budget(worker_id, arrays, rows, None if self.dont_rebatch else batch_size)
         if not self.dont_rebatch:
             self._check_spec(worker_id, arrays)
         return Chunk(worker_id, arrays, rows)
@@ -134,6 +162,11 @@ class ChunkValidator:
                 raise ChunkTypeError(
                     "%s returned %s for blob %r; expected a numpy array"
                     % (where, _describe(arr), name))
+            if isinstance(arr, np.ma.MaskedArray):
+                # Copying a masked array's rows would silently drop its mask.
+                raise ChunkTypeError(
+                    "%s returned a masked array for blob %r; its mask would be lost. "
+                    "Return arr.filled(value) or a separate mask blob" % (where, name))
             if arr.dtype.kind not in SUPPORTED_DTYPE_KINDS or arr.dtype.byteorder == ">":
                 raise ChunkTypeError(
                     "%s returned dtype %s for blob %r; supported are native bool, "
@@ -142,6 +175,13 @@ class ChunkValidator:
                 raise ChunkValueError(
                     "%s returned shape %s for blob %r, which has no batch column %d "
                     "(batch_columns)" % (where, arr.shape, name, column))
+            if arr.dtype.kind == "O":
+                for item in arr.flat:
+                    if not isinstance(item, (bytes, str)):
+                        raise ChunkTypeError(
+                            "%s returned an object array for blob %r holding an element of type %s; object "
+                            "arrays become Caffe2 string tensors and may hold only bytes or str"
+                            % (where, name, type(item).__name__))
         if not self.dont_rebatch:
             rows = output[0].shape[self.batch_columns[0]]
             for name, column, arr in zip(self.blob_names, self.batch_columns, output):
@@ -153,6 +193,25 @@ class ChunkValidator:
                         % (where, arr.shape[column], name, arr.shape, rows,
                            self.blob_names[0], output[0].shape))
         return list(output)
+
+    def _check_budget(self, worker_id: int, arrays: List[np.ndarray], rows: int,
+                      batch_size: Optional[int]) -> None:
+        # Virtual sizes (size * itemsize): a broadcast view of 1 TiB is 1 TiB
+        # once the re-batcher copies it.  Python ints: no overflow.
+        chunk_bytes = sum(int(a.size) * a.dtype.itemsize for a in arrays)
+        batch_bytes = 0
+        if batch_size is not None:
+            batch_bytes = sum(int(a.size) * a.dtype.itemsize // rows for a in arrays) * batch_size
+        if max(chunk_bytes, batch_bytes) > self.max_bytes:
+            raise ChunkValueError(
+                "%s returned a chunk of %d rows needing %s%s; that is more than the memory "
+                "budget of %s per chunk or batch (%.0f%% of physical memory); return smaller "
+                "rows or chunks (shapes %s)"
+                % (self._where(worker_id), rows, _gib(chunk_bytes),
+                   "" if batch_bytes <= self.max_bytes else
+                   " and a batch of %d such rows would need %s" % (batch_size, _gib(batch_bytes)),
+                   _gib(self.max_bytes), MEMORY_BUDGET_FRACTION * 100,
+                   [a.shape for a in arrays]))
 
     def _check_spec(self, worker_id: int, arrays: List[np.ndarray]) -> None:
         got = [BlobSpec(a.dtype, _without(a.shape, c)) for a, c in zip(arrays, self.batch_columns)]
