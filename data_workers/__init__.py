@@ -31,55 +31,71 @@ The names that upstream scripts reach into (``_coordinators``, ``_state``,
 
 from __future__ import annotations
 
-from . import parallel_workers
-from ._api import GlobalCoordinator, get_worker_ids, global_coordinator, init_data_input_workers
-from ._errors import (
-    ChunkTypeError,
-    ChunkValueError,
-    DataInputError,
-    FetcherError,
-    InputClosedError,
-    PipelineError,
-    RemoteTraceback,
-    WorkerDiedError,
-)
-from ._input import LOG_INT_SECS, BatchFeeder, InputCoordinator, enqueuer
-from ._lifecycle import Lifecycle
-from ._metrics import ExternalLogger, InputStats, Metrics
-from ._thread_workers import DataWorker
-from .parallel_workers import GlobalWorkerCoordinator, State, Worker, WorkerCoordinator, run_worker
+import importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING, Any, Dict, List
 
 __version__ = "0.1.0"
 
-__all__ = [
+# Names are resolved on first use (PEP 562), so that a worker process, which
+# imports data_workers._process_child, does not pay for importing Caffe2.
+_EXPORTS: Dict[str, str] = {
     # upstream caffe2.python.data_workers names
-    "init_data_input_workers",
-    "global_coordinator",
-    "get_worker_ids",
-    "GlobalCoordinator",
-    "BatchFeeder",
-    "DataWorker",
-    "enqueuer",
-    "LOG_INT_SECS",
+    "init_data_input_workers": "._api",
+    "global_coordinator": "._api",
+    "get_worker_ids": "._api",
+    "GlobalCoordinator": "._api",
+    "BatchFeeder": "._input",
+    "DataWorker": "._thread_workers",
+    "enqueuer": "._input",
+    "LOG_INT_SECS": "._input",
     # upstream names data_workers imported from parallel_workers
-    "Metrics",
-    "State",
-    "WorkerCoordinator",
-    "GlobalWorkerCoordinator",
-    "Worker",
-    "run_worker",
-    "parallel_workers",
+    "Metrics": "._metrics",
+    "State": ".parallel_workers",
+    "WorkerCoordinator": "._coordinator",
+    "GlobalWorkerCoordinator": "._coordinator",
+    "Worker": ".parallel_workers",
+    "run_worker": ".parallel_workers",
+    "parallel_workers": ".parallel_workers",
     # ours
-    "InputCoordinator",
-    "InputStats",
-    "ExternalLogger",
-    "Lifecycle",
-    "DataInputError",
-    "FetcherError",
-    "WorkerDiedError",
-    "ChunkTypeError",
-    "ChunkValueError",
-    "PipelineError",
-    "InputClosedError",
-    "RemoteTraceback",
-]
+    "InputCoordinator": "._input",
+    "InputStats": "._metrics",
+    "ExternalLogger": "._metrics",
+    "Lifecycle": "._lifecycle",
+    "DataInputError": "._errors",
+    "FetcherError": "._errors",
+    "WorkerDiedError": "._errors",
+    "ChunkTypeError": "._errors",
+    "ChunkValueError": "._errors",
+    "PipelineError": "._errors",
+    "InputClosedError": "._errors",
+    "RemoteTraceback": "._errors",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError("module 'data_workers' has no attribute %r" % name)
+    module = importlib.import_module(module_name, __name__)
+    value = module if name == "parallel_workers" else getattr(module, name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from . import parallel_workers
+    from ._api import GlobalCoordinator, get_worker_ids, global_coordinator, init_data_input_workers
+    from ._coordinator import GlobalWorkerCoordinator, WorkerCoordinator
+    from ._errors import (ChunkTypeError, ChunkValueError, DataInputError, FetcherError,
+                          InputClosedError, PipelineError, RemoteTraceback, WorkerDiedError)
+    from ._input import LOG_INT_SECS, BatchFeeder, InputCoordinator, enqueuer
+    from ._lifecycle import Lifecycle
+    from ._metrics import ExternalLogger, InputStats, Metrics
+    from ._thread_workers import DataWorker
+    from .parallel_workers import State, Worker, run_worker

@@ -144,8 +144,9 @@ def init_data_input_workers(
             spawned worker processes and return arrays through shared memory.
         deterministic: take one chunk from each worker in turn (worker-id order),
             so the batch stream depends on the fetchers' outputs alone.
-        seed: process workers seed ``random`` and numpy with ``seed + worker_id``
-            (default: a random base seed).
+        seed: the i-th process worker of this input seeds ``random`` and numpy
+            with ``seed + i`` (default: a random base seed), so a run is
+            reproducible whatever global worker ids it gets.
         log_interval_secs: seconds between inputs/sec logs and external-logger flushes.
         shm_bytes_per_worker: shared memory per process worker (default 64 MiB);
             a chunk larger than this is a ``ChunkValueError``.

@@ -29,12 +29,17 @@ import numpy as np
 from caffe2.proto import caffe2_pb2
 from caffe2.python import core, workspace
 
+from ._errors import PipelineError
+
 __all__ = ["Caffe2Feed", "caffe2_dtype"]
 
 logger = logging.getLogger(__name__)
 
 #: Capacity of the Caffe2 queue, in batches (upstream used 4 per blob).
 C2_QUEUE_CAPACITY = 4
+
+#: The queue object itself lives on the host, whatever device its batches are on.
+_CPU = caffe2_pb2.DeviceOption(device_type=caffe2_pb2.CPU)
 
 _DTYPES = {
     np.dtype(np.float32): core.DataType.FLOAT,
@@ -80,6 +85,7 @@ class Caffe2Feed:
         self.scratch = ["%s%s_scratch_%s" % (namescope, b, input_source) for b in blob_names]
         self.status = "%s%s_enqueue_status_%s" % (namescope, "_".join(blob_names), input_source)
         self.net_name = "data_workers_enqueue/" + self.queue_name
+        self.input_source = input_source
         self._host_staging = is_gpu(device_option)
         self._close_lock = threading.Lock()
         self._closed = False
@@ -88,8 +94,8 @@ class Caffe2Feed:
 
     def _create(self) -> None:
         workspace.RunOperatorOnce(core.CreateOperator(
-            "CreateBlobsQueue", [], [self.queue_name],
-            num_blobs=len(self.outputs), capacity=C2_QUEUE_CAPACITY))
+            "CreateBlobsQueue", [], [core.BlobReference(self.queue_name)],
+            num_blobs=len(self.outputs), capacity=C2_QUEUE_CAPACITY, device_option=_CPU))
         # Create the scratch blobs here, on the caller's thread, so enqueue
         # threads never create blobs while the workspace's blob map is read.
         for name in self.scratch:
@@ -99,7 +105,11 @@ class Caffe2Feed:
         # core.Net uniquifies names per process ("..._1" for a second input with
         # this queue name, even after ResetWorkspace): run the net by its real name.
         self.net_name = net.Proto().name
-        net.SafeEnqueueBlobs([self.queue_name] + self.scratch, self.scratch + [self.status],
+        # BlobReferences: our names are already scoped; plain strings would be
+        # scoped again by whatever NameScope is current now.
+        ref = core.BlobReference
+        scratch = [ref(b) for b in self.scratch]
+        net.SafeEnqueueBlobs([ref(self.queue_name)] + scratch, scratch + [ref(self.status)],
                              device_option=self.device_option)
         workspace.CreateNet(net, overwrite=True)
 
@@ -153,7 +163,16 @@ class Caffe2Feed:
                 # A host staging array (GPU scope or string blob): FeedBlob
                 # copies it to the blob's device.
                 workspace.FeedBlob(name, dest, device_option=self.device_option)
-        workspace.RunNet(self.net_name)
+        try:
+            workspace.RunNet(self.net_name)
+        except RuntimeError as exc:
+            if not workspace.HasBlob(self.queue_name):
+                raise PipelineError(
+                    "the Caffe2 workspace was reset while input %r was running (its queue %s "
+                    "is gone); stop() the inputs before ResetWorkspace and call "
+                    "init_data_input_workers again after it" % (self.input_source, self.queue_name)
+                ) from exc
+            raise
         closed = workspace.C.Workspace.current.create_blob(self.status).tensor().data
         return not bool(closed.any())
 
@@ -167,9 +186,13 @@ class Caffe2Feed:
                 return
             self._closed = True
         try:
-            workspace.RunOperatorOnce(core.CreateOperator("CloseBlobsQueue", [self.queue_name], []))
+            workspace.RunOperatorOnce(core.CreateOperator(
+                "CloseBlobsQueue", [core.BlobReference(self.queue_name)], [], device_option=_CPU))
         except Exception:
-            logger.debug("closing %s failed (workspace reset?)", self.queue_name, exc_info=True)
+            # ResetWorkspace destroyed the queue: an enqueue blocked inside it
+            # (queue full) can never be woken; stop() reports that thread as stuck.
+            logger.warning("could not close %s: the Caffe2 workspace was reset while input %r "
+                           "was running", self.queue_name, self.input_source)
 
     def cleanup(self) -> None:
         """Release the scratch blobs' memory."""

@@ -6,6 +6,7 @@ first sends multiprocessing's spawn preparation data (so functions defined in
 the training script's ``__main__`` unpickle here as they would under spawn),
 then the pickled ``ChildSpec``.  From then on every outcome is a message::
 
+    ("ready",)                                      set up; fetch_fun runs from now on
     ("chunk", span, layouts, objects, fetch_secs)   arrays are in the ring
     ("skip", fetch_secs)                            fetch_fun returned None / no rows
     ("error", pickled_exc, type_name, text, tb)     fetch_fun or validation failed
@@ -117,6 +118,7 @@ def main(argv: Sequence[str]) -> int:
             _send_error(conn, exc)
             return 1
         arena = ShmArena(spec.capacity, fd=arena_fd)
+        conn.send(("ready",))
         child_main(spec, conn, arena)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the trainer went away; nobody is left to report to

@@ -81,6 +81,9 @@ class _ProcessWorker:
         self.arena = ShmArena(spec.capacity, name="data_workers-%s-%d" % (spec.input_source, worker_id))
         self.arena.batch_size = owner.feeder.batch_size
         self.process: Optional[subprocess.Popen] = None
+        #: Set once the child is set up and about to call fetch_fun.  Before
+        #: that it only imports modules, so stop() may end it without waiting.
+        self.ready = False
         self.conn: Optional[Connection] = None
         self.thread = threading.Thread(
             target=self._receive, daemon=True,
@@ -96,7 +99,10 @@ class _ProcessWorker:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "data_workers._process_child",
                  str(theirs.fileno()), str(self.arena.fd)],
-                pass_fds=(theirs.fileno(), self.arena.fd), close_fds=True)
+                pass_fds=(theirs.fileno(), self.arena.fd), close_fds=True,
+                # Own session: a Ctrl-C at the terminal goes to the trainer, which
+                # stops the workers in order, not straight to the workers.
+                start_new_session=True)
         finally:
             theirs.close()  # the child has its copy; EOF on ours means it is gone
         self.conn = Connection(ours.detach())
@@ -143,6 +149,9 @@ class _ProcessWorker:
             arena = self.arena
             chunk.release = lambda: arena.release(span)
             return feeder.put_chunk(chunk)
+        if kind == "ready":
+            self.ready = True
+            return True
         if kind == "skip":
             self.owner.metrics.put_metric("fetcher_time", message[1])
             return feeder.put(None, self.owner.coordinator, self.worker_id)
@@ -184,6 +193,10 @@ class _ProcessWorker:
         """Wait, then terminate, then kill.  True if it had ended by itself."""
         if self.process is None:
             return True
+        if not self.ready and self.process.poll() is None:
+            # Still starting (importing the training script): nothing of the
+            # user's runs yet, so ending it now loses nothing.
+            self.process.terminate()
         try:
             self.process.wait(max(0.0, deadline - time.monotonic()))
             return True
@@ -216,16 +229,20 @@ class ProcessFetchers:
         self.metrics = metrics
         self.fetch_fun = fetch_fun
         self.halted = False
+        # Held while start() spawns: join() takes it first, so a stop() racing
+        # start() joins every child start() made (start() spawns no more once
+        # halted), instead of closing arenas under a spawn and leaking children.
+        self._start_lock = threading.Lock()
         feeder.batch_size_hooks.append(self._set_batch_size)
         base_seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2 ** 31)
         capacity = config.shm_bytes_per_worker or DEFAULT_SHM_BYTES_PER_WORKER
         self.workers: List[_ProcessWorker] = [
             _ProcessWorker(self, wid, ChildSpec(
-                worker_id=wid, fetch_fun=fetch_fun, seed=base_seed + wid,
+                worker_id=wid, fetch_fun=fetch_fun, seed=base_seed + index,
                 blob_names=tuple(config.blob_names), batch_columns=tuple(config.batch_columns),
                 dont_rebatch=config.dont_rebatch, input_source=config.input_source,
                 capacity=capacity))
-            for wid in coordinator.worker_ids
+            for index, wid in enumerate(coordinator.worker_ids)
         ]
         self.threads = [w.thread for w in self.workers]
 
@@ -243,8 +260,11 @@ class ProcessFetchers:
         # The authkey only matters to multiprocessing's own managers and
         # refuses to be pickled outside a multiprocessing spawn.
         preparation.pop("authkey", None)
-        for w in self.workers:
-            w.start(preparation, pickle.dumps(w.spec))
+        with self._start_lock:
+            for w in self.workers:
+                if self.halted:  # stop() raced start(): spawn nothing more
+                    break
+                w.start(preparation, pickle.dumps(w.spec))
 
     def halt(self) -> None:
         """Ask the children to stop; receivers stop within ``_POLL_SECS``."""
@@ -256,6 +276,8 @@ class ProcessFetchers:
         # Receivers first (they end within _POLL_SECS of halt()), then close
         # our socket ends: a child blocked sending to a full socket gets EPIPE
         # and exits instead of waiting for a reader that is gone.
+        with self._start_lock:  # wait out a start() in progress (see __init__)
+            pass
         ok = join_threads(self.threads, deadline, self.feeder.input_source)
         for w in self.workers:
             if not w.thread.is_alive() and w.conn is not None:

@@ -26,6 +26,8 @@ FetchFun = Callable[[int, int], Any]
 class DataWorker(Worker):
     """Calls ``fetch_fun(worker_id, batch_size)`` once per ``run()`` and feeds the result."""
 
+    describe_as = "fetcher"
+
     def __init__(self, coordinator: "InputCoordinator", worker_id: int, worker_fun: FetchFun,
                  metrics: Metrics, batch_size: int, batch_feeder: "BatchFeeder") -> None:
         super().__init__(coordinator, worker_id, worker_fun=worker_fun, metrics=metrics)

@@ -53,6 +53,9 @@ class State(abc.ABC):
 class Worker:
     """One worker: ``run()`` is called in a loop by ``run_worker`` while the group runs."""
 
+    #: How error messages name this kind of worker.
+    describe_as = "worker"
+
     def __init__(self, coordinator: WorkerCoordinator, worker_id: int,
                  worker_fun: Optional[Callable[..., Any]] = None,
                  metrics: Optional[Metrics] = None) -> None:
@@ -78,8 +81,8 @@ class Worker:
         if isinstance(e, DataInputError):
             err = e
         else:
-            err = FetcherError("worker %d of %r raised %s: %s"
-                               % (self._worker_id, self._coordinator.name, type(e).__name__, e))
+            err = FetcherError("%s %d of %r raised %s: %s" % (
+                self.describe_as, self._worker_id, self._coordinator.name, type(e).__name__, e))
             err.__cause__ = e
         self._coordinator.fail(err.where(self._coordinator.name, self._worker_id))
 

@@ -83,3 +83,46 @@ def init_tagged(net, batch_size: int = 32, **kwargs):
     return data_workers.init_data_input_workers(
         net, ["data", "label"], kwargs.pop("fetch_fun", TaggedFetcher()), batch_size,
         timeout=kwargs.pop("timeout", 5), **kwargs)
+
+
+class SelfDestruct:
+    """A fetcher that serves a few chunks, then dies the way it is told to."""
+
+    def __init__(self, how: str, after: int = 3) -> None:
+        self.how = how
+        self.after = after
+        self.calls = 0
+
+    def __call__(self, worker_id: int, batch_size: int):
+        import ctypes
+        import os
+        import signal
+
+        self.calls += 1
+        if self.calls > self.after:
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif self.how == "segfault":
+                ctypes.string_at(0)
+            elif self.how == "exit":
+                os._exit(3)
+        return [np.zeros((4, 3)), np.zeros((4,), np.int32)]
+
+
+class RandomValues:
+    """Rows of np.random values: shows each worker process's seeding."""
+
+    def __call__(self, worker_id: int, batch_size: int):
+        return [np.random.rand(8, 2), np.full((8,), worker_id, np.int32)]
+
+
+def shm_segments() -> set:
+    import os
+
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def open_fds() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/fd"))

@@ -1,0 +1,47 @@
+"""Keeps ``__all__`` honest: everything listed exists, everything public is listed."""
+
+from __future__ import annotations
+
+import types
+
+import data_workers
+from data_workers import parallel_workers
+
+
+def _public(module: types.ModuleType):
+    return {n for n, v in vars(module).items()
+            if not n.startswith("_") and not isinstance(v, types.ModuleType)
+            and getattr(v, "__module__", module.__name__).startswith("data_workers")} 
+
+
+def test_all_lists_exactly_the_public_names():
+    assert sorted(set(data_workers.__all__)) == sorted(data_workers.__all__)
+    for name in data_workers.__all__:
+        assert hasattr(data_workers, name), name
+    # Exports resolve lazily: after resolving them all, no other public name may appear.
+    for name in data_workers.__all__:
+        getattr(data_workers, name)
+
+    exported = set(data_workers.__all__)
+    unlisted = {n for n in _public(data_workers) if n not in exported} - {"annotations"}
+    assert not unlisted, "public but not in __all__: %s" % sorted(unlisted)
+
+
+def test_worker_processes_do_not_import_caffe2():
+    import subprocess
+    import sys
+
+    code = ("import sys, data_workers._process_child; "
+            "sys.exit(any(m.startswith('caffe2') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_parallel_workers_all():
+    for name in parallel_workers.__all__:
+        assert hasattr(parallel_workers, name), name
+
+
+def test_typed_package():
+    import os
+
+    assert os.path.exists(os.path.join(os.path.dirname(data_workers.__file__), "py.typed"))

@@ -1,0 +1,131 @@
+"""Process workers: dead workers fail fast, nothing outlives stop(), seeding, determinism."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from caffe2.python import workspace
+
+import data_workers
+from util import (RandomValues, SelfDestruct, TaggedFetcher, check_tagged, init_tagged, make_net,
+                  open_fds, run_and_collect, shm_segments)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _wait_failure(coord, limit=20.0):
+    deadline = time.monotonic() + limit
+    while coord.stats()[0].failure is None:
+        assert time.monotonic() < deadline, "no failure reported"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("how,exitcode,signal_name", [
+    ("kill", -9, "SIGKILL"), ("segfault", -11, "SIGSEGV"), ("exit", 3, None)])
+def test_dead_worker_is_reported_and_fails_the_net_fast(ws, how, exitcode, signal_name):
+    net = make_net()
+    coord = init_tagged(net, fetch_fun=SelfDestruct(how), worker_type="process",
+                        num_worker_threads=1, batch_size=4, timeout=600, input_source_name="p")
+    shm_before = shm_segments()
+    coord.start()
+    pid = coord.inputs()[0].fetchers.pids[0]
+    _wait_failure(coord)
+    workspace.CreateNet(net, overwrite=True)
+    with pytest.raises(RuntimeError):
+        for _ in range(10):  # the three good chunks may still be queued
+            started = time.monotonic()
+            workspace.RunNet(net.Proto().name)
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(data_workers.WorkerDiedError) as info:
+        coord.stop()
+    err = info.value
+    assert err.pid == pid and err.exitcode == exitcode and err.signal_name == signal_name
+    assert "fetcher %d (pid %d) of input 'p'" % (err.worker_id, pid) in str(err)
+    assert shm_segments() <= shm_before
+
+
+def test_thirty_start_stop_cycles_leave_nothing_behind(ws):
+    shm_before = shm_segments()
+    fds_before = open_fds()
+    for i in range(30):
+        net = make_net("cycle%d" % i)
+        coord = init_tagged(net, worker_type="process", num_worker_threads=2)
+        coord.start()
+        if i % 3 == 0:
+            check_tagged(run_and_collect(net, 2))
+        assert coord.stop() is True
+    assert shm_segments() <= shm_before
+    assert open_fds() <= fds_before + 2  # the conftest checks processes and threads
+
+
+def test_each_process_seeds_differently_and_reproducibly(ws):
+    def collect(seed):
+        net = make_net("seed%s" % seed)
+        coord = data_workers.init_data_input_workers(
+            net, ["data", "label"], RandomValues(), 8, num_worker_threads=2, timeout=10,
+            worker_type="process", seed=seed, deterministic=True)
+        coord.start()
+        out = run_and_collect(net, 4)
+        coord.stop()
+        return out
+
+    a, b = collect(7), collect(7)
+    for (da, la), (db, lb) in zip(a, b):
+        np.testing.assert_array_equal(da, db)
+    # Round-robin: batches alternate between the two workers, whose streams differ.
+    assert a[0][1][0] != a[1][1][0]
+    assert not np.array_equal(a[0][0], a[1][0])
+
+
+def _expected_round_robin(worker_ids, fetcher, batch_size, batches):
+    """The batch stream deterministic mode must produce: one chunk per worker in turn."""
+    rows = []
+    while len(rows) < batch_size * batches:
+        for wid in worker_ids:
+            data, label = fetcher(wid, batch_size)
+            rows.extend(zip(data, label))
+    rows = rows[:batch_size * batches]
+    return [rows[i * batch_size:(i + 1) * batch_size] for i in range(batches)]
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_deterministic_stream_is_a_function_of_fetcher_outputs(ws, worker_type):
+    net = make_net()
+    coord = init_tagged(net, fetch_fun=TaggedFetcher(seed=3), worker_type=worker_type,
+                        num_worker_threads=3, deterministic=True, max_buffered_batches=3)
+    ids = coord.inputs()[0].get_worker_ids()
+    coord.start()
+    got = run_and_collect(net, 40)
+    coord.stop()
+    expected = _expected_round_robin(ids, TaggedFetcher(seed=3), 32, 40)
+    for (data, label), want in zip(got, expected):
+        np.testing.assert_array_equal(data, np.stack([r[0] for r in want]))
+        np.testing.assert_array_equal(label, np.array([r[1] for r in want]))
+
+
+def test_chunk_larger_than_shared_memory_is_a_clear_error(ws):
+    net = make_net()
+    coord = init_tagged(net, worker_type="process", num_worker_threads=1,
+                        shm_bytes_per_worker=1024, fetch_fun=TaggedFetcher(max_rows=200),
+                        timeout=600)
+    coord.start()
+    _wait_failure(coord)
+    with pytest.raises(data_workers.ChunkValueError, match="shm_bytes_per_worker"):
+        coord.stop()
+
+
+def test_bad_output_in_a_process_names_worker_and_blob(ws):
+    net = make_net()
+    coord = data_workers.init_data_input_workers(
+        net, ["data", "label"], _returns_list_for_label, 4, num_worker_threads=1,
+        worker_type="process", timeout=600)
+    coord.start()
+    _wait_failure(coord)
+    with pytest.raises(data_workers.ChunkTypeError, match="list for blob 'label'"):
+        coord.stop()
+
+
+def _returns_list_for_label(worker_id, batch_size):
+    return [np.zeros((4, 3)), [0, 1, 2, 3]]
