@@ -114,24 +114,27 @@ class _ProcessWorker:
     def _receive(self) -> None:
         coordinator = self.owner.coordinator
         source = self.owner.feeder.input_source
+        conn = self.conn
+        if conn is None:
+            return
         try:
             while not self.owner.halted:
-                if not multiprocessing.connection.wait([self.conn], _POLL_SECS):
+                if not multiprocessing.connection.wait([conn], _POLL_SECS):
                     continue
                 try:
-                    message = self.conn.recv()  # type: ignore[union-attr]
+                    message = conn.recv()
                 except (EOFError, OSError):
                     self._died()
                     return
                 if not self._handle(message):
                     return
-        except DataInputError as err:
-            coordinator.fail(err.where(source, self.worker_id))
+        except DataInputError as failure:
+            coordinator.fail(failure.where(source, self.worker_id))
         except Exception as exc:
-            err = FetcherError("receiving from fetcher %d of input %r failed: %s"
-                               % (self.worker_id, source, exc))
-            err.__cause__ = exc
-            coordinator.fail(err.where(source, self.worker_id))
+            wrapped = FetcherError("receiving from fetcher %d of input %r failed: %s"
+                                   % (self.worker_id, source, exc))
+            wrapped.__cause__ = exc
+            coordinator.fail(wrapped.where(source, self.worker_id))
 
     def _handle(self, message: tuple) -> bool:
         feeder = self.owner.feeder
