@@ -1,11 +1,12 @@
 """One data input: its configuration, its re-batch/enqueue stage and its coordinator.
 
-Data flow of one input (one ``init_data_input_workers`` call)::
+Threads of one input (the whole pipeline is drawn once, in ``data_workers/__init__.py``)::
 
-    fetch_fun x N             ChunkValidator      ChunkChannel        Rebatcher + Caffe2Feed
-    (threads or processes) -> (types, shapes)  -> (bounded, FIFO or  -> (one copy into blob  -> BlobsQueue -> DequeueBlobs
-                                                   round-robin)         memory, one RunNet)      (4 batches)   in the user's net
-    '------------- fetchers -------------'      '----- BatchFeeder, run by the enqueuer thread -----'
+    fetcher threads, or receiver threads of worker processes
+        --put()--> ChunkChannel --get()--> enqueuer thread: Rebatcher -> Caffe2Feed -> BlobsQueue
+
+``BatchFeeder`` is everything between the fetchers and the Caffe2 queue;
+``InputCoordinator`` owns its threads and its lifecycle.
 
 Failure and shutdown: NOTE [ Shutdown and error protocol ] in ``_coordinator.py``.
 """
