@@ -38,7 +38,10 @@ from ._errors import ChunkValueError
 from ._shm_ring import ShmArena
 from ._validate import ChunkValidator
 
-__all__ = ["ChildSpec", "child_main"]
+__all__ = ["ChildSpec", "child_main", "IN_WORKER_ENV"]
+
+#: Set in every worker process.
+IN_WORKER_ENV = "DATA_WORKERS_IN_WORKER_PROCESS"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +111,9 @@ def main(argv: Sequence[str]) -> int:
     # Ctrl-C goes to the whole process group; the trainer handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock_fd, arena_fd = int(argv[0]), int(argv[1])
+    # Marks this interpreter as a worker: a training script without a
+    # ``__main__`` guard would otherwise start workers again while we import it.
+    os.environ[IN_WORKER_ENV] = "1"
     conn = Connection(socket.socket(fileno=sock_fd).detach())
     arena: Optional[ShmArena] = None
     try:

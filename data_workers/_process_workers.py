@@ -46,7 +46,7 @@ from typing import Any, Callable, List, Optional, Tuple, TYPE_CHECKING
 from ._coordinator import join_threads
 from ._errors import DataInputError, FetcherError, RemoteTraceback, WorkerDiedError
 from ._metrics import Metrics
-from ._process_child import ChildSpec
+from ._process_child import IN_WORKER_ENV, ChildSpec
 from ._shm_ring import ShmArena
 
 if TYPE_CHECKING:
@@ -259,6 +259,12 @@ class ProcessFetchers:
         return [w.pid for w in self.workers]
 
     def start(self) -> None:
+        if os.environ.get(IN_WORKER_ENV):
+            raise RuntimeError(
+                "process workers were started inside a worker process, most likely because the "
+                "training script starts them at import time: put its entry point under "
+                "'if __name__ == \"__main__\":' (worker processes import the script, as with "
+                "multiprocessing's spawn)")
         preparation = multiprocessing.spawn.get_preparation_data(self.feeder.input_source)
         # The authkey only matters to multiprocessing's own managers and
         # refuses to be pickled outside a multiprocessing spawn.
