@@ -9,9 +9,16 @@ Two orders:
   alone.  Turn markers (rows == 0) keep a worker's place when it returned
   nothing.
 
-``close()`` wakes every waiter; ``put`` then returns False and ``get`` None.
-Nothing is dropped silently: ``drain()`` returns what was left so the owner can
-release it (see NOTE [ Shutdown and error protocol ] in ``_coordinator.py``).
+One lock, with a "not empty" condition for the consumer and "not full"
+conditions for producers (as ``queue.Queue`` does), and ``notify()`` of a
+single waiter: with one shared condition and ``notify_all`` every hand-over
+woke every thread, each wake-up a futex call and a GIL hand-off.  The consumer
+takes every ready chunk per wake-up (``get_ready``).
+
+``close()`` wakes every waiter; ``put`` then returns False and ``get_ready``
+an empty list.  Nothing is dropped silently: ``drain()`` returns what was left
+so the owner can release it (see NOTE [ Shutdown and error protocol ] in
+``_coordinator.py``).
 """
 
 from __future__ import annotations
@@ -26,11 +33,16 @@ __all__ = ["ChunkChannel", "FifoChannel", "RoundRobinChannel"]
 
 
 class ChunkChannel:
-    """Base: one condition variable guards the buffers and the closed flag."""
+    """Base: the lock, the consumer's condition and the closed flag."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
         self._closed = False
+
+    # -- per-order hooks, called with the lock held -----------------------------
+    def _not_full_for(self, chunk: Chunk) -> threading.Condition:
+        raise NotImplementedError
 
     def _has_room(self, chunk: Chunk) -> bool:
         raise NotImplementedError
@@ -42,55 +54,72 @@ class ChunkChannel:
         raise NotImplementedError
 
     def _pop(self) -> Chunk:
+        """Remove the next chunk and wake one producer that may now have room."""
         raise NotImplementedError
 
-    def _all(self) -> List[Chunk]:
+    def _all_view(self) -> List[Chunk]:
         raise NotImplementedError
 
+    def _clear(self) -> None:
+        raise NotImplementedError
+
+    def _wake_all_producers(self) -> None:
+        raise NotImplementedError
+
+    # -- public ---------------------------------------------------------------
     def put(self, chunk: Chunk, timeout: Optional[float] = None) -> bool:
         """Block until there is room, then add the chunk.
 
         Returns:
             True if added; False if the channel was closed (or the timeout passed).
         """
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._closed or self._has_room(chunk), timeout):
+        with self._lock:
+            not_full = self._not_full_for(chunk)
+            if not not_full.wait_for(lambda: self._closed or self._has_room(chunk), timeout):
                 return False
             if self._closed:
                 return False
             self._push(chunk)
-            self._cond.notify_all()
+            self._not_empty.notify()
             return True
 
-    def get(self, timeout: Optional[float] = None) -> Optional[Chunk]:
-        """Next chunk in channel order; None on timeout or once closed."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._closed or self._ready(), timeout):
-                return None
+    def get_ready(self, timeout: Optional[float] = None) -> List[Chunk]:
+        """Every chunk that can leave now, in channel order, waiting for at least one.
+
+        Returns:
+            The chunks; empty on timeout or once closed.
+        """
+        with self._lock:
+            if not self._not_empty.wait_for(lambda: self._closed or self._ready(), timeout):
+                return []
             if self._closed:
-                return None
-            chunk = self._pop()
-            self._cond.notify_all()
-            return chunk
+                return []
+            out = []
+            while self._ready():
+                out.append(self._pop())
+            return out
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            self._not_empty.notify_all()
+            self._wake_all_producers()
 
     def drain(self) -> List[Chunk]:
         """Remove and return everything still buffered."""
-        with self._cond:
-            left = self._all()
-            self._cond.notify_all()
+        with self._lock:
+            left = self._all_view()
+            self._clear()
+            self._wake_all_producers()
             return left
 
     def depth(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._all_view())
 
-    def _all_view(self) -> List[Chunk]:
-        raise NotImplementedError
+    def waiting_for(self) -> Optional[int]:
+        """The worker whose chunk the consumer needs next, if only one will do (else None)."""
+        return None
 
 
 class FifoChannel(ChunkChannel):
@@ -100,6 +129,10 @@ class FifoChannel(ChunkChannel):
         super().__init__()
         self._capacity = capacity
         self._items: Deque[Chunk] = collections.deque()
+        self._not_full = threading.Condition(self._lock)
+
+    def _not_full_for(self, chunk: Chunk) -> threading.Condition:
+        return self._not_full
 
     def _has_room(self, chunk: Chunk) -> bool:
         return len(self._items) < self._capacity
@@ -111,19 +144,25 @@ class FifoChannel(ChunkChannel):
         return bool(self._items)
 
     def _pop(self) -> Chunk:
+        self._not_full.notify()  # one slot freed: one producer may proceed
         return self._items.popleft()
-
-    def _all(self) -> List[Chunk]:
-        left = list(self._items)
-        self._items.clear()
-        return left
 
     def _all_view(self) -> List[Chunk]:
         return list(self._items)
 
+    def _clear(self) -> None:
+        self._items.clear()
+
+    def _wake_all_producers(self) -> None:
+        self._not_full.notify_all()
+
 
 class RoundRobinChannel(ChunkChannel):
-    """One chunk per worker in turn, ``capacity_per_worker`` buffered per worker."""
+    """One chunk per worker in turn, ``capacity_per_worker`` buffered per worker.
+
+    Each worker has its own "not full" condition: room in worker A's buffer must
+    wake A, and waking B instead (who may still be full) would lose the wake-up.
+    """
 
     def __init__(self, worker_ids: Sequence[int], capacity_per_worker: int) -> None:
         super().__init__()
@@ -131,6 +170,11 @@ class RoundRobinChannel(ChunkChannel):
         self._turn = 0
         self._capacity = capacity_per_worker
         self._items: Dict[int, Deque[Chunk]] = {w: collections.deque() for w in self._order}
+        self._not_full: Dict[int, threading.Condition] = {
+            w: threading.Condition(self._lock) for w in self._order}
+
+    def _not_full_for(self, chunk: Chunk) -> threading.Condition:
+        return self._not_full[chunk.worker_id]
 
     def _has_room(self, chunk: Chunk) -> bool:
         return len(self._items[chunk.worker_id]) < self._capacity
@@ -142,15 +186,23 @@ class RoundRobinChannel(ChunkChannel):
         return bool(self._items[self._order[self._turn]])
 
     def _pop(self) -> Chunk:
-        chunk = self._items[self._order[self._turn]].popleft()
+        worker = self._order[self._turn]
         self._turn = (self._turn + 1) % len(self._order)
-        return chunk
-
-    def _all(self) -> List[Chunk]:
-        left = self._all_view()
-        for q in self._items.values():
-            q.clear()
-        return left
+        self._not_full[worker].notify()
+        return self._items[worker].popleft()
 
     def _all_view(self) -> List[Chunk]:
         return [c for w in self._order for c in self._items[w]]
+
+    def _clear(self) -> None:
+        for q in self._items.values():
+            q.clear()
+
+    def _wake_all_producers(self) -> None:
+        for cond in self._not_full.values():
+            cond.notify_all()
+
+    def waiting_for(self) -> Optional[int]:
+        with self._lock:
+            worker = self._order[self._turn]
+            return None if self._items[worker] else worker

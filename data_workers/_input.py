@@ -165,9 +165,8 @@ class BatchFeeder(State, BatchFeederInternals):
 
     # -- enqueuer side ----------------------------------------------------
     def _enqueue_batch(self, coordinator: WorkerCoordinator) -> None:
-        """One step of the enqueuer: take a chunk, push every batch it completes."""
-        chunk = self.channel.get(timeout=_POLL_SECS)
-        if chunk is not None:
+        """One step of the enqueuer: take the ready chunks, push every batch they complete."""
+        for chunk in self.channel.get_ready(timeout=_POLL_SECS):
             self.rebatcher.add(chunk)
         while coordinator.is_active():
             rows = self.rebatcher.next_batch_rows()
@@ -176,7 +175,7 @@ class BatchFeeder(State, BatchFeederInternals):
             started = time.monotonic()
             dests = self.caffe2.destinations(self.rebatcher.batch_layout(rows))
             self.rebatcher.fill(dests, rows)
-            self.enqueue_blocked_since = time.monotonic()
+            self.enqueue_blocked_since = started
             try:
                 pushed = self.caffe2.enqueue(dests)
             finally:
