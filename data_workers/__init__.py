@@ -69,6 +69,13 @@ _EXPORTS: Dict[str, str] = {
     "PipelineError": "._errors",
     "InputClosedError": "._errors",
     "RemoteTraceback": "._errors",
+    # sharded, resumable sources (data_workers/sharding.py)
+    "ShardedSource": ".sharding",
+    "InputCheckpoint": ".sharding",
+    "IndexableDataset": ".sharding",
+    "ArrayDataset": ".sharding",
+    "LastBatchPolicy": ".sharding",
+    "device_shard": ".sharding",
 }
 
 __all__ = list(_EXPORTS)
@@ -99,3 +106,5 @@ if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._metrics import ExternalLogger, InputStats, Metrics
     from ._thread_workers import DataWorker
     from .parallel_workers import State, Worker, run_worker
+    from .sharding import (ArrayDataset, IndexableDataset, InputCheckpoint, LastBatchPolicy,
+                           ShardedSource, device_shard)

@@ -14,7 +14,8 @@ then the pickled ``ChildSpec``.  From then on every outcome is a message::
 A child that dies without an "error" message (killed, segfault, ``os._exit``)
 is noticed by the trainer as end-of-file on the socket.  The trainer asks the
 child to stop through the arena's control block; a child whose trainer is gone
-notices that its parent changed, or gets EPIPE, and exits.
+notices that its parent changed, or gets EPIPE, and exits -- or, if fetch_fun is
+busy, a watcher thread sees end-of-file on the socket and ends the process.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import multiprocessing.spawn
 import os
 import pickle
 import random
+import select
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -107,6 +110,24 @@ def child_main(spec: ChildSpec, conn: Connection, arena: ShmArena) -> None:
         conn.send(("chunk", span, layouts, objects, fetch_secs))
 
 
+def _exit_when_trainer_dies(conn: Connection, arena: ShmArena) -> None:
+    """Daemon thread: end this process if the trainer dies without stopping it.
+
+    The trainer sends nothing after the spec, so the socket turns readable only
+    at end-of-file: the trainer closed it (after asking us to stop: the fetch
+    loop ends by itself) or died -- SIGKILL, the OOM killer, a crash -- while
+    fetch_fun was busy, which the fetch loop cannot notice until fetch_fun
+    returns (if ever).  Without this, such a worker would outlive its trainer.
+    """
+    try:
+        select.select([conn.fileno()], [], [])
+        stopping = arena.stop_requested
+    except Exception:  # the fetch loop ended and closed both: we are exiting anyway
+        return
+    if not stopping:
+        os._exit(1)
+
+
 def main(argv: Sequence[str]) -> int:
     # Ctrl-C goes to the whole process group; the trainer handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -124,6 +145,8 @@ def main(argv: Sequence[str]) -> int:
             _send_error(conn, exc)
             return 1
         arena = ShmArena(spec.capacity, fd=arena_fd)
+        threading.Thread(target=_exit_when_trainer_dies, args=(conn, arena), daemon=True,
+                         name="exit when the trainer dies").start()
         conn.send(("ready",))
         child_main(spec, conn, arena)
     except (BrokenPipeError, ConnectionResetError, EOFError):

@@ -179,8 +179,9 @@ class ChunkValidator:
                 for item in arr.flat:
                     if not isinstance(item, (bytes, str)):
                         raise ChunkTypeError(
-                            "%s returned an object array for blob %r holding an element of type %s; object "
-                            "arrays become Caffe2 string tensors and may hold only bytes or str"
+                            "%s returned an object array for blob %r holding an element of "
+                            "type %s; object arrays become Caffe2 string tensors and may hold "
+                            "only bytes or str"
                             % (where, name, type(item).__name__))
         if not self.dont_rebatch:
             rows = output[0].shape[self.batch_columns[0]]
@@ -200,16 +201,18 @@ class ChunkValidator:
         # once the re-batcher copies it.  Python ints: no overflow.
         chunk_bytes = sum(int(a.size) * a.dtype.itemsize for a in arrays)
         batch_bytes = 0
+        batch_clause = ""
         if batch_size is not None:
             batch_bytes = sum(int(a.size) * a.dtype.itemsize // rows for a in arrays) * batch_size
+            if batch_bytes > self.max_bytes:
+                batch_clause = " and a batch of %d such rows would need %s" % (
+                    batch_size, _gib(batch_bytes))
         if max(chunk_bytes, batch_bytes) > self.max_bytes:
             raise ChunkValueError(
                 "%s returned a chunk of %d rows needing %s%s; that is more than the memory "
                 "budget of %s per chunk or batch (%.0f%% of physical memory); return smaller "
                 "rows or chunks (shapes %s)"
-                % (self._where(worker_id), rows, _gib(chunk_bytes),
-                   "" if batch_bytes <= self.max_bytes else
-                   " and a batch of %d such rows would need %s" % (batch_size, _gib(batch_bytes)),
+                % (self._where(worker_id), rows, _gib(chunk_bytes), batch_clause,
                    _gib(self.max_bytes), MEMORY_BUDGET_FRACTION * 100,
                    [a.shape for a in arrays]))
 

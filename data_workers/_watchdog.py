@@ -15,7 +15,9 @@ When ``batches_enqueued`` has not moved for ``S`` seconds it logs ONE warning
   re-batcher is waiting for rows (it says how many it has of how many);
 * fetchers returned nothing during the stall: with thread workers the warning
   includes every fetcher thread's current stack, i.e. where the user's
-  ``fetch_fun`` is stuck.
+  ``fetch_fun`` is stuck (process workers: their pids);
+* ``deterministic=True`` and the round-robin waits for one fetcher while the
+  others' chunks queue up: the warning names that fetcher (and its stack).
 
 The watchdog re-arms once a batch moves again, so a second, separate stall
 gets its own warning.  It never raises and never stops the input: a stall may
@@ -117,6 +119,15 @@ class StallWatchdog:
                 where, stalled, STALL_NET, time.monotonic() - feeder.enqueue_blocked_since)
             return
         buffered = feeder.rebatcher.rows_buffered
+        turn = feeder.channel.waiting_for()
+        if turn is not None and feeder.channel.depth() > 0:
+            # deterministic=True: other workers' chunks wait for this one's turn.
+            logger.warning(
+                "%s: no batch moved for %.1f s: %s: deterministic order waits for fetcher "
+                "%d while %d chunks of other fetchers are queued.%s",
+                where, stalled, STALL_FETCHERS, turn, feeder.channel.depth(),
+                self._fetcher_locations(only=turn))
+            return
         if rows_during_stall > 0 or buffered > 0:
             logger.warning(
                 "%s: no batch moved for %.1f s: %s (it has %d of %d rows; fetchers "
@@ -127,13 +138,17 @@ class StallWatchdog:
         logger.warning("%s: no batch moved for %.1f s: %s in that time.%s",
                        where, stalled, STALL_FETCHERS, self._fetcher_locations())
 
-    def _fetcher_locations(self) -> str:
+    def _fetcher_locations(self, only: Optional[int] = None) -> str:
+        """Where the fetchers are (``only``: that worker id): thread stacks, or pids."""
         fetchers = self._coordinator.fetchers
+        ids = self._coordinator.worker_ids
         if self._coordinator.config.worker_type == "thread":
             threads: List[threading.Thread] = list(getattr(fetchers, "threads", None) or [])
             return "".join("\nfetcher thread %r is at:\n%s" % (t.name, thread_stack(t))
-                           for t in threads if t.is_alive())
-        pids: Optional[List[int]] = getattr(fetchers, "pids", None)
+                           for wid, t in zip(ids, threads)
+                           if t.is_alive() and only in (None, wid))
+        pids: Optional[List[Optional[int]]] = getattr(fetchers, "pids", None)
         if pids:
-            return " Fetcher processes: %s." % ", ".join(str(p) for p in pids)
+            return " Fetcher processes: %s." % ", ".join(
+                "%s (worker %d)" % (p, wid) for wid, p in zip(ids, pids) if only in (None, wid))
         return ""

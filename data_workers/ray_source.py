@@ -20,7 +20,9 @@ is built; ``import data_workers`` never does.
 
     ds = ray.data.read_parquet(path).map_batches(preprocess)
     sources = RayDataSource.split(ds, ["data", "label"], batch_size=32, n=num_trainers)
-    source = sources[trainer_rank]       # pass the others to the other trainers
+    source = sources[trainer_rank]       # all splits consumed in this process
+    # Trainers in other processes (e.g. Ray actors): send each one its DataIterator from
+    # ds.streaming_split(n, equal=True) and build RayDataSource(iterator, ...) there.
     coord = source.attach(net, ["data", "label"])
     coord.start()
     try:
@@ -110,9 +112,9 @@ class RayDataSource:
     """A ``fetch_fun`` that yields exact batches from one Ray Data iterator.
 
     Each call returns the next ``batch_size`` rows of ``columns`` as numpy arrays, in the
-    order of ``input_blob_names``. Use it with thread fetchers (``attach`` does): the
-    iterator is bound to the driver process that created it, and Ray already provides
-    the parallelism. Several fetcher threads may share one source; calls are serialised.
+    order of ``input_blob_names``. Use it with thread fetchers (``attach`` does): a source
+    lives in the process that consumes it, and Ray already provides the parallelism.
+    Several fetcher threads may share one source; calls are serialised.
 
     Args:
         iterator: A ``ray.data.DataIterator`` (e.g. one element of
@@ -141,7 +143,7 @@ class RayDataSource:
         prefetch_batches: int = 1,
         dtypes: dict[str, Any] | None = None,
     ) -> None:
-        ray = _require_ray()
+        _require_ray()
         if not columns:
             raise ValueError("columns must name at least one dataset column")
         if not isinstance(batch_size, int) or batch_size <= 0:

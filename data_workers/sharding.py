@@ -40,9 +40,9 @@ epoch order, not anything about fetchers, so a job can resume with a different n
 local fetchers, fetcher type, or (with compatible batch sizes) number of hosts.
 
 Exactness needs ``deterministic=True`` on the input (``ShardedSource.attach`` sets it):
-only then is the batch stream the block stream. With ``deterministic=False`` each epoch
-still delivers every block once, but the blocks may reach the net out of order, so a
-restored job can repeat or skip the few blocks that were in flight.
+only then is the batch stream the block stream. With ``deterministic=False`` every block
+is still delivered exactly once, but not in step order (a fast fetcher runs ahead), so a
+restored job can repeat or skip the blocks that were out of order at the checkpoint.
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ import enum
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -72,7 +73,12 @@ logger = logging.getLogger(__name__)
 _CHECKPOINT_VERSION = 1
 
 
-@runtime_checkable
+if TYPE_CHECKING or sys.version_info >= (3, 8):
+    from typing import Protocol
+else:  # pragma: no cover - Python 3.7: a plain base class documents the same thing
+    Protocol = object
+
+
 class IndexableDataset(Protocol):
     """What :class:`ShardedSource` needs from a dataset.
 
@@ -308,8 +314,8 @@ class ShardedSource:
             raise ValueError(
                 f"policy must be one of {[p.value for p in LastBatchPolicy]}, got {policy!r}"
             ) from None
-        self._dataset = dataset
-        self._num_samples = int(len(dataset))
+        self._dataset: IndexableDataset = cast(IndexableDataset, dataset)
+        self._num_samples = int(len(self._dataset))
         if self._num_samples <= 0:
             raise ValueError("dataset is empty")
         self._batch_size = batch_size

@@ -1,0 +1,140 @@
+"""Fault-injection test helpers: a worker_type parameter, net helpers, leak probes.
+
+The misbehaving fetchers live in ``fault_fetchers.py`` (light imports, for
+spawned children); this module re-exports them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, List, Optional, Sequence, Set, Tuple
+
+import pytest
+from caffe2.python import core, workspace
+
+from fault_fetchers import *  # noqa: F401,F403  (re-exported for the tests)
+from fault_fetchers import tagged_chunk  # noqa: F401
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover - pinned in requirements.txt
+    psutil = None
+
+try:
+    from data_workers import _process_workers  # noqa: F401
+
+    HAVE_PROCESS_WORKERS = True
+except ImportError:  # pragma: no cover - only while process workers were being written
+    HAVE_PROCESS_WORKERS = False
+
+#: Parametrize a test over both backends; "process" skips while it cannot be imported.
+WORKER_TYPES = [
+    "thread",
+    pytest.param("process", marks=pytest.mark.skipif(
+        not HAVE_PROCESS_WORKERS, reason="data_workers._process_workers is not importable yet")),
+]
+#: The "process" parameter alone, for faults only a process can have.
+PROCESS_ONLY = WORKER_TYPES[1:]
+
+#: How long a blocked RunNet may take to fail once its input failed or stopped
+#: (the contract says ~1 s; generous for loaded 2-core CI machines).
+PROMPT_SECS = 5.0
+
+
+# ----------------------------------------------------------------------------- nets
+
+
+def make_input(net: core.Net, fetch_fun: Any, batch_size: int = 8, **kwargs: Any) -> Any:
+    """``init_data_input_workers`` on the tagged blobs, small timeouts by default."""
+    import data_workers
+
+    kwargs.setdefault("timeout", 30)  # long: a test passing quickly proves it did not wait it out
+    return data_workers.init_data_input_workers(net, ["data", "label"], fetch_fun, batch_size,
+                                                **kwargs)
+
+
+def run_until_error(net: core.Net, max_iters: int = 10000,
+                    blobs: Sequence[str] = ("data", "label"),
+                    ) -> Tuple[list, Optional[BaseException], float]:
+    """RunNet until it raises.
+
+    Returns:
+        (batches before the error, the error or None, seconds the failing RunNet took).
+    """
+    workspace.CreateNet(net, overwrite=True)
+    batches = []
+    name = net.Proto().name
+    for _ in range(max_iters):
+        started = time.monotonic()
+        try:
+            workspace.RunNet(name)
+        except RuntimeError as exc:
+            return batches, exc, time.monotonic() - started
+        batches.append([workspace.FetchBlob(b) for b in blobs])
+    return batches, None, 0.0
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.01) -> None:
+    """Poll ``predicate`` (a state with no event to wait on, e.g. counters) until true."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+# ----------------------------------------------------------------------------- leak probes
+
+
+def shm_segments() -> Set[str]:
+    """Named POSIX shared-memory segments that this library or Python could create."""
+    try:
+        names = os.listdir("/dev/shm")
+    except FileNotFoundError:  # pragma: no cover
+        return set()
+    return {n for n in names if n.startswith(("psm_", "data_workers", "sem.mp-", "wnsm_"))}
+
+
+def fetcher_processes() -> List[Any]:
+    """Our live child processes, minus multiprocessing's resource tracker (one per
+    interpreter, started by the first semaphore, by design outliving any input)."""
+    if psutil is None:  # pragma: no cover
+        return []
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                out.append(p)
+                continue
+            if "resource_tracker" in " ".join(p.cmdline()):
+                continue
+        except psutil.NoSuchProcess:
+            continue
+        out.append(p)
+    return out
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def no_shm_leak():
+    """Fail a test that leaves a named shared-memory segment behind."""
+    before = shm_segments()
+    yield
+    deadline = time.monotonic() + 5.0
+    while shm_segments() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = shm_segments() - before
+    assert not left, "shared-memory segments leaked: %s" % sorted(left)
+
+
+@pytest.fixture(params=WORKER_TYPES)
+def worker_type(request: Any) -> str:
+    return request.param
+
+
+def count_dequeue_ops(net: core.Net) -> int:
+    return sum(1 for op in net.Proto().op if op.type == "DequeueBlobs")
