@@ -106,6 +106,7 @@ class ChunkValidator:
         self.input_source = input_source
         self._lock = threading.Lock()
         self._specs: Optional[List[BlobSpec]] = None
+        self._spec_keys: Optional[List[Tuple[np.dtype, Tuple[int, ...]]]] = None
         #: Bytes one chunk, or one batch of its rows, may need (see MEMORY_BUDGET_FRACTION).
         self.max_bytes = default_memory_budget()
 
@@ -147,34 +148,33 @@ class ChunkValidator:
         """The checks that need no memory of earlier chunks (also run in child processes)."""
         if output is None:
             return None
-        where = self._where(worker_id)
         n = len(self.blob_names)
         if not isinstance(output, (list, tuple)):
             raise ChunkTypeError(
                 "%s returned %s; expected a list of %d numpy arrays, one per blob %s"
-                % (where, _describe(output), n, self.blob_names))
+                % (self._where(worker_id), _describe(output), n, self.blob_names))
         if len(output) != n:
             raise ChunkTypeError(
                 "%s returned %d arrays; expected %d, one per blob %s"
-                % (where, len(output), n, self.blob_names))
+                % (self._where(worker_id), len(output), n, self.blob_names))
         for name, column, arr in zip(self.blob_names, self.batch_columns, output):
             if not isinstance(arr, np.ndarray):
                 raise ChunkTypeError(
                     "%s returned %s for blob %r; expected a numpy array"
-                    % (where, _describe(arr), name))
+                    % (self._where(worker_id), _describe(arr), name))
             if isinstance(arr, np.ma.MaskedArray):
                 # Copying a masked array's rows would silently drop its mask.
                 raise ChunkTypeError(
                     "%s returned a masked array for blob %r; its mask would be lost. "
-                    "Return arr.filled(value) or a separate mask blob" % (where, name))
+                    "Return arr.filled(value) or a separate mask blob" % (self._where(worker_id), name))
             if arr.dtype.kind not in SUPPORTED_DTYPE_KINDS or arr.dtype.byteorder == ">":
                 raise ChunkTypeError(
                     "%s returned dtype %s for blob %r; supported are native bool, "
-                    "integer, float and object (string) arrays" % (where, arr.dtype, name))
+                    "integer, float and object (string) arrays" % (self._where(worker_id), arr.dtype, name))
             if arr.ndim <= column:
                 raise ChunkValueError(
                     "%s returned shape %s for blob %r, which has no batch column %d "
-                    "(batch_columns)" % (where, arr.shape, name, column))
+                    "(batch_columns)" % (self._where(worker_id), arr.shape, name, column))
             if arr.dtype.kind == "O":
                 for item in arr.flat:
                     if not isinstance(item, (bytes, str)):
@@ -182,7 +182,7 @@ class ChunkValidator:
                             "%s returned an object array for blob %r holding an element of "
                             "type %s; object arrays become Caffe2 string tensors and may hold "
                             "only bytes or str"
-                            % (where, name, type(item).__name__))
+                            % (self._where(worker_id), name, type(item).__name__))
         if not self.dont_rebatch:
             rows = output[0].shape[self.batch_columns[0]]
             for name, column, arr in zip(self.blob_names, self.batch_columns, output):
@@ -191,7 +191,7 @@ class ChunkValidator:
                         "%s returned %d rows for blob %r (shape %s) but %d rows for blob %r "
                         "(shape %s); every blob of a chunk needs the same number of rows "
                         "along its batch column"
-                        % (where, arr.shape[column], name, arr.shape, rows,
+                        % (self._where(worker_id), arr.shape[column], name, arr.shape, rows,
                            self.blob_names[0], output[0].shape))
         return list(output)
 
@@ -217,10 +217,21 @@ class ChunkValidator:
                    [a.shape for a in arrays]))
 
     def _check_spec(self, worker_id: int, arrays: List[np.ndarray]) -> None:
+        # Hot path (every chunk): plain (dtype, trailing shape) tuple compares;
+        # BlobSpec objects and messages are built only when something differs.
+        keys = self._spec_keys
+        if keys is not None:
+            for arr, column, (dtype, trailing) in zip(arrays, self.batch_columns, keys):
+                shape = arr.shape
+                if arr.dtype != dtype or shape[:column] + shape[column + 1:] != trailing:
+                    break
+            else:
+                return
         got = [BlobSpec(a.dtype, _without(a.shape, c)) for a, c in zip(arrays, self.batch_columns)]
         with self._lock:
             if self._specs is None:
                 self._specs = got
+                self._spec_keys = [(spec.dtype, spec.trailing_shape) for spec in got]
                 return
             expected = self._specs
         for name, column, want, have, arr in zip(
