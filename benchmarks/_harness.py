@@ -100,6 +100,21 @@ class Case:
 # --------------------------------------------------------------------------- parent
 
 
+def upstream_vs_ours_cases(workload: str, quick: bool, timing: "Timing",
+                           timeout_s: float) -> List["Case"]:
+    """Upstream with 2 threads, ours with 2 threads, and (full runs) ours with 2 processes."""
+    base = {"timing": timing.__dict__}
+    cases = [
+        Case(workload, UPSTREAM, "2 threads", dict(base, dw_kwargs={}), timeout_s),
+        Case(workload, OURS, "2 threads", dict(base, dw_kwargs={"worker_type": "thread"}),
+             timeout_s),
+    ]
+    if not quick:
+        cases.append(Case(workload, OURS, "2 processes",
+                          dict(base, dw_kwargs={"worker_type": "process"}), timeout_s))
+    return cases
+
+
 def _kill_group(pgid: int) -> None:
     """SIGTERM, then SIGKILL, the process group of a child we started."""
     for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 0.0)):

@@ -58,16 +58,7 @@ class LargeBatchFetcher:
 
 
 def plan(quick: bool, timing: h.Timing, timeout_s: float) -> List[h.Case]:
-    base = {"timing": timing.__dict__}
-    cases = [
-        h.Case("large_batches", h.UPSTREAM, "2 threads", dict(base, dw_kwargs={}), timeout_s),
-        h.Case("large_batches", h.OURS, "2 threads",
-               dict(base, dw_kwargs={"worker_type": "thread"}), timeout_s),
-    ]
-    if not quick:
-        cases.append(h.Case("large_batches", h.OURS, "2 processes",
-                            dict(base, dw_kwargs={"worker_type": "process"}), timeout_s))
-    return cases
+    return h.upstream_vs_ours_cases("large_batches", quick, timing, timeout_s)
 
 
 def measure(ctx: h.ChildContext) -> h.Result:

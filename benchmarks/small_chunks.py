@@ -57,16 +57,7 @@ class SmallChunkFetcher:
 
 
 def plan(quick: bool, timing: h.Timing, timeout_s: float) -> List[h.Case]:
-    base = {"timing": timing.__dict__}
-    cases = [
-        h.Case("small_chunks", h.UPSTREAM, "2 threads", dict(base, dw_kwargs={}), timeout_s),
-        h.Case("small_chunks", h.OURS, "2 threads",
-               dict(base, dw_kwargs={"worker_type": "thread"}), timeout_s),
-    ]
-    if not quick:
-        cases.append(h.Case("small_chunks", h.OURS, "2 processes",
-                            dict(base, dw_kwargs={"worker_type": "process"}), timeout_s))
-    return cases
+    return h.upstream_vs_ours_cases("small_chunks", quick, timing, timeout_s)
 
 
 def measure(ctx: h.ChildContext) -> h.Result:
