@@ -89,7 +89,6 @@ class Caffe2Feed:
         self._host_staging = is_gpu(device_option)
         self._close_lock = threading.Lock()
         self._closed = False
-        self._staged: List[bool] = []
         self._create()
 
     def _create(self) -> None:
@@ -137,18 +136,19 @@ class Caffe2Feed:
         """
         ws = workspace.C.Workspace.current
         dests = []
-        self._staged = []
         for name, (shape, dtype) in zip(self.scratch, layout):
             c2type = caffe2_dtype(dtype)
-            staged = self._host_staging or c2type is None
-            self._staged.append(staged)
-            if staged:
+            if self._host_staging or c2type is None:
                 dests.append(np.empty(shape, dtype))
                 continue
             tensor = ws.create_blob(name).tensor()
             tensor.init(list(shape), c2type)
             dests.append(tensor.data)
         return dests
+
+    def _staged(self, dest: np.ndarray) -> bool:
+        """True if ``dest`` is a host staging array rather than a scratch blob's memory."""
+        return self._host_staging or caffe2_dtype(dest.dtype) is None
 
     def enqueue(self, dests: Sequence[np.ndarray]) -> bool:
         """Push the batch written into ``dests`` as one queue entry.
@@ -158,8 +158,8 @@ class Caffe2Feed:
         Returns:
             True if enqueued, False if the queue was closed meanwhile.
         """
-        for name, dest, staged in zip(self.scratch, dests, self._staged):
-            if staged:
+        for name, dest in zip(self.scratch, dests):
+            if self._staged(dest):
                 # A host staging array (GPU scope or string blob): FeedBlob
                 # copies it to the blob's device.
                 workspace.FeedBlob(name, dest, device_option=self.device_option)
