@@ -137,7 +137,7 @@ class Caffe2Feed:
         ws = workspace.C.Workspace.current
         dests = []
         for name, (shape, dtype) in zip(self.scratch, layout):
-            c2type = caffe2_dtype(dtype)
+            c2type = _DTYPES.get(dtype)  # dtype is an np.dtype already: no conversion
             if self._host_staging or c2type is None:
                 dests.append(np.empty(shape, dtype))
                 continue
@@ -175,6 +175,11 @@ class Caffe2Feed:
                     "ResetWorkspace / SwitchWorkspace" % (self.input_source, self.queue_name)
                 ) from exc
             raise
+        if not self._closed:
+            # close() marks the feed closed before it closes the queue, so the
+            # queue was open for this whole enqueue: it went in.  This skips
+            # reading the status blob (several binding calls) on every batch.
+            return True
         closed = workspace.C.Workspace.current.create_blob(self.status).tensor().data
         return not closed.item()
 

@@ -20,12 +20,7 @@ import numpy as np
 
 from ._validate import Chunk
 
-__all__ = ["Rebatcher", "batch_slice"]
-
-
-def batch_slice(column: int, start: int, stop: int) -> Tuple[slice, ...]:
-    """Index selecting rows ``start:stop`` along ``column`` of an array."""
-    return (slice(None),) * column + (slice(start, stop),)
+__all__ = ["Rebatcher"]
 
 
 class Rebatcher:
@@ -41,6 +36,8 @@ class Rebatcher:
         self.batch_columns = list(batch_columns)
         self.batch_size = batch_size
         self.dont_rebatch = dont_rebatch
+        # Index prefix per blob, (slice(None),) * column: built once, not per copy.
+        self._prefixes = [(slice(None),) * column for column in self.batch_columns]
         self._pending: Deque[Chunk] = collections.deque()
         self._offset = 0  # rows of _pending[0] already copied out
         self._rows = 0  # rows buffered, not yet copied out
@@ -85,10 +82,12 @@ class Rebatcher:
         provenance: List[Tuple[int, int]] = []
         while filled < rows:
             chunk = self._pending[0]
-            take = min(rows - filled, chunk.rows - self._offset)
-            for dest, src, column in zip(dests, chunk.arrays, self.batch_columns):
-                dest[batch_slice(column, filled, filled + take)] = \
-                    src[batch_slice(column, self._offset, self._offset + take)]
+            offset = self._offset
+            take = min(rows - filled, chunk.rows - offset)
+            into = slice(filled, filled + take)
+            out_of = slice(offset, offset + take)
+            for dest, src, prefix in zip(dests, chunk.arrays, self._prefixes):
+                dest[prefix + (into,)] = src[prefix + (out_of,)]
             provenance.append((chunk.worker_id, take))
             filled += take
             self._offset += take

@@ -107,6 +107,9 @@ class ChunkValidator:
         self._lock = threading.Lock()
         self._specs: Optional[List[BlobSpec]] = None
         self._spec_keys: Optional[List[Tuple[np.dtype, Tuple[int, ...]]]] = None
+        #: Bytes of one row of every blob under the recorded spec; None while no
+        #: spec is recorded or when it holds object arrays (never fast-pathed).
+        self._row_bytes: Optional[int] = None
         #: Bytes one chunk, or one batch of its rows, may need (see MEMORY_BUDGET_FRACTION).
         self.max_bytes = default_memory_budget()
 
@@ -133,6 +136,9 @@ class ChunkValidator:
                 of range, a dtype / trailing shape changed since the first chunk, or
                 the chunk (or a batch of its rows) is larger than ``max_bytes``.
         """
+        chunk = self._matching_chunk(worker_id, output, batch_size)
+        if chunk is not None:
+            return chunk
         arrays = self.check_structure(worker_id, output)
         if arrays is None:
             return None
@@ -143,6 +149,39 @@ class ChunkValidator:
         if not self.dont_rebatch:
             self._check_spec(worker_id, arrays)
         return Chunk(worker_id, arrays, rows)
+
+    def _matching_chunk(self, worker_id: int, output: Any,
+                        batch_size: Optional[int]) -> Optional[Chunk]:
+        """The chunk, if ``output`` is exactly what the recorded spec allows; else None.
+
+        The per-chunk hot path once the first chunk fixed every blob's dtype and
+        trailing shape: plain ``np.ndarray`` objects (no subclasses), the recorded
+        dtypes and trailing shapes, equal non-zero row counts, within the memory
+        budget.  Anything else (including every error) returns None and gets the
+        full checks, which decide and word the error.
+        """
+        keys = self._spec_keys
+        row_bytes = self._row_bytes
+        if keys is None or row_bytes is None:
+            return None
+        if type(output) not in (list, tuple) or len(output) != len(keys):
+            return None
+        rows = -1
+        for arr, column, (dtype, trailing) in zip(output, self.batch_columns, keys):
+            if type(arr) is not np.ndarray or arr.dtype != dtype:
+                return None
+            shape = arr.shape
+            if len(shape) != len(trailing) + 1 or shape[:column] + shape[column + 1:] != trailing:
+                return None
+            if rows < 0:
+                rows = shape[column]
+            elif shape[column] != rows:
+                return None
+        if rows <= 0 or rows * row_bytes > self.max_bytes:
+            return None
+        if batch_size is not None and batch_size * row_bytes > self.max_bytes:
+            return None
+        return Chunk(worker_id, list(output), rows)
 
     def check_structure(self, worker_id: int, output: Any) -> Optional[List[np.ndarray]]:
         """The checks that need no memory of earlier chunks (also run in child processes)."""
@@ -231,6 +270,10 @@ class ChunkValidator:
         with self._lock:
             if self._specs is None:
                 self._specs = got
+                if all(spec.dtype.kind != "O" for spec in got):
+                    # Set before _spec_keys: the fast path reads them in that order.
+                    self._row_bytes = sum(spec.dtype.itemsize * int(np.prod(spec.trailing_shape))
+                                          for spec in got)
                 self._spec_keys = [(spec.dtype, spec.trailing_shape) for spec in got]
                 return
             expected = self._specs

@@ -52,7 +52,13 @@ def no_leaks():
 
 @pytest.fixture
 def ws():
-    """A reset Caffe2 workspace."""
+    """A reset Caffe2 workspace.
+
+    Inputs a failed test left running are stopped before the reset: resetting the
+    workspace under a running enqueue is undefined in Caffe2 and would turn one
+    failure into a hung enqueuer and a second, misleading leak error.
+    """
     workspace.ResetWorkspace()
     yield workspace
+    data_workers.global_coordinator.stop(raise_failure=False)
     workspace.ResetWorkspace()

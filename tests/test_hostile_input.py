@@ -214,3 +214,37 @@ class MemmapFetcher:
         mm = np.memmap(self.path, dtype=np.float32, mode="r", shape=(12, 2))
         start, self.pos = self.pos, (self.pos + 4) % 12
         return [mm[start:start + 4], np.arange(start, start + 4, dtype=np.int32)]
+
+
+def _primed_validator() -> _validate.ChunkValidator:
+    """A validator that has recorded the (4, 3) float64 + (4,) int32 layout."""
+    validator = _validate.ChunkValidator(["data", "label"], [0, 0], False, "train")
+    assert validator.check(0, hostile_output("nan_inf", 0, 0), 6) is not None
+    return validator
+
+
+@pytest.mark.parametrize("kind", sorted(REJECTED))
+def test_recorded_layout_never_lets_a_rejected_form_through(kind):
+    """Once a layout is recorded, chunks matching it take a short path; every
+    rejected form must still get the full checks and the very same error."""
+    output = hostile_output(kind, 0, 0)
+    fresh = _validate.ChunkValidator(["data", "label"], [0, 0], False, "train")
+    with pytest.raises(REJECTED[kind][0]) as want:
+        fresh.check(0, output, 6)
+    with pytest.raises(REJECTED[kind][0]) as got:
+        _primed_validator().check(0, output, 6)
+    assert str(got.value) == str(want.value)
+
+
+@pytest.mark.parametrize("kind", [k for k in ACCEPTED if k != "mixed_dtypes"])
+def test_recorded_layout_accepts_the_same_forms(kind):
+    output = hostile_output(kind, 0, 4)
+    chunk = _primed_validator().check(1, output, 6)
+    assert chunk is not None and chunk.rows == 4 and chunk.worker_id == 1
+    for got, given in zip(chunk.arrays, output):
+        assert got is given  # validation never copies
+
+
+def test_recorded_layout_refuses_a_layout_change():
+    with pytest.raises(data_workers.ChunkValueError, match="earlier chunks had dtype float64"):
+        _primed_validator().check(0, hostile_output("mixed_dtypes", 0, 0), 6)

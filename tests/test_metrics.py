@@ -9,6 +9,7 @@ import pytest
 
 import data_workers
 from data_workers import parallel_workers
+from fault_util import wait_for
 from util import check_tagged, init_tagged, make_net, run_and_collect
 
 pytestmark = pytest.mark.timeout(30)
@@ -56,15 +57,20 @@ def test_stats_is_a_frozen_snapshot(ws):
     net = make_net()
     coord = init_tagged(net)
     coord.start()
-    run_and_collect(net, 10)
-    stats = coord.stats()[0]
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        stats.rows_enqueued = 0  # type: ignore[misc]
-    assert stats.batches_enqueued >= 10 and stats.rows_enqueued == stats.batches_enqueued * 32
-    assert stats.rows_fetched >= stats.rows_enqueued
-    assert stats.state == "running" and stats.worker_type == "thread" and stats.workers == 2
-    assert stats.inputs_per_sec > 0 and stats.failure is None
-    coord.stop()
+    try:
+        run_and_collect(net, 10)
+        # The enqueuer counts a batch after its enqueue returns, so the net can
+        # dequeue the tenth batch a moment before the counter says 10.
+        wait_for(lambda: coord.stats()[0].batches_enqueued >= 10, 10, "the counter to catch up")
+        stats = coord.stats()[0]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            stats.rows_enqueued = 0  # type: ignore[misc]
+        assert stats.rows_enqueued == stats.batches_enqueued * 32
+        assert stats.rows_fetched >= stats.rows_enqueued
+        assert stats.state == "running" and stats.worker_type == "thread" and stats.workers == 2
+        assert stats.inputs_per_sec > 0 and stats.failure is None
+    finally:
+        coord.stop()
 
 
 def test_metrics_are_thread_safe():
