@@ -11,7 +11,8 @@ workload is one module with ``plan`` (parent side), ``measure`` (child side),
 - ``startup``: ``start()`` to the first batch in the net.
 
 ``python -m benchmarks.profile`` runs one configuration under py-spy and says where
-its time goes.
+its time goes; ``python -m benchmarks.copy_threads`` compares one- and two-thread copy
+bandwidth into rotating batch tensors (why large pieces are split).
 
 Module-level imports here and in the workload modules stay light (numpy only):
 spawned worker processes import them to unpickle fetchers.

@@ -16,6 +16,7 @@ The pipeline of one input (one ``init_data_input_workers`` call)::
             v
     Rebatcher                          exact batch_size rows along each batch column,
             |                          copied once, straight into Caffe2 blob memory
+            |                          (pieces >= 4 MiB: by two threads, half each)
             v
     Caffe2Feed (enqueuer thread)       one prepared net: SafeEnqueueBlobs, whole batches
             v

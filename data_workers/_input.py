@@ -83,7 +83,8 @@ class BatchFeeder(State, BatchFeederInternals):
         self.counters = InputCounters()
         self.validator = ChunkValidator(self.blob_names, config.batch_columns,
                                         config.dont_rebatch, config.input_source)
-        self.rebatcher = Rebatcher(config.batch_columns, config.batch_size, config.dont_rebatch)
+        self.rebatcher = Rebatcher(config.batch_columns, config.batch_size, config.dont_rebatch,
+                                   name="data_workers %s%s" % (config.namescope, config.input_source))
         self.channel: ChunkChannel
         if config.deterministic:
             per_worker = max(1, -(-config.max_buffered_batches // max(1, len(worker_ids))))

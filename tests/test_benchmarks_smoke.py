@@ -35,3 +35,11 @@ def test_soak_quick_run(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=220)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert out.exists()
+
+
+@pytest.mark.timeout(120)
+def test_copy_threads_runs():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.copy_threads", "--rounds", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "rotating 2 threads" in result.stdout

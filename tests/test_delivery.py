@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from caffe2.python import core, workspace
 
 import data_workers
+from data_workers import _rebatch
+from data_workers._validate import Chunk
 from util import TaggedFetcher, check_tagged, init_tagged, make_net, run_and_collect
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,7 +66,33 @@ class TimeMajorFetcher:
         return [data, label, lengths]
 
 
-def test_batch_columns_time_major(ws):
+def _copier_threads():
+    return [t for t in threading.enumerate() if "copier" in t.name]
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_pieces_copied_by_two_threads_arrive_exactly_once_in_order(ws, monkeypatch, worker_type):
+    """Large pieces are split between the enqueuer and a helper thread (here: every
+    piece of 2+ rows); rows still arrive exactly once and in order, and the helper
+    ends with the input."""
+    monkeypatch.setattr(_rebatch, "SPLIT_COPY_MIN_BYTES", 1)
+    net = make_net()
+    coord = init_tagged(net, max_buffered_batches=2, fetch_fun=TaggedFetcher(max_rows=100),
+                        worker_type=worker_type)
+    coord.start()
+    batches = run_and_collect(net, 60)
+    assert _copier_threads(), "no piece was split"
+    assert coord.stop() is True
+    check_tagged(batches)
+    for t in _copier_threads():
+        t.join(5)
+    assert not _copier_threads()
+
+
+@pytest.mark.parametrize("split_copies", [False, True])
+def test_batch_columns_time_major(ws, monkeypatch, split_copies):
+    if split_copies:  # splits along batch column 1 of data and label, 0 of lengths
+        monkeypatch.setattr(_rebatch, "SPLIT_COPY_MIN_BYTES", 1)
     net = make_net()
     coord = data_workers.init_data_input_workers(
         net, ["data", "label", "lengths"], TimeMajorFetcher(), 32,
@@ -139,3 +169,17 @@ def test_new_run_never_sees_old_batches(ws):
     batches = run_and_collect(net2, 20)
     coord.stop()
     check_tagged(batches)  # a leftover -1 row would fail the tag check
+
+
+def test_split_copy_falls_back_to_one_thread_when_the_helper_refuses(monkeypatch):
+    """At interpreter exit the helper pool takes no new work: the enqueuer copies alone."""
+    monkeypatch.setattr(_rebatch, "SPLIT_COPY_MIN_BYTES", 1)
+    rebatcher = _rebatch.Rebatcher([0, 0], 4, False)
+    rebatcher._helper_pool().shutdown()  # what concurrent.futures does at exit
+    rebatcher.add(Chunk(0, [np.arange(16.0).reshape(8, 2), np.arange(8)], 8))
+    for start in (0, 4):
+        dests = [np.empty((4, 2)), np.empty(4, np.int64)]
+        assert rebatcher.fill(dests, 4) == [(0, 4)]
+        np.testing.assert_array_equal(dests[0], np.arange(start * 2, start * 2 + 8.0).reshape(4, 2))
+        np.testing.assert_array_equal(dests[1], np.arange(start, start + 4))
+    rebatcher.release_all()

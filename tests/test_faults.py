@@ -409,6 +409,9 @@ _EXIT_SCRIPT = textwrap.dedent("""
 
     def main():
         workspace.GlobalInit(["caffe2", "--caffe2_log_level=3"])
+        if MODE == "split_copies":  # every piece copied by two threads
+            from data_workers import _rebatch
+            _rebatch.SPLIT_COPY_MIN_BYTES = 1
         net = core.Net("exit_test")
         coord = data_workers.init_data_input_workers(
             net, ["data", "label"], fetch, 4, num_worker_threads=2, timeout=30,
@@ -425,7 +428,8 @@ _EXIT_SCRIPT = textwrap.dedent("""
             raise SystemExit("trainer crashed")
         if MODE == "sys_exit":
             sys.exit(0)
-        # MODE "fall_off" / "hung_fetcher": the script just ends, workers running
+        # MODE "fall_off" / "hung_fetcher" / "split_copies": the script just ends,
+        # workers running
 
     if __name__ == "__main__":
         main()
@@ -434,7 +438,7 @@ _EXIT_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("mode,rc", [("fall_off", 0), ("sys_exit", 0), ("raise", 1),
-                                     ("hung_fetcher", 0)])
+                                     ("hung_fetcher", 0), ("split_copies", 0)])
 def test_interpreter_exit_without_stop(worker_type, tmp_path, mode, rc):
     """The script ends (or crashes) with workers running: exit within seconds,
     no worker process left behind."""
@@ -450,6 +454,8 @@ def test_interpreter_exit_without_stop(worker_type, tmp_path, mode, rc):
     out = proc.stdout.decode(errors="replace")
     assert proc.returncode == rc, out
     assert elapsed < 45, "exit took %.1f s" % elapsed
+    if mode == "split_copies":  # the copy helper's shutdown at exit is no input failure
+        assert "Traceback" not in out and "failed" not in out, out
     line = [l for l in out.splitlines() if l.startswith("CHILDREN")]
     assert line, out
     pids = [int(p) for p in line[0].split()[1:]]
