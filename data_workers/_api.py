@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 from caffe2.proto import caffe2_pb2
 from caffe2.python import core, scope
 
+from ._args import check_positive_int, check_positive_seconds
 from ._coordinator import GlobalWorkerCoordinator, InitFun
 from ._input import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
 from ._metrics import ExternalLogger, InputStats, Metrics
@@ -56,7 +57,7 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
         Adds the dequeue op to ``net`` unless it already has it.  Rows already
         fetched are kept; the new size applies from the next batch.
         """
-        _check_positive_int("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size)
         logger.info("reset data input %r in %r: batch size %d", name, namescope, batch_size)
         for c in self.inputs():
             if c.name == name and c.config.namescope == namescope:
@@ -65,11 +66,6 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
 
 
 global_coordinator = GlobalCoordinator()
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError("%s must be a positive int, got %r" % (name, value))
 
 
 def _check_args(net: Any, input_blob_names: Any, fetch_fun: Any, batch_size: Any,
@@ -85,11 +81,10 @@ def _check_args(net: Any, input_blob_names: Any, fetch_fun: Any, batch_size: Any
     if not callable(fetch_fun):
         raise TypeError("fetch_fun must be callable as fetch_fun(worker_id, batch_size), got %r"
                         % (fetch_fun,))
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("num_worker_threads", num_worker_threads)
-    _check_positive_int("max_buffered_batches", max_buffered_batches)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError("timeout must be a positive number of seconds, got %r" % (timeout,))
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("num_worker_threads", num_worker_threads)
+    check_positive_int("max_buffered_batches", max_buffered_batches)
+    check_positive_seconds("timeout", timeout)
     if worker_type not in WORKER_TYPES:
         raise ValueError("worker_type must be one of %s, got %r" % (WORKER_TYPES, worker_type))
     if batch_columns is None:
@@ -111,7 +106,7 @@ def _check_process_args(fetch_fun: Any, shm_bytes_per_worker: Any) -> None:
             "picklable (a module-level function, or an instance of a module-level class); "
             "%r is not: %s" % (fetch_fun, exc)) from exc
     if shm_bytes_per_worker is not None:
-        _check_positive_int("shm_bytes_per_worker", shm_bytes_per_worker)
+        check_positive_int("shm_bytes_per_worker", shm_bytes_per_worker)
 
 
 def init_data_input_workers(
@@ -175,11 +170,7 @@ def init_data_input_workers(
         batch_columns=tuple(columns), timeout=float(timeout), worker_type=worker_type,
         deterministic=bool(deterministic), seed=seed, log_interval_secs=log_interval_secs,
         shm_bytes_per_worker=shm_bytes_per_worker)
-    if stall_warning_secs is not None and (
-            isinstance(stall_warning_secs, bool) or not isinstance(stall_warning_secs, (int, float))
-            or not stall_warning_secs > 0):
-        raise ValueError("stall_warning_secs must be a positive number of seconds or None, got %r"
-                         % (stall_warning_secs,))
+    check_positive_seconds("stall_warning_secs", stall_warning_secs, or_none=True)
     metrics = Metrics(external_loggers)
     worker_ids = [global_coordinator.get_new_worker_id() for _ in range(num_worker_threads)]
     feeder = BatchFeeder(config, worker_ids, metrics)

@@ -53,6 +53,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from ._args import check_positive_int
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import ray.data
 
@@ -146,10 +148,8 @@ class RayDataSource:
         _require_ray()
         if not columns:
             raise ValueError("columns must name at least one dataset column")
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if num_epochs is not None and (not isinstance(num_epochs, int) or num_epochs <= 0):
-            raise ValueError(f"num_epochs must be a positive int or None, got {num_epochs!r}")
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("num_epochs", num_epochs, or_none=True)
         import ray.data
         import ray.exceptions
 
@@ -192,8 +192,7 @@ class RayDataSource:
         Raises:
             ValueError: If ``n`` is not a positive int.
         """
-        if not isinstance(n, int) or n <= 0:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        check_positive_int("n", n)
         return [
             cls(it, columns, batch_size=batch_size, **kwargs)
             for it in dataset.streaming_split(n, equal=equal)

@@ -59,6 +59,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 
 import numpy as np
 
+from ._args import check_positive_int
+
 __all__ = [
     "ArrayDataset",
     "IndexableDataset",
@@ -302,10 +304,8 @@ class ShardedSource:
                 "dataset must have __len__ and load(indices), or be a list/tuple of "
                 f"arrays; got {type(dataset).__name__}"
             )
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not isinstance(world_size, int) or world_size <= 0:
-            raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("world_size", world_size)
         if not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
         try:

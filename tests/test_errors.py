@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 
@@ -11,6 +12,8 @@ import pytest
 from caffe2.python import workspace
 
 import data_workers
+from data_workers import parallel_workers
+from data_workers.sharding import ShardedSource
 from util import failing_fetcher, init_tagged, make_net
 
 pytestmark = pytest.mark.timeout(60)
@@ -227,3 +230,19 @@ def test_invalid_arguments_rejected_at_init(ws, kwargs, fragment):
     args.update(kwargs)
     with pytest.raises((TypeError, ValueError), match=fragment):
         data_workers.init_data_input_workers(**args)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: parallel_workers.init_workers(lambda wid: None, num_worker_threads=True),
+     "num_worker_threads must be a positive int, got True"),
+    (lambda: parallel_workers.init_workers(lambda wid: None, num_worker_threads=0),
+     "num_worker_threads must be a positive int, got 0"),
+    (lambda: ShardedSource([np.arange(8.0)], batch_size=True),
+     "batch_size must be a positive int, got True"),
+    (lambda: ShardedSource([np.arange(8.0)], batch_size=2, world_size=0),
+     "world_size must be a positive int, got 0"),
+])
+def test_counts_are_checked_alike_by_every_entry_point(make, message):
+    """One rule for counts everywhere: positive ints, and a bool is not a count."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
