@@ -441,8 +441,8 @@ def run_pipeline(
     fetch_fun: Callable[[int, int], Any],
     batch_size: int,
     num_workers: int,
-    dw_kwargs: Mapping[str, Any],
     measure: Callable[[Consumer, float], Result],
+    extra_kwargs: Optional[Mapping[str, Any]] = None,
 ) -> Result:
     """Build a net fed by ``ctx.dw``, start the workers, measure, stop.
 
@@ -452,9 +452,12 @@ def run_pipeline(
         fetch_fun: the fetcher.
         batch_size: rows per batch.
         num_workers: ``num_worker_threads``.
-        dw_kwargs: further keyword arguments (ours-only ones are dropped for upstream).
         measure: called as ``measure(consumer, t_start)`` right after ``start()``
             returns; ``t_start`` is ``perf_counter()`` just before ``start()``.
+        extra_kwargs: keyword arguments for this workload, on top of the case's own
+            (``params["dw_kwargs"]``) and its dequeue ``timeout``
+            (``params["dequeue_timeout"]``, default 30 s).  Ours-only ones are
+            dropped for upstream.
 
     Returns:
         ``measure``'s dict plus ``start_call_s``, ``stop_s``, ``stop_ok``,
@@ -463,7 +466,9 @@ def run_pipeline(
     from caffe2.python import core, workspace
 
     net = core.Net(f"bench_{ctx.workload}_{ctx.side}")
-    kwargs = ctx.init_kwargs(dw_kwargs)
+    kwargs = ctx.init_kwargs(dict(ctx.params["dw_kwargs"],
+                                  timeout=ctx.params.get("dequeue_timeout", 30),
+                                  **(extra_kwargs or {})))
     coord = ctx.dw.init_data_input_workers(
         net,
         list(blobs),

@@ -115,7 +115,6 @@ def measure(ctx: h.ChildContext) -> h.Result:
         fetch_fun=BusyFetcher(ctx.params["spin_iterations"]),
         batch_size=BATCH,
         num_workers=ctx.params["workers"],
-        dw_kwargs=dict(ctx.params["dw_kwargs"], timeout=ctx.params.get("dequeue_timeout", 30)),
         measure=lambda consumer, t0: h.measure_steady(consumer, ctx.timing),
     )
 

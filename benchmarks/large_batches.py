@@ -77,8 +77,7 @@ def measure(ctx: h.ChildContext) -> h.Result:
         fetch_fun=LargeBatchFetcher(),
         batch_size=BATCH,
         num_workers=WORKERS,
-        dw_kwargs=dict(ctx.params["dw_kwargs"], max_buffered_batches=MAX_BUFFERED,
-                       timeout=ctx.params.get("dequeue_timeout", 30)),
+        extra_kwargs={"max_buffered_batches": MAX_BUFFERED},
         measure=lambda consumer, t0: h.measure_steady(consumer, ctx.timing,
                                                       after_window=memcpy_now),
     )

@@ -67,7 +67,6 @@ def measure(ctx: h.ChildContext) -> h.Result:
         fetch_fun=SmallChunkFetcher(),
         batch_size=BATCH,
         num_workers=WORKERS,
-        dw_kwargs=dict(ctx.params["dw_kwargs"], timeout=ctx.params.get("dequeue_timeout", 30)),
         measure=lambda consumer, t0: h.measure_steady(consumer, ctx.timing),
     )
     result["bytes_per_batch"] = BATCH * 3 * 8 + BATCH * 8

@@ -45,7 +45,6 @@ def measure(ctx: h.ChildContext) -> h.Result:
         fetch_fun=SmallChunkFetcher(),
         batch_size=BATCH,
         num_workers=WORKERS,
-        dw_kwargs=dict(ctx.params["dw_kwargs"], timeout=ctx.params.get("dequeue_timeout", 30)),
         measure=_first_batch,
     )
 
