@@ -253,11 +253,13 @@ class InputCoordinator(WorkerCoordinator):
         if self.watchdog is not None:
             ok = self.watchdog.join(deadline) and ok
         if not ok:
-            # cleanup() is skipped when something is stuck; still give back
-            # the chunks in the channel, and the re-batcher's unless the
-            # enqueuer thread (its only user) is the one that is stuck.
-            self.feeder.release_buffers(include_rebatcher=not self.enqueuer_thread.is_alive())
+            self.release_leftovers()  # cleanup() is skipped when something is stuck
         return ok
+
+    def release_leftovers(self) -> None:
+        """Give back the chunks in the channel, and the re-batcher's unless the
+        enqueuer thread (the re-batcher's only user) is still running, i.e. stuck."""
+        self.feeder.release_buffers(include_rebatcher=not self.enqueuer_thread.is_alive())
 
     def stats(self) -> InputStats:
         values: Dict[str, Any] = self.feeder.counters.values()

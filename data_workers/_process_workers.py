@@ -294,7 +294,7 @@ class ProcessFetchers:
         for w in self.workers:
             ok = w.join_process(deadline) and ok
         # Chunks still pointing into the arenas are dropped before unmapping.
-        self.feeder.release_buffers(include_rebatcher=not self.coordinator.enqueuer_thread.is_alive())
+        self.coordinator.release_leftovers()
         for w in self.workers:
             w.close()
         return ok
