@@ -154,17 +154,22 @@ def test_rejected_forms_raise_documented_error(worker_type, kind):
     assert psutil.Process().memory_info().rss - rss_before < 200 << 20
 
 
+def _assert_refused(coord, net, match):
+    """Start the input: the net fails, and stop() raises the ChunkValueError."""
+    coord.start()
+    _, net_error, _ = run_until_error(net, max_iters=5)
+    assert net_error is not None
+    with pytest.raises(data_workers.ChunkValueError, match=match):
+        coord.stop()
+
+
 def test_batch_of_big_rows_over_budget(worker_type):
     """Each chunk fits (one 8 MiB row; fits a process arena too) but a batch of
     100000 such rows would not: refused before the re-batcher allocates it."""
     net = core.Net("hostile_rows")
     coord = make_input(net, BigRowFetcher(), batch_size=100000, num_worker_threads=1,
                        worker_type=worker_type)
-    coord.start()
-    _, net_error, _ = run_until_error(net, max_iters=5)
-    assert net_error is not None
-    with pytest.raises(data_workers.ChunkValueError, match="a batch of 100000 such rows"):
-        coord.stop()
+    _assert_refused(coord, net, "a batch of 100000 such rows")
 
 
 def test_real_array_over_lowered_budget(monkeypatch):
@@ -173,11 +178,7 @@ def test_real_array_over_lowered_budget(monkeypatch):
     monkeypatch.setattr(_validate, "MEMORY_BUDGET_FRACTION", (4 << 20) / total)
     net = core.Net("hostile_budget")
     coord = make_input(net, RealBigFetcher(), batch_size=2, num_worker_threads=1)
-    coord.start()
-    _, net_error, _ = run_until_error(net, max_iters=5)
-    assert net_error is not None
-    with pytest.raises(data_workers.ChunkValueError, match="memory budget of 0.0 GiB"):
-        coord.stop()
+    _assert_refused(coord, net, "memory budget of 0.0 GiB")
 
 
 @pytest.mark.parametrize("wt", PROCESS_ONLY)
@@ -185,11 +186,7 @@ def test_process_chunk_over_arena(wt):
     net = core.Net("hostile_arena")
     coord = make_input(net, RealBigFetcher(), batch_size=2, num_worker_threads=1,
                        worker_type=wt, shm_bytes_per_worker=1 << 20)
-    coord.start()
-    _, net_error, _ = run_until_error(net, max_iters=5)
-    assert net_error is not None
-    with pytest.raises(data_workers.ChunkValueError, match="shm_bytes_per_worker"):
-        coord.stop()
+    _assert_refused(coord, net, "shm_bytes_per_worker")
 
 
 def test_memmap_subclass_is_read_as_plain_array(tmp_path):
