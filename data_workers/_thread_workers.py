@@ -30,13 +30,13 @@ class DataWorker(Worker):
 
     def __init__(self, coordinator: "InputCoordinator", worker_id: int, worker_fun: FetchFun,
                  metrics: Metrics, batch_size: int, batch_feeder: "BatchFeeder") -> None:
+        # ``batch_size`` stays in upstream's signature, but the live size is the
+        # feeder's (run() reads it each call, so reset_data_input applies).
         super().__init__(coordinator, worker_id, worker_fun=worker_fun, metrics=metrics)
-        self._batch_size = batch_size
         self._batch_feeder = batch_feeder
 
     def run(self) -> None:
         fetch: FetchFun = self._worker_fun  # type: ignore[assignment]
-        # The batch size is a hint; read it each time so reset_data_input applies.
         output = fetch(self._worker_id, self._batch_feeder.batch_size)
         self._batch_feeder.put(output, self._coordinator, self._worker_id)
 
