@@ -114,6 +114,7 @@ class WorkerCoordinator(WorkerCoordinatorInternals):
         self.lifecycle = Lifecycle.CREATED
         # Reentrant: see NOTE [ Shutdown and error protocol ], rule 7.
         self._lock = threading.RLock()
+        self._init_lock = threading.Lock()
         self._failure: Optional[DataInputError] = None
         self._failure_raised = False
         self._initialized = False
@@ -140,7 +141,9 @@ class WorkerCoordinator(WorkerCoordinatorInternals):
     # -- lifecycle --------------------------------------------------------
     def init(self, global_coordinator: Any) -> None:
         """Run ``init_fun`` once; its exception breaks the group and is raised."""
-        with self._lock:  # concurrent start() calls run init_fun once
+        # Its own lock: concurrent start() calls run init_fun once, and a stop()
+        # meanwhile need not wait for init_fun (start() then raises InputClosedError).
+        with self._init_lock:
             if self.init_fun is None or self._initialized:
                 return
             self._initialized = True

@@ -107,9 +107,12 @@ class Caffe2Feed:
 
     def _run_op(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str],
                 device_option: caffe2_pb2.DeviceOption = _CPU, **kwargs: Any) -> None:
+        # BlobReferences: our names are scoped already; plain strings would be
+        # scoped again by whatever NameScope is current now.
+        ref = core.BlobReference
         self._ws._run_operator(core.CreateOperator(
-            op_type, list(inputs), list(outputs), device_option=device_option,
-            **kwargs).SerializeToString())
+            op_type, [ref(b) for b in inputs], [ref(b) for b in outputs],
+            device_option=device_option, **kwargs).SerializeToString())
 
     def _create(self) -> None:
         self._run_op("CreateBlobsQueue", [], [self.queue_name],

@@ -352,6 +352,7 @@ class InputCoordinator(WorkerCoordinator):
             state=self.lifecycle.value,
             worker_type=self.config.worker_type,
             workers=len(self.worker_ids),
+            worker_pids=tuple(p for p in self.backend.pids() if p is not None),
             chunks_fetched=counters.chunks_fetched,
             rows_fetched=counters.rows_fetched,
             chunks_skipped=counters.chunks_skipped,

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Dict, Iterable, Optional, Protocol
+from typing import Any, Dict, Iterable, Optional, Protocol, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,8 @@ class InputStats:
     worker_type: str
     #: Number of fetcher workers.
     workers: int
+    #: Process ids of the worker processes (``()`` for thread workers or before start).
+    worker_pids: Tuple[int, ...]
     #: Chunks returned by fetchers and accepted (not None, not empty).
     chunks_fetched: int
     #: Rows in those chunks.

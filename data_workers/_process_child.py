@@ -47,7 +47,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as np
 
 from ._errors import ChunkValueError
-from ._shm_ring import ALIGN, ShmArena
+from ._shm_ring import ShmArena
 from ._validate import ChunkValidator
 
 __all__ = ["ChildSpec", "child_main", "IN_WORKER_ENV"]
@@ -77,15 +77,6 @@ def _send_error(conn: Connection, exc: BaseException) -> None:
         blob = None
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     conn.send(("error", blob, type(exc).__name__, str(exc), tb))
-
-
-def _batch_bytes(arrays: Sequence[np.ndarray], columns: Sequence[int], batch_size: int) -> int:
-    """Ring bytes of a batch of ``batch_size`` rows shaped like ``arrays``."""
-    total = 0
-    for arr, column in zip(arrays, columns):
-        rows = arr.shape[column]
-        total += -(-arr.nbytes * batch_size // max(rows, 1)) + ALIGN
-    return total
 
 
 def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: ShmArena) -> None:
@@ -120,19 +111,6 @@ def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: Sh
                 "shm_bytes_per_worker" % (spec.worker_id, spec.input_source, need,
                                           arena.capacity)))
             return
-        if not spec.dont_rebatch:
-            # The re-batcher holds a whole batch of rows in the rings before it
-            # copies them out: a batch that cannot fit in one ring would stall.
-            numeric_columns = [c for a, c in zip(arrays, spec.batch_columns) if a.dtype.kind != "O"]
-            batch_need = _batch_bytes(numeric, numeric_columns, arena.batch_size)
-            if batch_need > arena.capacity:
-                _send_error(control, ChunkValueError(
-                    "fetcher %d of input %r: a batch of %d rows shaped like its chunk needs "
-                    "%d bytes of shared memory, more than the %d bytes per worker; raise "
-                    "shm_bytes_per_worker (or lower batch_size)"
-                    % (spec.worker_id, spec.input_source, arena.batch_size, batch_need,
-                       arena.capacity)))
-                return
         written = arena.write(numeric, keep_going)
         if written is None:
             return

@@ -48,9 +48,9 @@ from multiprocessing.connection import Connection
 from typing import Any, Dict, List, Optional, Tuple
 
 from ._backend import BackendSpec, FetcherBackend, FetcherHost
-from ._errors import DataInputError, FetcherError, PipelineError, RemoteTraceback, WorkerDiedError
+from ._errors import ChunkValueError, DataInputError, FetcherError, PipelineError, RemoteTraceback, WorkerDiedError
 from ._process_child import IN_WORKER_ENV, ChildSpec
-from ._shm_ring import ShmArena
+from ._shm_ring import ALIGN, ShmArena
 from ._threads import join_threads
 
 __all__ = ["ProcessFetchers", "DEFAULT_SHM_BYTES_PER_WORKER"]
@@ -176,6 +176,7 @@ class _ProcessWorker:
             if chunk is None:
                 self.arena.release(span)
                 return True
+            self._check_batch_fits(chunk.arrays, chunk.rows)
             arena = self.arena
             chunk.release = lambda: arena.release(span)
             return host.put_chunk(chunk)
@@ -183,6 +184,21 @@ class _ProcessWorker:
             host.metrics.put_metric("fetcher_time", message[1])
             return host.put(None, self.worker_id)
         raise PipelineError("unknown data message from worker %d: %r" % (self.worker_id, kind))
+
+    def _check_batch_fits(self, arrays: List[Any], rows: int) -> None:
+        """A batch must fit in one ring: the re-batcher holds all of its rows
+        there before copying them out, so a bigger one would stall for good."""
+        spec = self.spec
+        if spec.dont_rebatch:
+            return  # each chunk is a batch; the child refuses one over capacity
+        batch_size = self.owner.host.batch_size
+        need = sum(-(-a.nbytes * batch_size // rows) + ALIGN for a in arrays if a.dtype.kind != "O")
+        if need > self.arena.capacity:
+            raise ChunkValueError(
+                "fetcher %d of input %r: a batch of %d rows shaped like its chunk needs %d "
+                "bytes of shared memory, more than the %d bytes per worker; raise "
+                "shm_bytes_per_worker (or lower batch_size)"
+                % (self.worker_id, self.owner.host.name, batch_size, need, self.arena.capacity))
 
     # -- control messages (process watcher thread) -------------------------------
     def read_control(self) -> Optional[DataInputError]:
