@@ -207,7 +207,7 @@ def init_data_input_workers(
     spec = BackendSpec(
         fetch_fun=fetch_fun, input_source=input_source_name, blob_names=config.blob_names,
         batch_columns=config.batch_columns, dont_rebatch=config.dont_rebatch, seed=seed,
-        shm_bytes_per_worker=shm_bytes_per_worker)
+        shm_bytes_per_worker=shm_bytes_per_worker, deterministic=config.deterministic)
     _workspace_guard.watch(global_coordinator)
     # Build everything, then touch the user's net last; undo on any failure,
     # so a failed call leaves no queue, blob, net op or process behind.

@@ -45,6 +45,8 @@ class BackendSpec:
     seed: Optional[int]
     #: Shared memory per process worker; None: the backend's default.
     shm_bytes_per_worker: Optional[int]
+    #: One chunk from each worker in turn (the channel's order).
+    deterministic: bool = False
 
 
 class FetcherHost(Protocol):
@@ -72,8 +74,9 @@ class FetcherHost(Protocol):
     def add_batch_size_hook(self, hook: Callable[[int], None]) -> None:
         """Call ``hook(new_size)`` whenever the batch size changes."""
 
-    def accept(self, worker_id: int, output: Any) -> Optional[Chunk]:
-        """Validate and count fetcher output; None if skipped.  Raises Chunk*Error."""
+    def accept(self, worker_id: int, output: Any, chunks: int = 1) -> Optional[Chunk]:
+        """Validate and count fetcher output (``chunks`` fetcher results assembled
+        into one); None if skipped.  Raises Chunk*Error."""
 
     def put(self, output: Any, worker_id: int) -> bool:
         """Validate and queue fetcher output; blocks while full; False once halted."""

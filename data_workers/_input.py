@@ -131,15 +131,16 @@ class BatchFeeder(State, BatchFeederInternals):
             logger.debug("input %r stopped with %d rows not yet batched", self.input_source, dropped)
 
     # -- fetcher side -----------------------------------------------------
-    def accept(self, worker_id: int, output: Any) -> Optional[Chunk]:
-        """Validate fetcher output and count it.  Raises ChunkTypeError/ChunkValueError."""
+    def accept(self, worker_id: int, output: Any, chunks: int = 1) -> Optional[Chunk]:
+        """Validate fetcher output and count it (``chunks``: fetcher results a
+        worker process assembled into this one).  Raises ChunkTypeError/ChunkValueError."""
         chunk = self.validator.check(worker_id, output, self.batch_size)
         if chunk is None:
             self.counters.skipped()
             logger.warning("fetcher %d of input %r returned %s; skipped", worker_id,
                            self.input_source, "None" if output is None else "no rows")
             return None
-        self.counters.fetched(chunk.rows)
+        self.counters.fetched(chunk.rows, chunks)
         return chunk
 
     def put(self, output: Any, coordinator: Optional[WorkerCoordinator] = None,
@@ -271,8 +272,8 @@ class InputCoordinator(WorkerCoordinator):
     def add_batch_size_hook(self, hook: Callable[[int], None]) -> None:
         self.feeder.batch_size_hooks.append(hook)
 
-    def accept(self, worker_id: int, output: Any) -> Optional[Chunk]:
-        return self.feeder.accept(worker_id, output)
+    def accept(self, worker_id: int, output: Any, chunks: int = 1) -> Optional[Chunk]:
+        return self.feeder.accept(worker_id, output, chunks)
 
     def put(self, output: Any, worker_id: int) -> bool:
         return self.feeder.put(output, None, worker_id)

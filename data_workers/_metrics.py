@@ -145,9 +145,9 @@ class InputCounters:
         with self._lock:
             self.started_at = time.monotonic()
 
-    def fetched(self, rows: int) -> None:
+    def fetched(self, rows: int, chunks: int = 1) -> None:
         with self._lock:
-            self.chunks_fetched += 1
+            self.chunks_fetched += chunks
             self.rows_fetched += rows
 
     def skipped(self) -> None:

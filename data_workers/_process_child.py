@@ -8,7 +8,8 @@ script's ``__main__`` unpickle here as they would under spawn), then the
 pickled ``ChildSpec``.  From then on every outcome is a message.  Data, on
 the data socket (it may lag behind a full channel)::
 
-    ("chunk", span, layouts, objects, fetch_secs)   arrays are in the ring
+    ("chunk", span, layouts, objects, fetch_secs, n)  arrays are in the ring: a chunk,
+                                                      or a whole batch made of n chunks
     ("skip", fetch_secs)                            fetch_fun returned None / no rows
 
 Control, on the control socket (read at once by the trainer's process watcher)::
@@ -42,7 +43,7 @@ import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -68,6 +69,9 @@ class ChildSpec:
     dont_rebatch: bool
     input_source: str
     capacity: int
+    #: Assemble whole batches here (one message per batch) instead of sending
+    #: each chunk: the default order; deterministic mode keeps chunk turns.
+    assemble_batches: bool = False
 
 
 def _send_error(conn: Connection, exc: BaseException) -> None:
@@ -77,6 +81,81 @@ def _send_error(conn: Connection, exc: BaseException) -> None:
         blob = None
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     conn.send(("error", blob, type(exc).__name__, str(exc), tb))
+
+
+class _BatchBuilder:
+    """Cuts this worker's chunks into whole batches, written straight into the ring.
+
+    The trainer then receives one message and one ring region per batch,
+    instead of one per chunk.  Rows keep their order; a batch holds this
+    worker's rows only.  Rows of a batch not completed when the input stops
+    are dropped with it, like the re-batcher's leftovers in the trainer.
+    """
+
+    def __init__(self, spec: ChildSpec, arena: ShmArena, conn: Connection,
+                 keep_going: Callable[[], bool]) -> None:
+        self._spec = spec
+        self._arena = arena
+        self._conn = conn
+        self._keep_going = keep_going
+        self._prefixes = [(slice(None),) * c for c in spec.batch_columns]
+        self._open: Optional[Tuple[int, List[Any], List[np.ndarray], int]] = None
+        self._objects: Dict[int, List[np.ndarray]] = {}
+        self._filled = 0
+        self._chunks = 0
+        self._fetch_secs = 0.0
+
+    def add(self, arrays: List[np.ndarray], rows: int, fetch_secs: float) -> bool:
+        """Copy the chunk's rows into the open batch(es); False if told to stop."""
+        self._chunks += 1
+        self._fetch_secs += fetch_secs
+        offset = 0
+        while offset < rows:
+            if self._open is None and not self._open_batch(arrays):
+                return False
+            batch = self._open
+            if batch is None:  # for the type checker: _open_batch set it
+                return False
+            span, layouts, views, size = batch
+            take = min(size - self._filled, rows - offset)
+            into = slice(self._filled, self._filled + take)
+            out_of = slice(offset, offset + take)
+            numeric = iter(views)
+            for i, (arr, prefix) in enumerate(zip(arrays, self._prefixes)):
+                if arr.dtype.kind == "O":
+                    self._objects.setdefault(i, []).append(arr[prefix + (out_of,)])
+                else:
+                    next(numeric)[prefix + (into,)] = arr[prefix + (out_of,)]
+            self._filled += take
+            offset += take
+            if self._filled == size:
+                self._send(span, layouts)
+        return True
+
+    def _open_batch(self, arrays: List[np.ndarray]) -> bool:
+        size = self._arena.batch_size
+        layouts = []
+        for arr, column in zip(arrays, self._spec.batch_columns):
+            if arr.dtype.kind != "O":
+                shape = list(arr.shape)
+                shape[column] = size
+                layouts.append((arr.dtype.str, tuple(shape)))
+        reserved = self._arena.reserve(layouts, self._keep_going)
+        if reserved is None:
+            return False
+        span, placed = reserved
+        self._open = (span, placed, self._arena.views(placed), size)
+        self._filled = 0
+        return True
+
+    def _send(self, span: int, layouts: List[Any]) -> None:
+        objects = {i: np.concatenate(parts, axis=self._spec.batch_columns[i])
+                   for i, parts in self._objects.items()}
+        self._conn.send(("chunk", span, layouts, objects, self._fetch_secs, self._chunks))
+        self._open = None
+        self._objects = {}
+        self._chunks = 0
+        self._fetch_secs = 0.0
 
 
 def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: ShmArena) -> None:
@@ -90,6 +169,7 @@ def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: Sh
     def keep_going() -> bool:
         return not arena.stop_requested and os.getppid() == parent
 
+    builder = _BatchBuilder(spec, arena, conn, keep_going) if spec.assemble_batches else None
     while keep_going():
         started = time.monotonic()
         try:
@@ -111,12 +191,21 @@ def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: Sh
                 "shm_bytes_per_worker" % (spec.worker_id, spec.input_source, need,
                                           arena.capacity)))
             return
+        if builder is not None:
+            try:  # every check, the layout too: rows are copied into a batch here
+                validator.check(spec.worker_id, arrays, arena.batch_size)
+            except Exception as exc:
+                _send_error(control, exc)
+                return
+            if not builder.add(arrays, arrays[0].shape[spec.batch_columns[0]], fetch_secs):
+                return
+            continue
         written = arena.write(numeric, keep_going)
         if written is None:
             return
         span, layouts = written
         objects = {i: a for i, a in enumerate(arrays) if a.dtype.kind == "O"}
-        conn.send(("chunk", span, layouts, objects, fetch_secs))
+        conn.send(("chunk", span, layouts, objects, fetch_secs, 1))
 
 
 def _exit_when_trainer_dies(conn: Connection, arena: ShmArena) -> None:

@@ -167,12 +167,12 @@ class _ProcessWorker:
         host = self.owner.host
         kind = message[0]
         if kind == "chunk":
-            _, span, layouts, objects, fetch_secs = message
+            _, span, layouts, objects, fetch_secs, chunks = message
             host.metrics.put_metric("fetcher_time", fetch_secs)
             views = self.arena.views(layouts)
             arrays = [objects[i] if i in objects else views.pop(0)
                       for i in range(len(layouts) + len(objects))]
-            chunk = host.accept(self.worker_id, arrays)
+            chunk = host.accept(self.worker_id, arrays, chunks)
             if chunk is None:
                 self.arena.release(span)
                 return True
@@ -309,7 +309,8 @@ class ProcessFetchers(FetcherBackend):
                     worker_id=wid, fetch_fun=spec.fetch_fun, seed=base_seed + index,
                     blob_names=tuple(spec.blob_names), batch_columns=tuple(spec.batch_columns),
                     dont_rebatch=spec.dont_rebatch, input_source=spec.input_source,
-                    capacity=capacity)))
+                    capacity=capacity,
+                    assemble_batches=not (spec.deterministic or spec.dont_rebatch))))
         except BaseException:
             self.close()  # arenas made so far
             raise

@@ -80,15 +80,19 @@ class ShmArena:
     def chunk_bytes(self, arrays: Sequence[np.ndarray]) -> int:
         return sum(_aligned(a.nbytes) for a in arrays)
 
-    def write(self, arrays: Sequence[np.ndarray],
-              keep_waiting: Callable[[], bool]) -> Optional[Tuple[int, List[ArrayLayout]]]:
-        """Copy ``arrays`` into the ring, waiting for room while ``keep_waiting()``.
+    def reserve(self, layouts: Sequence[Tuple[str, Tuple[int, ...]]],
+                keep_waiting: Callable[[], bool]) -> Optional[Tuple[int, List[ArrayLayout]]]:
+        """Claim contiguous ring space for arrays of these ``(dtype, shape)``\ s.
+
+        Waits for room while ``keep_waiting()``.
 
         Returns:
             ``(span, layouts)``: bytes consumed (padding included, to be released
-            in order) and where each array is; None if told to stop waiting.
+            in order) and where each array goes; None if told to stop waiting.
         """
-        need = self.chunk_bytes(arrays)
+        sizes = [int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                 for dtype, shape in layouts]
+        need = sum(_aligned(n) for n in sizes)
         pos = self.written % self.capacity
         pad = self.capacity - pos if pos + need > self.capacity else 0
         span = pad + need
@@ -102,16 +106,24 @@ class ShmArena:
             time.sleep(pause)
             pause = min(pause * 2, 0.005)
         offset = (pos + pad) % self.capacity
-        layouts: List[ArrayLayout] = []
-        for arr in arrays:
-            dest = self._ring[offset:offset + arr.nbytes].view(arr.dtype).reshape(arr.shape)
-            np.copyto(dest, arr, casting="no")
-            layouts.append((arr.dtype.str, tuple(arr.shape), offset))
-            offset += _aligned(arr.nbytes)
+        placed: List[ArrayLayout] = []
+        for (dtype, shape), nbytes in zip(layouts, sizes):
+            placed.append((np.dtype(dtype).str, tuple(shape), offset))
+            offset += _aligned(nbytes)
         self.written += span
-        return span, layouts
+        return span, placed
 
-    # -- parent side ------------------------------------------------------
+    def write(self, arrays: Sequence[np.ndarray],
+              keep_waiting: Callable[[], bool]) -> Optional[Tuple[int, List[ArrayLayout]]]:
+        """Copy ``arrays`` into newly reserved ring space (see ``reserve``)."""
+        reserved = self.reserve([(a.dtype.str, a.shape) for a in arrays], keep_waiting)
+        if reserved is None:
+            return None
+        for dest, arr in zip(self.views(reserved[1]), arrays):
+            np.copyto(dest, arr, casting="no")
+        return reserved
+
+    # -- both sides -------------------------------------------------------
     def views(self, layouts: Sequence[ArrayLayout]) -> List[np.ndarray]:
         """Numpy arrays over the ring memory described by ``layouts`` (no copy)."""
         out = []
@@ -121,6 +133,7 @@ class ShmArena:
             out.append(self._ring[offset:offset + nbytes].view(dtype).reshape(shape))
         return out
 
+    # -- parent side ------------------------------------------------------
     def _owned(self) -> bool:
         return self._header is not None and os.getpid() == self._owner_pid
 
