@@ -130,6 +130,15 @@ class ChunkValidator:
             self._check_spec(worker_id, arrays)
         return Chunk(worker_id, arrays, rows)
 
+    def check_fast(self, worker_id: int, output: Any,
+                   batch_size: Optional[int] = None) -> Optional[Chunk]:
+        """The chunk if ``output`` matches the recorded layout exactly, else None.
+
+        The hot path of worker processes, which call ``check`` only when this
+        returns None (``check`` then decides and words any error).
+        """
+        return self._matching_chunk(worker_id, output, batch_size)
+
     def _matching_chunk(self, worker_id: int, output: Any,
                         batch_size: Optional[int]) -> Optional[Chunk]:
         """The chunk, if ``output`` is exactly what the recorded spec allows; else None.
