@@ -68,7 +68,7 @@ dist-check: $(STAMP)
 	$(PY) scripts/dist_check.py
 
 typecheck: $(STAMP)
-	$(PY) -m mypy --config-file mypy.ini
+	$(PY) -m mypy --config-file mypy.ini --cache-dir .cache/mypy --sqlite-cache
 
 clean-env:
 	rm -rf $(VENV)
