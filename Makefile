@@ -62,7 +62,7 @@ docs-tables: $(STAMP)
 	$(PY) -m benchmarks.doc_tables
 
 docs: docs-tables
-	$(PY) -m mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 dist-check: $(STAMP)
 	$(PY) scripts/dist_check.py
