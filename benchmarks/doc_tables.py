@@ -24,7 +24,7 @@ import json
 import os
 import re
 import sys
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):  # `python benchmarks/doc_tables.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -33,9 +33,10 @@ from benchmarks import _harness as h  # noqa: E402
 from benchmarks import run  # noqa: E402
 
 JSON_PATH = os.path.join(h.REPO_ROOT, "docs", "benchmarks.json")
+Doc = Dict[str, Any]  # a benchmarks.json document
 
 
-def load(path: str = JSON_PATH) -> Tuple[dict, run.Summaries]:
+def load(path: str = JSON_PATH) -> Tuple[Doc, run.Summaries]:
     with open(path, encoding="utf-8") as f:
         doc = json.load(f)
     info, results = doc["machine"], doc["cases"]
@@ -44,7 +45,7 @@ def load(path: str = JSON_PATH) -> Tuple[dict, run.Summaries]:
     return doc, run.summarize(only, results, info.get("gil_calibration"))
 
 
-def run_line(doc: dict) -> str:
+def run_line(doc: Doc) -> str:
     info = doc["machine"]
     repeats = sorted({r.get("repeats", 1) for r in h.merge_repeats(doc["cases"])})
     loads = [r["foreign_load"] for r in doc["cases"] if isinstance(r.get("foreign_load"), float)]
@@ -56,12 +57,12 @@ def run_line(doc: dict) -> str:
             f"of its configuration; other programs used {load} of the CPUs during the cases.")
 
 
-def summary_block(doc: dict, summaries: run.Summaries) -> str:
+def summary_block(doc: Doc, summaries: run.Summaries) -> str:
     """For the README: the run, then the targets table."""
     return run_line(doc) + "\n\n" + run.targets_markdown(summaries) + "\n"
 
 
-def full_block(doc: dict, summaries: run.Summaries) -> str:
+def full_block(doc: Doc, summaries: run.Summaries) -> str:
     """For docs/benchmarks.md: the run, every workload's table with its notes, the targets."""
     parts = [run_line(doc)]
     for _, _, s in summaries:
@@ -77,7 +78,7 @@ def full_block(doc: dict, summaries: run.Summaries) -> str:
 
 
 # file (relative to the repository) -> block name -> renderer
-BLOCKS: Dict[str, Dict[str, Callable[[dict, run.Summaries], str]]] = {
+BLOCKS: Dict[str, Dict[str, Callable[[Doc, run.Summaries], str]]] = {
     "README.md": {"benchmarks-summary": summary_block},
     os.path.join("docs", "benchmarks.md"): {"benchmarks-tables": full_block},
 }

@@ -29,7 +29,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,10 +58,10 @@ assert line == "data_workers.FetcherError: x\n", line
 """
 
 
-def run(cmd: Sequence[str], **kwargs: object) -> None:
+def run(cmd: Sequence[str], **kwargs: Any) -> None:
     shown = [a if len(a) < 80 else a.strip().splitlines()[0] + " ..." for a in cmd]
     print("$ " + " ".join(shown), flush=True)
-    subprocess.run(list(cmd), check=True, **kwargs)  # type: ignore[call-overload]
+    subprocess.run(list(cmd), check=True, **kwargs)
 
 
 def check_members(names: List[str], must_have: Sequence[str], what: str,

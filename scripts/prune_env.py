@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from importlib import metadata
+from typing import Set
 
 KEEP = {"data-workers"}
 
@@ -19,7 +20,7 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def locked_names(lock_path: str) -> set:
+def locked_names(lock_path: str) -> Set[str]:
     names = set()
     with open(lock_path, encoding="utf-8") as f:
         for line in f:
