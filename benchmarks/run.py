@@ -24,6 +24,7 @@ import signal
 import sys
 import tempfile
 import time
+from types import ModuleType
 from typing import List, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):  # `python benchmarks/run.py`
@@ -57,7 +58,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         f"'{h.UPSTREAM_MODULE}' runs upstream on both sides, for developing "
                         "the harness")
     p.add_argument("--markdown", action="store_true",
-                   help="also print the tables as Markdown (for docs/readme_benchmarks.md)")
+                   help="also print the tables as Markdown (the docs' tables: make docs-tables)")
     p.add_argument("--repeat", type=int, default=None,
                    help="fresh-process repeats per configuration (default: per workload, "
                         "1 with --quick)")
@@ -122,6 +123,46 @@ def describe(r: h.Result) -> str:
     return ", ".join(parts)
 
 
+Summaries = List[Tuple[str, ModuleType, h.Summary]]
+
+
+def summarize(only: Sequence[str], results: Sequence[h.Result],
+              calib: Optional[dict]) -> Summaries:
+    """One summary per workload: its table, targets and chart data (medians over repeats).
+
+    The tables printed, the chart and the Markdown tables in the docs all come from
+    these summaries (``benchmarks.doc_tables`` renders the docs' tables from a
+    committed ``benchmarks.json`` through this function).
+    """
+    summaries = []
+    for name in only:
+        mod = WORKLOADS[name]
+        rs = h.merge_repeats(
+            [r for r in results if r["workload"] == mod.__name__.rsplit(".", 1)[1]])
+        s = mod.summarize(rs, calib) if mod is gil_bound else mod.summarize(rs)
+        summaries.append((name, mod, s))
+    return summaries
+
+
+def targets_markdown(summaries: Summaries) -> str:
+    """The targets of every workload as one Markdown table ("" when there are none)."""
+    targets = [t for _, _, s in summaries for t in s.targets]
+    if not targets:
+        return ""
+    return h.format_markdown(["target", "measured", "goal", "result", "note"],
+                             h.targets_table(targets), right=(1, 2))
+
+
+def markdown_tables(summaries: Summaries) -> str:
+    """Every workload's table (titled), then the targets, as Markdown."""
+    parts = [f"**{s.title}**\n\n" + h.format_markdown(s.headers, s.rows)
+             for _, _, s in summaries]
+    targets = targets_markdown(summaries)
+    if targets:
+        parts.append(targets)
+    return "\n\n".join(parts) + "\n"
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -180,13 +221,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         info, results, calib = measure(args)
         elapsed_measuring = time.perf_counter() - t_begin
 
-    summaries = []
-    for name in args.only:
-        mod = WORKLOADS[name]
-        rs = h.merge_repeats(
-            [r for r in results if r["workload"] == mod.__name__.rsplit(".", 1)[1]])
-        s = mod.summarize(rs, calib) if mod is gil_bound else mod.summarize(rs)
-        summaries.append((name, mod, s))
+    summaries = summarize(args.only, results, calib)
 
     head = (f"data_workers benchmarks ({info['mode']}): ours = {args.ours_module}, "
             f"upstream = {h.UPSTREAM_MODULE}; {info['cpu_count']} cores, {info.get('cpu', '?')}, "
@@ -233,13 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if args.markdown:
         print()
-        for name, _, s in summaries:
-            print(f"**{s.title}**\n")
-            print(h.format_markdown(s.headers, s.rows))
-            print()
-        if targets:
-            print(h.format_markdown(["target", "measured", "goal", "result", "note"],
-                                    h.targets_table(targets), right=(1, 2)))
+        print(markdown_tables(summaries))
     print()
     print(f"wrote {', '.join(written)}"
           + (f" (re-rendered from {args.render})" if args.render else f" in {elapsed:.0f} s"))

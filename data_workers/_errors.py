@@ -101,3 +101,11 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n\"\"\"\n%s\"\"\"" % self.tb_text
+
+
+# Tracebacks and reprs show the import path to use, ``data_workers.FetcherError``
+# rather than ``data_workers._errors.FetcherError``. Pickling still works: it looks
+# the class up as ``data_workers.<name>``, which the package resolves lazily.
+for _name in __all__:
+    globals()[_name].__module__ = "data_workers"
+del _name

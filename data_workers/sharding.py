@@ -52,10 +52,9 @@ import enum
 import json
 import logging
 import os
-import sys
 import tempfile
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
+from typing import Any, Callable, Mapping, Protocol, Sequence, cast
 
 import numpy as np
 
@@ -73,12 +72,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT_VERSION = 1
-
-
-if TYPE_CHECKING or sys.version_info >= (3, 8):
-    from typing import Protocol
-else:  # pragma: no cover - Python 3.7: a plain base class documents the same thing
-    Protocol = object
 
 
 class IndexableDataset(Protocol):

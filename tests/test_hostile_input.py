@@ -1,7 +1,7 @@
 """Hostile fetcher output: each form has one documented outcome, tested here.
 
 A fetcher is user code and may return anything.  The outcomes (also in
-docs/readme_reliability.md):
+docs/reliability.md, "Hostile fetcher output"):
 
 ===========================  =====================================================
 fetcher returns              outcome

@@ -272,7 +272,7 @@ def test_misuse_is_refused_clearly(ray_cluster: Any) -> None:
 
 @requires_ray
 def test_preserve_order_gives_dataset_order(ray_cluster: Any) -> None:
-    """The README's recipe for a fixed row order."""
+    """The recipe for a fixed row order in docs/ray.md."""
     from data_workers.ray_source import RayDataSource
 
     ctx = ray_cluster.data.DataContext.get_current()

@@ -1,4 +1,11 @@
-"""The package's annotations are checked by mypy (settings in mypy.ini)."""
+"""The package's annotations are checked by mypy (settings in mypy.ini).
+
+The cache lives in ``.cache/mypy`` (git-ignored) and persists between runs: a fresh
+clone pays for one full check (about 40 s, mostly reading numpy's, torch's and ray's
+annotations), later runs re-check only what changed (about 1.5 s). mypy invalidates
+entries itself when a file, its version or an option changes. The cache is SQLite, so a
+concurrent run waits for the other's transaction instead of reading a half-written file.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +16,14 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE_DIR = os.path.join(ROOT, ".cache", "mypy")
 
 
 @pytest.mark.timeout(300)
-def test_mypy_clean(tmp_path):
+def test_mypy_clean():
     pytest.importorskip("mypy")
-    # A private cache: a shared one can be half-written by a concurrent run.
+    os.makedirs(CACHE_DIR, exist_ok=True)
     result = subprocess.run([sys.executable, "-m", "mypy", "--config-file", "mypy.ini",
-                             "--cache-dir", str(tmp_path / "mypy_cache")],
+                             "--cache-dir", CACHE_DIR, "--sqlite-cache"],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,131 @@
+"""Writes the benchmark tables of the docs from the committed ``docs/benchmarks.json``.
+
+Usage::
+
+    .venv/bin/python -m benchmarks.doc_tables           # rewrite the generated blocks
+    .venv/bin/python -m benchmarks.doc_tables --check   # exit 1 if any block is stale
+
+(``make docs-tables``; ``make docs`` runs it before building the site, and
+``tests/test_docs.py`` runs the check.) The tables come from the run's cases through
+``benchmarks.run.summarize``, the same summaries ``benchmarks.run`` draws the chart
+(``docs/benchmarks.png``) from, so a figure in the docs is never typed by hand.
+
+Each generated block sits between two markers in a Markdown file::
+
+    <!-- generated:NAME begin ... -->
+    ...
+    <!-- generated:NAME end -->
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+if __package__ in (None, ""):  # `python benchmarks/doc_tables.py`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import _harness as h  # noqa: E402
+from benchmarks import run  # noqa: E402
+
+JSON_PATH = os.path.join(h.REPO_ROOT, "docs", "benchmarks.json")
+Doc = Dict[str, Any]  # a benchmarks.json document
+
+
+def load(path: str = JSON_PATH) -> Tuple[Doc, run.Summaries]:
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    info, results = doc["machine"], doc["cases"]
+    present = {r["workload"] for r in results}
+    only = [n for n, m in run.WORKLOADS.items() if m.__name__.rsplit(".", 1)[1] in present]
+    return doc, run.summarize(only, results, info.get("gil_calibration"))
+
+
+def run_line(doc: Doc) -> str:
+    info = doc["machine"]
+    repeats = sorted({r.get("repeats", 1) for r in h.merge_repeats(doc["cases"])})
+    loads = [r["foreign_load"] for r in doc["cases"] if isinstance(r.get("foreign_load"), float)]
+    load = f"{100 * min(loads):.0f}-{100 * max(loads):.0f}%" if loads else "not measured"
+    return (f"Run of {info['date_utc'].replace('T', ' ').rstrip('Z')} UTC, {info['mode']} mode "
+            f"({doc.get('elapsed_s', 0):.0f} s): {info['cpu_count']} cores ({info.get('cpu', '?')}), "
+            f"{info.get('memory_gib', '?')} GiB, Python {info['python']}, numpy {info['numpy']}. "
+            f"Each row is the median over {'/'.join(map(str, repeats))} fresh-process repeats "
+            f"of its configuration; other programs used {load} of the CPUs during the cases.")
+
+
+def summary_block(doc: Doc, summaries: run.Summaries) -> str:
+    """For the README: the run, then the targets table."""
+    return run_line(doc) + "\n\n" + run.targets_markdown(summaries) + "\n"
+
+
+def full_block(doc: Doc, summaries: run.Summaries) -> str:
+    """For docs/benchmarks.md: the run, every workload's table with its notes, the targets."""
+    parts = [run_line(doc)]
+    for _, _, s in summaries:
+        table = f"**{s.title}**\n\n" + h.format_markdown(s.headers, s.rows)
+        if s.notes:
+            table += "\n\n" + "\n".join(f"- {n}" for n in s.notes)
+        parts.append(table)
+    targets = run.targets_markdown(summaries)
+    if targets:
+        parts.append("**Targets** (ratios measured in this run; reported, never asserted)\n\n"
+                     + targets)
+    return "\n\n".join(parts) + "\n"
+
+
+# file (relative to the repository) -> block name -> renderer
+BLOCKS: Dict[str, Dict[str, Callable[[Doc, run.Summaries], str]]] = {
+    "README.md": {"benchmarks-summary": summary_block},
+    os.path.join("docs", "benchmarks.md"): {"benchmarks-tables": full_block},
+}
+
+_BLOCK_RE = r"(<!-- generated:{name} begin[^>]*-->\n)(.*?)(<!-- generated:{name} end -->)"
+
+
+def render_file(text: str, path: str, blocks: Dict[str, str]) -> str:
+    for name, body in blocks.items():
+        pattern = re.compile(_BLOCK_RE.format(name=re.escape(name)), re.S)
+        if len(pattern.findall(text)) != 1:
+            raise SystemExit(f"{path}: needs exactly one generated:{name} begin/end marker pair")
+        text = pattern.sub(lambda m: m.group(1) + "\n" + body + "\n" + m.group(3), text)
+    return text
+
+
+def stale_files(write: bool, json_path: str = JSON_PATH, root: str = h.REPO_ROOT) -> List[str]:
+    """Renders every block; returns the files whose blocks differ (rewritten if ``write``)."""
+    doc, summaries = load(json_path)
+    stale = []
+    for rel, renderers in BLOCKS.items():
+        path = os.path.join(root, rel)
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+        new = render_file(old, rel, {name: fn(doc, summaries) for name, fn in renderers.items()})
+        if new != old:
+            stale.append(rel)
+            if write:
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(new)
+    return stale
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.doc_tables",
+                                description="Benchmark tables of the docs, from benchmarks.json.")
+    p.add_argument("--check", action="store_true",
+                   help="change nothing; exit 1 if a generated block is out of date")
+    args = p.parse_args(argv)
+    stale = stale_files(write=not args.check)
+    if args.check and stale:
+        print("out of date (run `make docs-tables`): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    if stale:
+        print("rewrote the generated tables in " + ", ".join(stale))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

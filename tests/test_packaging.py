@@ -1,0 +1,107 @@
+"""The environment, the package and its metadata: what a fresh checkout and a user get.
+
+- the project environment is the lock file, and torch imports beside Caffe2 in it;
+- the sdist and the wheel build, and the wheel runs in a new venv (scripts/dist_check.py);
+- public exceptions print as ``data_workers.FetcherError``, the import path to use.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import subprocess
+import sys
+import traceback
+from importlib import metadata
+
+import pytest
+
+import data_workers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _locked_versions() -> dict:
+    pins = {}
+    with open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", line)
+            if m:
+                pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return pins
+
+
+def test_torch_imports_beside_caffe2():
+    # torch 1.10.2 imports pkg_resources at start-up: an unpinned setuptools (81+) broke it.
+    code = ("from caffe2.python import workspace; import torch; import torch.utils.data; "
+            "import data_workers; data_workers.init_data_input_workers; "
+            "print(torch.__version__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("1.10.2")
+
+
+def test_environment_is_the_lock():
+    pins = _locked_versions()
+    for name in ("pip", "setuptools", "wheel", "torch", "numpy", "mkdocs"):
+        assert name in pins, f"{name} is not pinned in requirements.txt"
+    assert int(pins["setuptools"].split(".")[0]) < 81
+    installed = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version
+                 for d in metadata.distributions()}
+    wrong = {n: (v, installed.get(n)) for n, v in pins.items() if installed.get(n) != v}
+    assert not wrong, f"locked vs installed (run `make env`): {wrong}"
+    extra = set(installed) - set(pins) - {"data-workers"}
+    assert not extra, f"installed but not in requirements.txt: {sorted(extra)}"
+
+
+def test_pip_check_is_clean():
+    result = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_extra_is_satisfied_by_the_environment():
+    from packaging.requirements import Requirement
+
+    md = metadata.metadata("data_workers")
+    assert md["Requires-Python"] == ">=3.8,<3.10"
+    extras = md.get_all("Provides-Extra")
+    assert set(extras) >= {"ray", "demo", "bench", "test", "docs"}
+    for text in metadata.requires("data_workers") or []:
+        req = Requirement(text)
+        version = metadata.version(req.name)
+        assert req.specifier.contains(version, prereleases=True), (text, version)
+
+
+@pytest.mark.timeout(120)
+def test_wheel_installs_and_runs_in_a_new_venv():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "dist_check.py")],
+                            capture_output=True, text=True, timeout=110)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "dist-check passed" in result.stdout
+
+
+def _public_exceptions():
+    return [getattr(data_workers, n) for n in data_workers.__all__
+            if isinstance(getattr(data_workers, n), type)
+            and issubclass(getattr(data_workers, n), BaseException)]
+
+
+def test_public_exceptions_print_with_the_import_path_to_use():
+    exceptions = _public_exceptions()
+    assert data_workers.FetcherError in exceptions and len(exceptions) >= 8
+    for cls in exceptions:
+        assert cls.__module__ == "data_workers", cls
+        assert getattr(data_workers, cls.__name__) is cls
+    line = traceback.format_exception_only(data_workers.FetcherError,
+                                           data_workers.FetcherError("boom"))[-1]
+    assert line == "data_workers.FetcherError: boom\n"
+
+
+def test_public_exceptions_still_pickle():
+    # Process workers send validation errors back pickled; the class is found by name.
+    err = data_workers.WorkerDiedError("gone", pid=7, exitcode=-9, signal_name="SIGKILL")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is data_workers.WorkerDiedError and back.pid == 7
+    value_error = pickle.loads(pickle.dumps(data_workers.ChunkValueError("rows")))
+    assert isinstance(value_error, ValueError) and str(value_error) == "rows"
