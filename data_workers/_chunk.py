@@ -24,6 +24,9 @@ class Chunk:
     #: Called once every row has been copied out (process workers use it to
     #: hand the shared-memory space back to the child).
     release: Optional[Callable[[], None]] = None
+    #: Process workers: asks whether this chunk, a whole batch in shared
+    #: memory, may go to the sink uncopied (records the loan if so).
+    lend: Optional[Callable[[], bool]] = None
 
     def done(self) -> None:
         if self.release is not None:

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, List, Optional, Sequence
+import warnings
+import weakref
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 from caffe2.proto import caffe2_pb2
@@ -68,6 +70,24 @@ def caffe2_dtype(dtype: np.dtype) -> Optional[int]:
     return _DTYPES.get(np.dtype(dtype))
 
 
+_EMPTY = np.zeros((0,), np.float32)
+
+#: dtypes both Caffe2 and ``torch.from_numpy`` (torch 1.10) take: not uint16.
+_LENDABLE = frozenset(np.dtype(t) for t in (
+    np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8, np.uint8, np.bool_))
+
+
+def _torch() -> Any:
+    """torch, imported on first use: only lent batches need it (``Blob.feed`` takes a
+    torch tensor over shared memory without copying it)."""
+    with warnings.catch_warnings():
+        # torch 1.10 imports pkg_resources, which warns on current setuptools.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import torch
+    return torch
+
+
 def is_gpu(device_option: caffe2_pb2.DeviceOption) -> bool:
     return bool(core.IsGPUDeviceType(device_option.device_type))
 
@@ -95,6 +115,8 @@ class Caffe2Feed:
         self.net_name = "data_workers_enqueue/" + self.queue_name
         self.input_source = input_source
         self._host_staging = is_gpu(device_option)
+        #: Set at the first lent batch (see ``_push``).
+        self._lending = False
         # Reentrant: NOTE [ Shutdown and error protocol ], rule 7 (_coordinator.py).
         self._close_lock = threading.RLock()
         self._closed = False
@@ -185,7 +207,48 @@ class Caffe2Feed:
                 # A host staging array (GPU scope or string blob): feeding
                 # copies it to the blob's device.
                 blob.feed(dest, self.device_option)
+        return self._push()
+
+    def can_lend(self, arrays: Sequence[np.ndarray]) -> bool:
+        """CPU scope and Caffe2 dtypes only: a GPU batch is staged and copied anyway."""
+        return not self._host_staging and all(a.dtype in _LENDABLE for a in arrays)
+
+    def lend(self, arrays: List[np.ndarray], release: Callable[[], None]) -> bool:
+        """Enqueue shared-memory arrays uncopied (``_sink.LendingSink``).
+
+        Each array becomes a torch tensor over the same memory, fed to a scratch
+        blob; Caffe2 keeps it through the queue and the net's output blob and
+        drops it several batches later.  ``release`` runs when every array of
+        the batch has been dropped.
+        """
+        torch = _torch()
+        left = [len(arrays)]
+        lock = threading.Lock()
+
+        def one_dropped() -> None:
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                release()
+
+        self._lending = True
+        for blob, arr in zip(self._scratch_blobs, arrays):
+            weakref.finalize(arr, one_dropped).atexit = False
+            blob.feed(torch.from_numpy(arr))
+            del arr  # the tensor holds the only reference now
+        arrays.clear()
+        return self._push()
+
+    def _push(self) -> bool:
+        """Run the enqueue net; True if the batch went in."""
         self._net.run()
+        if self._lending:
+            # The swap brought back a batch the net is done with; it may be a
+            # lent one, which must be dropped now (not written into by the
+            # next destinations()) so its shared memory goes back.
+            for blob in self._scratch_blobs:
+                blob.feed(_EMPTY)  # lending happens on the CPU only: no device option
         if not self._closed:
             # close() marks the feed closed before it closes the queue, so the
             # queue was open for this whole enqueue: it went in.  This skips

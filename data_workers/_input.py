@@ -30,7 +30,7 @@ from ._coordinator import InitFun, WorkerCoordinator
 from ._errors import DataInputError, PipelineError
 from ._metrics import InputCounters, InputStats, Metrics
 from ._rebatch import Rebatcher
-from ._sink import BatchSink
+from ._sink import BatchSink, LendingSink
 from ._threads import join_threads
 from ._validate import ChunkValidator
 from ._watchdog import StallProbe, StallWatchdog
@@ -98,6 +98,7 @@ class BatchFeeder(State, BatchFeederInternals):
         else:
             self.channel = FifoChannel(config.max_buffered_batches)
         self.sink = sink
+        self._lender = sink if isinstance(sink, LendingSink) else None
         self._last_log = time.monotonic()
         self._logged_rows = 0
         #: monotonic time the enqueuer began pushing a batch it has not pushed
@@ -186,15 +187,30 @@ class BatchFeeder(State, BatchFeederInternals):
                 self.rebatcher.add(chunk)
             return
         started = time.monotonic()
-        dests = self.sink.destinations(self.rebatcher.batch_layout(rows))
-        self.rebatcher.fill(dests, rows)
-        self.enqueue_blocked_since = started
-        try:
-            pushed = self.sink.enqueue(dests)
-        finally:
-            self.enqueue_blocked_since = None
+        head = None if self._lender is None else self.rebatcher.lendable_head(rows)
+        lent = False
+        if (head is not None and self._lender is not None and self._lender.can_lend(head.arrays)
+                and head.lend is not None and head.lend()):
+            # A whole batch in a worker's shared memory: the sink takes it uncopied.
+            self.rebatcher.pop_head()
+            lent = True
+            arrays, head.arrays = head.arrays, []
+            self.enqueue_blocked_since = started
+            try:
+                pushed = self._lender.lend(arrays, head.done)
+            finally:
+                self.enqueue_blocked_since = None
+                del arrays, head
+        else:
+            dests = self.sink.destinations(self.rebatcher.batch_layout(rows))
+            self.rebatcher.fill(dests, rows)
+            self.enqueue_blocked_since = started
+            try:
+                pushed = self.sink.enqueue(dests)
+            finally:
+                self.enqueue_blocked_since = None
         if pushed:
-            self.counters.enqueued(rows)
+            self.counters.enqueued(rows, lent)
             self.metrics.put_metric("enqueue_time", time.monotonic() - started)
 
     def log_interval(self) -> None:
@@ -307,9 +323,9 @@ class InputCoordinator(WorkerCoordinator):
         # only user) is stuck; then their shared memory stays mapped (close()
         # leaves a mapping that still has views).
         self.feeder.release_buffers(include_rebatcher=not self.enqueuer_thread.is_alive())
-        self.backend.close()
         if not self.enqueuer_thread.is_alive():
-            self.feeder.sink.cleanup()
+            self.feeder.sink.cleanup()  # drops lent batches: their shared memory goes back
+        self.backend.close()
 
     def _flush_loop(self) -> None:
         """The flusher thread: the only caller of the external loggers.
@@ -359,6 +375,7 @@ class InputCoordinator(WorkerCoordinator):
             chunks_skipped=counters.chunks_skipped,
             batches_enqueued=counters.batches_enqueued,
             rows_enqueued=counters.rows_enqueued,
+            batches_lent=counters.batches_lent,
             chunk_queue_depth=self.feeder.channel.depth(),
             rows_buffered=self.feeder.rebatcher.rows_buffered,
             max_buffered_batches=self.config.max_buffered_batches,

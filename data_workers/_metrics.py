@@ -115,6 +115,9 @@ class InputStats:
     batches_enqueued: int
     #: Rows in those batches.
     rows_enqueued: int
+    #: Of those batches, how many went to the sink uncopied (process workers:
+    #: whole batches lent from a worker's shared memory).
+    batches_lent: int
     #: Chunks waiting between the fetchers and the re-batcher.
     chunk_queue_depth: int
     #: The most chunks that may wait there (``max_buffered_batches``).
@@ -139,6 +142,7 @@ class InputCounters:
         self.chunks_skipped = 0
         self.batches_enqueued = 0
         self.rows_enqueued = 0
+        self.batches_lent = 0
         self.started_at: Optional[float] = None
 
     def started(self) -> None:
@@ -154,10 +158,11 @@ class InputCounters:
         with self._lock:
             self.chunks_skipped += 1
 
-    def enqueued(self, rows: int) -> None:
+    def enqueued(self, rows: int, lent: bool = False) -> None:
         with self._lock:
             self.batches_enqueued += 1
             self.rows_enqueued += rows
+            self.batches_lent += lent
 
     def snapshot(self) -> "CounterSnapshot":
         with self._lock:
@@ -168,6 +173,7 @@ class InputCounters:
                 chunks_skipped=self.chunks_skipped,
                 batches_enqueued=self.batches_enqueued,
                 rows_enqueued=self.rows_enqueued,
+                batches_lent=self.batches_lent,
                 elapsed_secs=elapsed,
                 inputs_per_sec=self.rows_enqueued / elapsed if elapsed > 0 else 0.0,
             )
@@ -182,5 +188,6 @@ class CounterSnapshot:
     chunks_skipped: int
     batches_enqueued: int
     rows_enqueued: int
+    batches_lent: int
     elapsed_secs: float
     inputs_per_sec: float

@@ -69,6 +69,8 @@ class ChildSpec:
     dont_rebatch: bool
     input_source: str
     capacity: int
+    #: The user chose ``capacity``; else the child sizes its ring from its first chunk.
+    fixed_capacity: bool
     #: Assemble whole batches here (one message per batch) instead of sending
     #: each chunk: the default order; deterministic mode keeps chunk turns.
     assemble_batches: bool = False
@@ -184,20 +186,23 @@ def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: Sh
             output = spec.fetch_fun(spec.worker_id, arena.batch_size)
             fast = None if builder is None else validator.check_fast(
                 spec.worker_id, output, arena.batch_size)
-            if fast is not None and builder is not None:  # the hot path: recorded layout
-                if not builder.add(fast.arrays, fast.rows, time.monotonic() - started):
-                    return
-                continue
-            arrays = validator.check_structure(spec.worker_id, output)
+            arrays = None if fast is not None else validator.check_structure(spec.worker_id, output)
         except BaseException as exc:  # noqa: B902 - SystemExit too: report it
             _send_error(control, exc)
             return
         fetch_secs = time.monotonic() - started
+        if fast is not None and builder is not None:  # the hot path: the recorded layout
+            if not builder.add(fast.arrays, fast.rows, fetch_secs):
+                return
+            continue
         if arrays is None or arrays[0].shape[spec.batch_columns[0]] == 0:
             conn.send(("skip", fetch_secs))
             continue
         numeric: List[np.ndarray] = [a for a in arrays if a.dtype.kind != "O"]
         need = arena.chunk_bytes(numeric)
+        rows = arrays[0].shape[spec.batch_columns[0]]
+        arena.size_for_batch(need if spec.dont_rebatch else
+                             -(-need * arena.batch_size // max(rows, 1)))
         if need > arena.capacity:
             _send_error(control, ChunkValueError(
                 "fetcher %d of input %r returned a chunk of %d bytes, more than the %d bytes "
@@ -276,7 +281,7 @@ def main(argv: Sequence[str]) -> int:
         except Exception as exc:  # e.g. fetch_fun's module does not import here
             _send_error(control, exc)
             return 1
-        arena = ShmArena(spec.capacity, fd=arena_fd)
+        arena = ShmArena(spec.capacity, fd=arena_fd, fixed=spec.fixed_capacity)
         threading.Thread(target=_exit_when_trainer_dies, args=(control, arena), daemon=True,
                          name="exit when the trainer dies").start()
         control.send(("ready",))

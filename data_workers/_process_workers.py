@@ -38,6 +38,7 @@ import multiprocessing.spawn
 import os
 import pickle
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -57,8 +58,9 @@ __all__ = ["ProcessFetchers", "DEFAULT_SHM_BYTES_PER_WORKER"]
 
 logger = logging.getLogger(__name__)
 
-#: Shared memory per worker process unless told otherwise.
-DEFAULT_SHM_BYTES_PER_WORKER = 64 << 20
+#: Shared memory mapped per worker process unless told otherwise: virtual, the
+#: child uses RING_BATCHES batches of it (``_shm_ring.py``, "Sizing").
+DEFAULT_SHM_BYTES_PER_WORKER = 4 << 30
 #: How often receivers and the process watcher recheck the lifecycle.
 _POLL_SECS = 0.1
 #: The process watcher's period when pidfds are not available.
@@ -92,7 +94,8 @@ class _ProcessWorker:
         self.owner = owner
         self.worker_id = worker_id
         self.spec = spec
-        self.arena = ShmArena(spec.capacity, name="data_workers-%s-%d" % (spec.input_source, worker_id))
+        self.arena = ShmArena(spec.capacity, name="data_workers-%s-%d" % (spec.input_source, worker_id),
+                              fixed=spec.fixed_capacity)
         self.arena.batch_size = owner.host.batch_size
         self.process: Optional[subprocess.Popen] = None
         self.pidfd: Optional[int] = None
@@ -145,9 +148,11 @@ class _ProcessWorker:
         conn = self.conn
         if conn is None:
             return
+        poller = select.poll()  # made once: multiprocessing's wait() builds a selector per call
+        poller.register(conn.fileno(), select.POLLIN)
         try:
             while not self.owner.halted:
-                if not multiprocessing.connection.wait([conn], _POLL_SECS):
+                if not poller.poll(_POLL_SECS * 1000):
                     continue
                 try:
                     message = conn.recv()
@@ -172,13 +177,21 @@ class _ProcessWorker:
             views = self.arena.views(layouts)
             arrays = [objects[i] if i in objects else views.pop(0)
                       for i in range(len(layouts) + len(objects))]
-            chunk = host.accept(self.worker_id, arrays, chunks)
-            if chunk is None:
-                self.arena.release(span)
-                return True
-            self._check_batch_fits(chunk.arrays, chunk.rows)
             arena = self.arena
-            chunk.release = lambda: arena.release(span)
+            token = arena.track(span)
+            try:
+                chunk = host.accept(self.worker_id, arrays, chunks)
+                if chunk is not None:
+                    self._check_batch_fits(chunk.arrays, chunk.rows)
+            except BaseException:
+                arena.release(token)
+                raise
+            if chunk is None:
+                arena.release(token)
+                return True
+            chunk.release = lambda: arena.release(token)
+            # Caffe2 may take it uncopied if it is a whole batch (see _shm_ring.py).
+            chunk.lend = lambda: arena.lend(token, span)
             return host.put_chunk(chunk)
         if kind == "skip":
             host.metrics.put_metric("fetcher_time", message[1])
@@ -309,7 +322,7 @@ class ProcessFetchers(FetcherBackend):
                     worker_id=wid, fetch_fun=spec.fetch_fun, seed=base_seed + index,
                     blob_names=tuple(spec.blob_names), batch_columns=tuple(spec.batch_columns),
                     dont_rebatch=spec.dont_rebatch, input_source=spec.input_source,
-                    capacity=capacity,
+                    capacity=capacity, fixed_capacity=spec.shm_bytes_per_worker is not None,
                     assemble_batches=not (spec.deterministic or spec.dont_rebatch))))
         except BaseException:
             self.close()  # arenas made so far

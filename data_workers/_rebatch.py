@@ -77,6 +77,19 @@ class Rebatcher:
             return self._pending[0].rows
         return self.batch_size if self._rows >= self.batch_size else None
 
+    def lendable_head(self, rows: int) -> Optional[Chunk]:
+        """The oldest chunk, if it alone is the next batch of ``rows`` rows and may be lent."""
+        if not self._pending or self._offset:
+            return None
+        head = self._pending[0]
+        return head if head.rows == rows and head.lend is not None else None
+
+    def pop_head(self) -> Chunk:
+        """Remove the oldest chunk whole (it was lent to the sink)."""
+        chunk = self._pending.popleft()
+        self._rows -= chunk.rows
+        return chunk
+
     def batch_layout(self, rows: int) -> List[Tuple[Tuple[int, ...], np.dtype]]:
         """Shape and dtype of each blob of the next batch of ``rows`` rows."""
         head = self._pending[0].arrays

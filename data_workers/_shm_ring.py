@@ -16,7 +16,21 @@ Layout (the header doubles as the control block)::
     [8:16)    stop: nonzero once the parent asks the child to stop (parent writes)
     [16:24)   batch size hint for fetch_fun (parent writes)
     [24:32)   exit: nonzero once the child ended because it was asked to (child writes)
-    [64:...)  the ring, ``capacity`` bytes
+    [32:40)   capacity: the ring bytes in use, set by the child from its first
+              chunk (at most the mapped size; 0 until then)
+    [64:...)  the ring, up to the mapped size
+
+Sizing.  The memfd is mapped at its full size (a fixed size the user chose, or
+a large virtual one), but a child whose size was not chosen uses only
+``RING_BATCHES`` batches of it, decided from its first chunk; pages never
+written cost nothing.
+
+Lending.  The parent may hand a whole-batch chunk to Caffe2 without copying
+(``_enqueue.Caffe2Feed.lend``); Caffe2 releases it several batches later, and
+releases may come out of order.  The parent therefore tracks chunks in write
+order and advances ``released`` only over a prefix of released chunks, and it
+lends a chunk only while at least two batches of the ring stay unlent, so the
+child always has room to make the batches whose enqueues make Caffe2 let go.
 
 A chunk is written contiguously; one that does not fit before the ring's end
 starts at its beginning, and the skipped tail is counted in its span.  When
@@ -37,18 +51,24 @@ never overwrite rows that are still being copied.
 
 from __future__ import annotations
 
+import collections
+import math
 import mmap
 import os
 import threading
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Deque, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["ShmArena", "ArrayLayout", "HEADER_BYTES", "ALIGN"]
+__all__ = ["ShmArena", "ArrayLayout", "Span", "HEADER_BYTES", "ALIGN", "RING_BATCHES"]
 
 HEADER_BYTES = 64
 ALIGN = 64
+#: Batches a ring holds when its size was not chosen by the user.
+RING_BATCHES = 10
+#: The smallest ring a child sizes for itself.
+MIN_RING_BYTES = 64 << 20
 
 #: (dtype string, shape, byte offset in the ring) of one array in a chunk.
 ArrayLayout = Tuple[str, Tuple[int, ...], int]
@@ -58,23 +78,57 @@ def _aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-class ShmArena:
-    """One worker's ring.  Created by the parent, re-opened in the child from its fd."""
+class Span:
+    """One chunk's ring bytes, tracked by the parent until released."""
 
-    def __init__(self, capacity: int, fd: Optional[int] = None, name: str = "data_workers") -> None:
-        self.capacity = capacity
+    __slots__ = ("nbytes", "released", "lent")
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        self.released = False
+        self.lent = False
+
+
+class ShmArena:
+    """One worker's ring.  Created by the parent, re-opened in the child from its fd.
+
+    Args:
+        size: bytes mapped for the ring.
+        fixed: the user chose ``size``: the ring uses all of it.  Otherwise the
+            child sizes its ring from its first chunk (``size_for_batch``).
+    """
+
+    def __init__(self, size: int, fd: Optional[int] = None, name: str = "data_workers",
+                 fixed: bool = True) -> None:
+        self.size = size
+        self.fixed = fixed
         if fd is None:
             fd = os.memfd_create(name, os.MFD_CLOEXEC)
-            os.ftruncate(fd, HEADER_BYTES + capacity)
+            os.ftruncate(fd, HEADER_BYTES + size)
         self.fd = fd
-        self._map: Optional[mmap.mmap] = mmap.mmap(fd, HEADER_BYTES + capacity)
-        self._header = np.frombuffer(self._map, np.uint64, 4, 0)
+        self._map: Optional[mmap.mmap] = mmap.mmap(fd, HEADER_BYTES + size)
+        self._header = np.frombuffer(self._map, np.uint64, 5, 0)
         self._owner_pid = os.getpid()
-        # The enqueuer, a receiver and the stopping thread may release (reentrant:
-        # NOTE [ Shutdown and error protocol ], rule 7, in _coordinator.py).
+        # The enqueuer, a receiver, Caffe2's release callbacks and the stopping
+        # thread release (reentrant: NOTE [ Shutdown and error protocol ], rule 7).
         self._release_lock = threading.RLock()
-        self._ring = np.frombuffer(self._map, np.uint8, capacity, HEADER_BYTES)
+        self._spans: Deque[Span] = collections.deque()  # parent: in write order
+        self.lent_bytes = 0
+        self._ring = np.frombuffer(self._map, np.uint8, size, HEADER_BYTES)
         self.written = 0  # child side: total bytes handed out, padding included
+        if fixed:
+            self._header[4] = size
+
+    @property
+    def capacity(self) -> int:
+        """Ring bytes in use (the mapped size until the child sized its ring)."""
+        header = self._header
+        return self.size if header is None or not header[4] else int(header[4])
+
+    def size_for_batch(self, batch_bytes: int) -> None:
+        """Child side, at the first chunk: use ``RING_BATCHES`` batches of the mapping."""
+        if not self._header[4]:
+            self._header[4] = min(self.size, max(MIN_RING_BYTES, RING_BATCHES * batch_bytes))
 
     # -- child side -------------------------------------------------------
     def chunk_bytes(self, arrays: Sequence[np.ndarray]) -> int:
@@ -90,8 +144,7 @@ class ShmArena:
             ``(span, layouts)``: bytes consumed (padding included, to be released
             in order) and where each array goes; None if told to stop waiting.
         """
-        sizes = [int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-                 for dtype, shape in layouts]
+        sizes = [math.prod(shape) * np.dtype(dtype).itemsize for dtype, shape in layouts]
         need = sum(_aligned(n) for n in sizes)
         pos = self.written % self.capacity
         pad = self.capacity - pos if pos + need > self.capacity else 0
@@ -129,7 +182,7 @@ class ShmArena:
         out = []
         for dtype_str, shape, offset in layouts:
             dtype = np.dtype(dtype_str)
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            nbytes = math.prod(shape) * dtype.itemsize
             out.append(self._ring[offset:offset + nbytes].view(dtype).reshape(shape))
         return out
 
@@ -137,11 +190,35 @@ class ShmArena:
     def _owned(self) -> bool:
         return self._header is not None and os.getpid() == self._owner_pid
 
-    def release(self, span: int) -> None:
-        """Hand ``span`` bytes back to the child (call in write order, one thread at a time)."""
+    def track(self, nbytes: int) -> Span:
+        """Record a chunk the child wrote (call in the order the child wrote them)."""
+        span = Span(nbytes)
         with self._release_lock:
-            if self._owned():
-                self._header[0] += np.uint64(span)
+            self._spans.append(span)
+        return span
+
+    def release(self, span: Span) -> None:
+        """Give a chunk's bytes back; the child sees them once every older chunk is back."""
+        with self._release_lock:
+            if span.released:
+                return
+            span.released = True
+            if span.lent:
+                self.lent_bytes -= span.nbytes
+            freed = 0
+            while self._spans and self._spans[0].released:
+                freed += self._spans.popleft().nbytes
+            if freed and self._owned():
+                self._header[0] += np.uint64(freed)
+
+    def lend(self, span: Span, batch_bytes: int) -> bool:
+        """Record that ``span`` goes to Caffe2 uncopied, if two batches stay unlent."""
+        with self._release_lock:
+            if span.released or self.lent_bytes + span.nbytes > self.capacity - 2 * batch_bytes:
+                return False
+            span.lent = True
+            self.lent_bytes += span.nbytes
+            return True
 
     # -- control block ----------------------------------------------------------
     def request_stop(self) -> None:

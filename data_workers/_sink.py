@@ -14,11 +14,11 @@ returns False.  ``cleanup()`` runs after the enqueuer has ended.
 
 from __future__ import annotations
 
-from typing import List, Protocol, Sequence, Tuple
+from typing import Callable, List, Protocol, Sequence, Tuple, runtime_checkable
 
 import numpy as np
 
-__all__ = ["BatchSink", "BatchLayout"]
+__all__ = ["BatchSink", "LendingSink", "BatchLayout"]
 
 #: Shape and dtype of each blob of one batch.
 BatchLayout = Sequence[Tuple[Tuple[int, ...], np.dtype]]
@@ -38,3 +38,22 @@ class BatchSink(Protocol):
 
     def cleanup(self) -> None:
         """Release what the sink holds; the enqueuer has ended.  Idempotent."""
+
+
+@runtime_checkable
+class LendingSink(BatchSink, Protocol):
+    """A sink that can take a whole batch without copying it (process workers).
+
+    ``lend`` hands over arrays that live in a worker's shared memory; the sink
+    calls ``release`` once nothing refers to them any more, which may be
+    several batches later and out of order (``_shm_ring.py``, "Lending").
+    """
+
+    def can_lend(self, arrays: Sequence[np.ndarray]) -> bool:
+        """True if ``lend`` would take these arrays (device and dtypes allow it)."""
+
+    def lend(self, arrays: List[np.ndarray], release: Callable[[], None]) -> bool:
+        """Enqueue ``arrays`` as one batch, uncopied; False if closed meanwhile.
+
+        The caller must drop its own references to ``arrays``.
+        """

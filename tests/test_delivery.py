@@ -77,8 +77,10 @@ def test_pieces_copied_by_two_threads_arrive_exactly_once_in_order(ws, monkeypat
     ends with the input."""
     monkeypatch.setattr(_rebatch, "SPLIT_COPY_MIN_BYTES", 1)
     net = make_net()
+    # deterministic: process workers then send chunks, which the trainer copies
+    # (by default they send whole batches, which Caffe2 takes uncopied).
     coord = init_tagged(net, max_buffered_batches=2, fetch_fun=TaggedFetcher(max_rows=100),
-                        worker_type=worker_type)
+                        worker_type=worker_type, deterministic=True)
     coord.start()
     batches = run_and_collect(net, 60)
     assert _copier_threads(), "no piece was split"
