@@ -90,7 +90,7 @@ def child_main(spec: ChildSpec, conn: Connection, arena: ShmArena) -> None:
             _send_error(conn, exc)
             return
         fetch_secs = time.monotonic() - started
-        if arrays is None or arrays[0].shape[spec.batch_columns[0]] == 0:
+        if arrays is None or validator.rows_of(arrays) == 0:
             conn.send(("skip", fetch_secs))
             continue
         numeric: List[np.ndarray] = [a for a in arrays if a.dtype.kind != "O"]
