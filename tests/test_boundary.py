@@ -27,6 +27,7 @@ start and one stop, and each row's test checks its part.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
@@ -469,11 +470,20 @@ def test_queue_and_scratch_names_come_from_one_function(ws):
 # ----------------------------------------------------------------------------- counts elsewhere
 
 
+def _ray_source() -> Any:
+    from data_workers.ray_source import RayDataSource
+
+    return RayDataSource
+
+
 @pytest.mark.parametrize("make", [
     lambda n: parallel_workers.init_workers(lambda wid: None, num_worker_threads=n),
     lambda n: ShardedSource([np.arange(8.0)], batch_size=n, world_size=n),
     lambda n: data_workers.global_coordinator.reset_data_input("", "none", core.Net("r"), n),
-], ids=["parallel_workers.init_workers", "ShardedSource", "reset_data_input"])
+    pytest.param(lambda n: _ray_source()(None, ["x"], batch_size=n),
+                 marks=pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                                          reason="ray is not installed")),
+], ids=["parallel_workers.init_workers", "ShardedSource", "reset_data_input", "RayDataSource"])
 def test_every_entry_point_takes_numpy_counts(ws, make):
     make(np.int64(2))
     with pytest.raises(TypeError, match="got bool True"):

@@ -222,6 +222,8 @@ def test_none_and_empty_chunks_are_skipped_and_counted(ws, caplog):
     (dict(timeout=0), "timeout must be a positive"),
     (dict(input_blob_names="data"), "input_blob_names must be a non-empty list"),
     (dict(fetch_fun=None), "fetch_fun must be callable"),
+    (dict(init_fun=5), "init_fun must be None or callable"),
+    (dict(input_source_name=3), "input_source_name must be a str"),
     (dict(worker_type="process", fetch_fun=lambda w, b: None), "must be picklable"),
 ])
 def test_invalid_arguments_rejected_at_init(ws, kwargs, fragment):
