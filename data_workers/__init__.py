@@ -18,11 +18,22 @@ The pipeline of one input (one ``init_data_input_workers`` call)::
             |                          copied once, straight into Caffe2 blob memory
             |                          (pieces >= 4 MiB: by two threads, half each)
             v
-    Caffe2Feed (enqueuer thread)       one prepared net: SafeEnqueueBlobs, whole batches
+    sink (enqueuer thread)             Caffe2Feed: one prepared net, SafeEnqueueBlobs,
+            |                          whole batches, in the workspace captured at init
             v
     Caffe2 BlobsQueue                  4 batches
             v
     DequeueBlobs in the user's net     on the device / name scope captured at init
+
+Beside them, per input: a flusher thread (metrics to external loggers on
+time), a process watcher (process workers: errors and deaths, read off the
+processes themselves) and, if asked for, a stall watchdog.
+
+Modules, by role: the contract between an input and its fetchers is
+``_backend.py`` (backends: ``_thread_workers.py``, ``_process_workers.py`` with
+``_process_child.py`` and ``_shm_ring.py``); between the enqueuer and where
+batches go, ``_sink.py`` (Caffe2: ``_enqueue.py``).  The input itself is
+``_input.py``; lifecycle and registry ``_coordinator.py``.
 
 Shutdown and failures follow one protocol, written once as
 NOTE [ Shutdown and error protocol ] in ``data_workers/_coordinator.py``.
@@ -51,11 +62,11 @@ _EXPORTS: Dict[str, str] = {
     "LOG_INT_SECS": "._input",
     # upstream names data_workers imported from parallel_workers
     "Metrics": "._metrics",
-    "State": ".parallel_workers",
+    "State": "._worker",
     "WorkerCoordinator": "._coordinator",
     "GlobalWorkerCoordinator": "._coordinator",
-    "Worker": ".parallel_workers",
-    "run_worker": ".parallel_workers",
+    "Worker": "._worker",
+    "run_worker": "._worker",
     "parallel_workers": ".parallel_workers",
     # ours
     "InputCoordinator": "._input",
@@ -106,6 +117,6 @@ if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._lifecycle import Lifecycle
     from ._metrics import ExternalLogger, InputStats, Metrics
     from ._thread_workers import DataWorker
-    from .parallel_workers import State, Worker, run_worker
+    from ._worker import State, Worker, run_worker
     from .sharding import (ArrayDataset, IndexableDataset, InputCheckpoint, LastBatchPolicy,
                            ShardedSource, device_shard)

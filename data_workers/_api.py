@@ -15,13 +15,14 @@ from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence
 from caffe2.proto import caffe2_pb2
 from caffe2.python import core, scope
 
+from . import _workspace_guard
 from ._args import check_int, check_positive_int, check_positive_seconds
+from ._backend import BackendSpec, FetcherBackend, FetcherHost
 from ._coordinator import GlobalWorkerCoordinator, InitFun
-from ._enqueue import MAX_DEQUEUE_TIMEOUT_SECS, caffe2_names
+from ._enqueue import MAX_DEQUEUE_TIMEOUT_SECS, Caffe2Feed, caffe2_names
 from ._input import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
 from ._metrics import ExternalLogger, InputStats, Metrics
 from ._thread_workers import ThreadFetchers
-from ._watchdog import StallWatchdog
 
 __all__ = ["GlobalCoordinator", "global_coordinator", "init_data_input_workers", "get_worker_ids"]
 
@@ -47,8 +48,32 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
     """
 
     def inputs(self) -> List[InputCoordinator]:
-        with self._lock:
-            return [g for g in self.groups if isinstance(g, InputCoordinator)]
+        return [g for g in self._live_groups() if isinstance(g, InputCoordinator)]
+
+    def release_workspace(self, workspace_name: str) -> None:
+        """Stop and forget the inputs living in ``workspace_name`` (it is being reset).
+
+        NOTE [ Shutdown and error protocol ], rule 9 (``_coordinator.py``).
+
+        Raises:
+            RuntimeError: an input's enqueuer could not be joined; resetting now
+                would free memory it writes to.
+        """
+        doomed = [c for c in self.inputs() if _feed(c).workspace_name == workspace_name]
+        if not doomed:
+            return
+        logger.warning(
+            "ResetWorkspace(): stopping input(s) %s first, which still live in workspace %r "
+            "(call stop() before resetting the workspace)",
+            ", ".join("%r%s" % (c.name, " (scope %r)" % c.config.namescope
+                                if c.config.namescope else "") for c in doomed),
+            workspace_name)
+        self._stop_groups(list(doomed), raise_failure=False, timeout=None)
+        stuck = [c.name for c in doomed if c.enqueuer_thread.is_alive()]
+        if stuck:
+            raise RuntimeError(
+                "refusing to reset Caffe2 workspace %r: the enqueuer of input(s) %s is still "
+                "running inside it and would write to freed memory" % (workspace_name, stuck))
 
     def stats(self) -> Tuple[InputStats, ...]:
         """A frozen snapshot of every registered input's counters."""
@@ -65,7 +90,14 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
         for c in self.inputs():
             if c.name == name and c.config.namescope == namescope:
                 c.feeder.set_batch_size(batch_size)
-                c.feeder.caffe2.add_dequeue_ops(net)
+                _feed(c).add_dequeue_ops(net)
+
+
+def _feed(c: InputCoordinator) -> Caffe2Feed:
+    sink = c.feeder.sink
+    if not isinstance(sink, Caffe2Feed):  # pragma: no cover - only this module builds them
+        raise TypeError("input %r does not feed a Caffe2 queue" % c.name)
+    return sink
 
 
 global_coordinator = GlobalCoordinator()
@@ -279,20 +311,32 @@ def init_data_input_workers(
         max_buffered_batches=max_buffered_batches, dont_rebatch=bool(dont_rebatch),
         batch_columns=tuple(columns), timeout=timeout, worker_type=worker_type,
         deterministic=bool(deterministic), seed=seed, log_interval_secs=log_interval_secs,
+        shm_bytes_per_worker=shm_bytes_per_worker, stall_warning_secs=stall_warning_secs)
+    spec = BackendSpec(
+        fetch_fun=fetch_fun, input_source=input_source_name, blob_names=config.blob_names,
+        batch_columns=config.batch_columns, dont_rebatch=config.dont_rebatch, seed=seed,
         shm_bytes_per_worker=shm_bytes_per_worker)
-    metrics = Metrics(external_loggers)
+    _workspace_guard.watch(global_coordinator)
+    # Build everything, then touch the user's net last; undo on any failure,
+    # so a failed call leaves no queue, blob, net op or process behind.
     worker_ids = [global_coordinator.get_new_worker_id() for _ in range(num_worker_threads)]
-    feeder = BatchFeeder(config, worker_ids, metrics)
-    feeder.caffe2.add_dequeue_ops(net)
-    coordinator = InputCoordinator(config, worker_ids, init_fun, feeder)
-    if worker_type == "process":
-        from ._process_workers import ProcessFetchers
-
-        coordinator.fetchers = ProcessFetchers(coordinator, fetch_fun, metrics, feeder)
-    else:
-        coordinator.fetchers = ThreadFetchers(coordinator, fetch_fun, metrics, feeder)
-    coordinator.threads = list(getattr(coordinator.fetchers, "threads", [])) + [coordinator.enqueuer_thread]
-    if stall_warning_secs is not None:
-        coordinator.watchdog = StallWatchdog(coordinator, stall_warning_secs)
+    sink = Caffe2Feed(config.blob_names, config.namescope, config.input_source,
+                      device_option, config.timeout)
+    try:
+        feeder = BatchFeeder(config, worker_ids, Metrics(external_loggers), sink)
+        coordinator = InputCoordinator(config, worker_ids, init_fun, feeder,
+                                       _backend_factory(worker_type, spec))
+        sink.add_dequeue_ops(net)
+    except BaseException:
+        sink.discard()
+        raise
     global_coordinator.add(coordinator)
     return global_coordinator
+
+
+def _backend_factory(worker_type: str, spec: BackendSpec) -> "Callable[[FetcherHost], FetcherBackend]":
+    if worker_type == "process":
+        from ._process_workers import ProcessFetchers  # not imported by thread-only scripts
+
+        return lambda host: ProcessFetchers(host, spec)
+    return lambda host: ThreadFetchers(host, spec)

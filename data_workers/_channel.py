@@ -27,7 +27,7 @@ import collections
 import threading
 from typing import Deque, Dict, List, Optional, Sequence
 
-from ._validate import Chunk
+from ._chunk import Chunk
 
 __all__ = ["ChunkChannel", "FifoChannel", "RoundRobinChannel"]
 
@@ -36,7 +36,8 @@ class ChunkChannel:
     """Base: the lock, the consumer's condition and the closed flag."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: NOTE [ Shutdown and error protocol ], rule 7 (_coordinator.py).
+        self._lock = threading.RLock()
         self._not_empty = threading.Condition(self._lock)
         self._closed = False
 
@@ -83,8 +84,11 @@ class ChunkChannel:
             self._not_empty.notify()
             return True
 
-    def get_ready(self, timeout: Optional[float] = None) -> List[Chunk]:
-        """Every chunk that can leave now, in channel order, waiting for at least one.
+    def get_ready(self, timeout: Optional[float] = None, want_rows: int = 1) -> List[Chunk]:
+        """Chunks that can leave now, in channel order, waiting for at least one.
+
+        Takes chunks until they hold ``want_rows`` rows or none is ready, so the
+        consumer holds no more than its next batch needs.
 
         Returns:
             The chunks; empty on timeout or once closed.
@@ -95,8 +99,11 @@ class ChunkChannel:
             if self._closed:
                 return []
             out = []
-            while self._ready():
-                out.append(self._pop())
+            rows = 0
+            while rows < want_rows and self._ready():
+                chunk = self._pop()
+                rows += chunk.rows
+                out.append(chunk)
             return out
 
     def close(self) -> None:

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
+from ._exit_hook import register_exit_hook
+
 __all__ = ["WorkerCoordinatorInternals", "GlobalCoordinatorInternals", "BatchFeederInternals"]
 
 
@@ -66,7 +68,7 @@ class WorkerCoordinatorInternals:
         self.start()  # type: ignore[attr-defined]
 
     def _stop(self, reason: Optional[str] = None) -> None:
-        self._halt()  # type: ignore[attr-defined]
+        self.begin_stop()  # type: ignore[attr-defined]
 
     def _wait_finish(self, cleanup: Any = None) -> bool:
         return bool(self.stop())  # type: ignore[attr-defined]
@@ -98,9 +100,7 @@ class GlobalCoordinatorInternals:
     def register_shutdown_handler(self) -> None:
         """Upstream registered an exit hook per coordinator at import; ours is
         registered once, lazily, at the first ``start()``.  Kept callable."""
-        from ._coordinator import _register_exit_hook
-
-        _register_exit_hook(self)  # type: ignore[arg-type]
+        register_exit_hook(self)
 
 
 class BatchFeederInternals:
@@ -113,7 +113,7 @@ class BatchFeederInternals:
 
     @property
     def _inputs(self) -> int:
-        return int(self.counters.values()["rows_fetched"])  # type: ignore[attr-defined]
+        return int(self.counters.snapshot().rows_fetched)  # type: ignore[attr-defined]
 
     @property
     def _namescope(self) -> str:

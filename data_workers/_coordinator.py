@@ -6,73 +6,92 @@ registry the training loop talks to (``start`` / ``stop`` / ``check``).
 
 NOTE [ Shutdown and error protocol ]
 ------------------------------------
-Every module that waits or fails points here.
+Every module that waits, fails or cleans up points here.  Each rule names the
+attack it answers.
 
-1. Failures become values.  An exception in a fetcher (thread or process), in
-   ``init_fun`` or in the re-batch/enqueue stage is caught at the top of that
-   worker's loop, wrapped in a ``DataInputError`` subclass that says where it
-   happened (worker id, input source; the original is ``__cause__``) and handed
-   to ``WorkerCoordinator.fail``.  Nothing is printed and dropped.
-2. ``fail`` keeps the first failure only (later ones are usually its
-   consequences and are logged at debug level), logs it once with its
-   traceback, moves the group RUNNING -> BROKEN and *halts* it.
-3. Halting is the same for a failure and for ``stop()``, downstream first:
-   close the Caffe2 queue (a blocked enqueue returns; the net's dequeue still
-   receives every batch already queued, then fails at once instead of waiting
-   out its timeout), close the chunk channel (fetchers blocked on a full
-   channel return), and signal the workers (threads check a flag between
-   fetches, processes get an event).  Halting is idempotent and never blocks.
-4. ``stop()`` halts, then joins everything it started against one deadline
-   (``STOP_TIMEOUT_SECS``), escalating for processes (terminate, then kill),
-   releases chunks still buffered (their shared memory goes back) and the
-   scratch blobs.  A thread stuck inside user code cannot be interrupted: stop
-   logs where it is stuck and returns False instead of hanging.
-5. The failure is raised once, where the training loop waits: by
-   ``check()`` if called, else by ``stop()`` after everything is stopped (so a
+1. Failures become values.  Every exception type raised in a worker thread
+   (``SystemExit`` and ``KeyboardInterrupt`` included: a thread has nobody to
+   propagate them to), in a worker process, in ``init_fun`` or in the
+   re-batch/enqueue stage is caught at the top of that worker's loop, wrapped
+   in a ``DataInputError`` subclass that says where (worker id, input source;
+   the original is ``__cause__``) and handed to ``WorkerCoordinator.fail``.
+2. ``fail`` keeps the first failure (later ones are usually its consequences:
+   logged at debug level), logs it once, moves RUNNING -> BROKEN and *halts*.
+   A failure found while stopping (a worker process that died before it was
+   asked to stop) is still recorded and raised by that ``stop()``.
+3. Halting never blocks, is idempotent and is the same for a failure and for
+   ``stop()``, downstream first: close the sink (a blocked enqueue returns; the
+   net still receives every batch already in the Caffe2 queue, then its
+   dequeue fails at once instead of waiting out its timeout), close the chunk
+   channel (fetchers blocked on a full channel return), signal the workers
+   (threads see the lifecycle, processes a flag in shared memory; a process
+   that died is noticed by watching the process itself, never only through
+   its data socket, which a backlog or an inheriting grandchild can hold up).
+4. ``stop()`` has one deadline for the whole call (``timeout``, default
+   ``STOP_TIMEOUT_SECS``): it first halts *every* group (STOPPING: nothing
+   keeps fetching while another group is joined), then joins them all
+   against that deadline, escalating for processes (terminate, then kill,
+   each wait bounded), then cleans each group up: chunks still buffered are
+   given back (their shared memory returns), the Caffe2 queue is drained and
+   the scratch blobs and enqueue net are removed.  An error in one group's
+   cleanup is recorded and the others are still cleaned.  A thread stuck
+   inside user code (a fetcher, an external logger) cannot be interrupted:
+   stop() logs where it is and returns False instead of hanging.
+5. The registry forgets a group only once stop() ran to its end for it.  An
+   exception that escapes stop() midway (Ctrl-C) leaves the group STOPPING and
+   registered, so the next stop() finishes it; every cleanup step is idempotent.
+6. The failure is raised once, where the training loop waits: by ``check()``
+   if called, else by ``stop()`` after everything is stopped (so a
    ``try/finally: coordinator.stop()`` surfaces the real cause).  ``start()``
    raises an ``init_fun`` failure itself, as upstream did.
-6. Every wait is woken by a close or bounded by a timeout that rechecks the
-   lifecycle; nothing waits on a dead producer.  At interpreter exit one
-   ``atexit`` hook, registered lazily at the first ``start()``, stops
-   everything without raising.
+7. Every wait is woken by a close or bounded by a timeout that rechecks the
+   lifecycle.  Every lock that ``stop()`` takes is reentrant, so ``stop()``
+   called from a signal handler cannot deadlock on a lock the interrupted
+   frame holds (``stats()``, a channel operation, ``start()``).  start() and
+   stop() serialise on the group's lock: no thread starts after stop() began.
+8. Only the process that built an input touches it.  A child forked by the
+   trainer inherits its objects, shared memory and exit hook; there every
+   shared-memory write, stop and exit hook is a no-op (owner pid checks,
+   ``_exit_hook.py``).  One ``atexit`` hook, registered lazily at the first
+   ``start()``, stops everything without raising.
+9. A Caffe2 workspace outlives its inputs.  An input does all its Caffe2 work
+   in the workspace that was current when it was built (captured then, never
+   looked up per batch), and ``ResetWorkspace()`` of that workspace first
+   stops the inputs that live in it, with a warning naming them
+   (``_workspace_guard.py``): a reset can never free blob memory an enqueuer
+   is writing to.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
-import sys
+import os
 import threading
 import time
-import traceback
-import weakref
 from typing import Any, Callable, List, Optional
 
 from ._compat import GlobalCoordinatorInternals, WorkerCoordinatorInternals
-from ._errors import DataInputError, FetcherError, InputClosedError
+from ._errors import DataInputError, FetcherError, InputClosedError, PipelineError
+from ._exit_hook import register_exit_hook
 from ._lifecycle import Lifecycle
+from ._threads import join_threads
 
 __all__ = ["WorkerCoordinator", "GlobalWorkerCoordinator", "STOP_TIMEOUT_SECS"]
 
 logger = logging.getLogger(__name__)
 
-#: How long ``stop()`` waits for all of a group's workers together.
+#: How long ``stop()`` waits for every worker of every group together, unless
+#: given ``timeout``.
 STOP_TIMEOUT_SECS = 5.0
 
 InitFun = Callable[[Any, Any], None]
-
-
-def thread_stack(thread: threading.Thread) -> str:
-    """The current stack of a running thread, for 'stuck here' messages."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    return "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)\n"
 
 
 class WorkerCoordinator(WorkerCoordinatorInternals):
     """One named group of workers with a lifecycle and a failure slot.
 
     Subclasses add their own workers through ``_start_workers`` / ``_halt`` /
-    ``_join``.  This base runs plain threads (``parallel_workers``).
+    ``_join`` / ``_cleanup``.  This base runs plain threads (``parallel_workers``).
 
     Args:
         worker_name: the group's name (upstream: ``worker_name`` /
@@ -93,10 +112,15 @@ class WorkerCoordinator(WorkerCoordinatorInternals):
         self.shutdown_fun = shutdown_fun
         self.threads: List[threading.Thread] = []
         self.lifecycle = Lifecycle.CREATED
+        # Reentrant: see NOTE [ Shutdown and error protocol ], rule 7.
         self._lock = threading.RLock()
+        self._init_lock = threading.Lock()
         self._failure: Optional[DataInputError] = None
         self._failure_raised = False
         self._initialized = False
+        self._was_started = False
+        self._cleaned = False
+        self._owner_pid = os.getpid()
 
     # -- queries --------------------------------------------------------
     def is_active(self) -> bool:
@@ -110,37 +134,45 @@ class WorkerCoordinator(WorkerCoordinatorInternals):
     def failure(self) -> Optional[DataInputError]:
         return self._failure
 
+    def owned_here(self) -> bool:
+        """False in a child forked by the process that built this group (rule 8)."""
+        return os.getpid() == self._owner_pid
+
     # -- lifecycle --------------------------------------------------------
     def init(self, global_coordinator: Any) -> None:
         """Run ``init_fun`` once; its exception breaks the group and is raised."""
-        if self.init_fun is None or self._initialized:
-            return
-        self._initialized = True
-        try:
-            self.init_fun(self, global_coordinator)
-        except Exception as exc:
-            err = FetcherError("init_fun of %r raised %s: %s" % (self.name, type(exc).__name__, exc))
-            err.__cause__ = exc
-            self.fail(err.where(self.name, None))
-            self._failure_raised = True
-            raise err
+        # Its own lock: concurrent start() calls run init_fun once, and a stop()
+        # meanwhile need not wait for init_fun (start() then raises InputClosedError).
+        with self._init_lock:
+            if self.init_fun is None or self._initialized:
+                return
+            self._initialized = True
+            try:
+                self.init_fun(self, global_coordinator)
+            except Exception as exc:
+                err = FetcherError("init_fun of %r raised %s: %s" % (self.name, type(exc).__name__, exc))
+                err.__cause__ = exc
+                self.fail(err.where(self.name, None))
+                self._failure_raised = True
+                raise err
 
     def start(self) -> None:
-        """CREATED -> RUNNING.  No-op when running or broken; error once stopped."""
-        with self._lock:
-            if self.lifecycle is Lifecycle.STOPPED:
+        """CREATED -> RUNNING.  No-op when running or broken; error once stopping."""
+        with self._lock:  # a stop() racing us waits until every worker started
+            if self.lifecycle in (Lifecycle.STOPPING, Lifecycle.STOPPED):
                 raise InputClosedError("%r was stopped; build a new one with init_*()" % self.name)
             if self.lifecycle is not Lifecycle.CREATED:
                 return
             self.lifecycle = Lifecycle.RUNNING
-        if self.state is not None:
-            self.state.start()
-        self._start_workers()
+            self._was_started = True
+            if self.state is not None:
+                self.state.start()
+            self._start_workers()
 
     def fail(self, err: DataInputError) -> None:
         """Record a failure (the first one wins), log it once, halt the group.
 
-        See NOTE [ Shutdown and error protocol ].
+        See NOTE [ Shutdown and error protocol ], rule 2.
         """
         with self._lock:
             if self._failure is not None or self.lifecycle is Lifecycle.STOPPED:
@@ -152,25 +184,59 @@ class WorkerCoordinator(WorkerCoordinatorInternals):
         logger.error("input %r failed: %s", self.name, err, exc_info=err)
         self._halt()
 
-    def stop(self) -> bool:
-        """Halt and join.  Idempotent.  Returns True if every worker ended."""
+    def begin_stop(self) -> None:
+        """Halt the group for good (-> STOPPING).  Never blocks; idempotent."""
         with self._lock:
             if self.lifecycle is Lifecycle.STOPPED:
-                return True
-            was_started = self.lifecycle in (Lifecycle.RUNNING, Lifecycle.BROKEN)
-            self.lifecycle = Lifecycle.STOPPED
+                return
+            self.lifecycle = Lifecycle.STOPPING
         self._halt()
-        if was_started and self.shutdown_fun is not None:
+
+    def finish_stop(self, deadline: float, started: float) -> bool:
+        """Join against ``deadline``, then clean up (-> STOPPED).  Idempotent.
+
+        Returns:
+            True if every worker ended by itself.
+        """
+        if self.lifecycle is Lifecycle.STOPPED:
+            return True
+        self.begin_stop()
+        if self._was_started and self.shutdown_fun is not None:
+            shutdown_fun, self.shutdown_fun = self.shutdown_fun, None
             try:
-                self.shutdown_fun()
-            except Exception:
-                logger.exception("shutdown_fun of %r failed", self.name)
-        deadline = time.monotonic() + STOP_TIMEOUT_SECS
-        success = self._join(deadline)
-        if self.state is not None and success:
-            self.state.cleanup()
+                shutdown_fun()
+            except Exception as exc:
+                self._cleanup_failed("shutdown_fun", exc)
+        success = self._join(deadline, started)
+        if not self._cleaned:
+            try:
+                self._cleanup(success)
+            except Exception as exc:
+                self._cleanup_failed("cleanup", exc)
+            self._cleaned = True
+        with self._lock:
+            self.lifecycle = Lifecycle.STOPPED
         logger.debug("%r stopped (all workers ended: %s)", self.name, success)
         return success
+
+    def _cleanup_failed(self, what: str, exc: Exception) -> None:
+        logger.error("%s of %r failed", what, self.name, exc_info=exc)
+        err = PipelineError("%s of %r failed while stopping: %s: %s"
+                            % (what, self.name, type(exc).__name__, exc))
+        err.__cause__ = exc
+        with self._lock:
+            if self._failure is None:
+                self._failure = err.where(self.name, None)
+
+    def stop(self, timeout: Optional[float] = None) -> bool:
+        """Halt, join and clean up this group alone.  Idempotent.
+
+        Returns:
+            True if every worker ended within ``timeout`` (default ``STOP_TIMEOUT_SECS``).
+        """
+        started = time.monotonic()
+        self.begin_stop()
+        return self.finish_stop(started + _timeout(timeout), started)
 
     def check(self) -> None:
         """Raise the group's failure, once (see NOTE [ Shutdown and error protocol ])."""
@@ -194,51 +260,27 @@ class WorkerCoordinator(WorkerCoordinatorInternals):
             except Exception:
                 logger.exception("stopping state of %r failed", self.name)
 
-    def _join(self, deadline: float) -> bool:
-        return join_threads(self.threads, deadline, self.name)
+    def _join(self, deadline: float, started: float) -> bool:
+        return join_threads(self.threads, deadline, self.name, started)
+
+    def _cleanup(self, joined: bool) -> None:
+        if self.state is not None and joined:
+            self.state.cleanup()
 
 
-def join_threads(threads: List[threading.Thread], deadline: float, group: str) -> bool:
-    """Join threads against one deadline; log the stack of any that did not end."""
-    me = threading.current_thread()
-    success = True
-    for t in threads:
-        if t is me or t.ident is None:
-            continue
-        t.join(max(0.0, deadline - time.monotonic()))
-        if t.is_alive():
-            success = False
-            logger.warning("%r: thread %s did not end within %.1f s; it is at:\n%s",
-                           group, t.name, STOP_TIMEOUT_SECS, thread_stack(t))
-    return success
-
-
-_exit_hook_lock = threading.Lock()
-_exit_hooked: "weakref.WeakSet[GlobalWorkerCoordinator]" = weakref.WeakSet()
-_exit_hook_registered = False
-
-
-def _stop_all_at_exit() -> None:
-    for gc in list(_exit_hooked):
-        try:
-            gc.stop(raise_failure=False)
-        except Exception:
-            logger.exception("stopping workers at exit failed")
-
-
-def _register_exit_hook(gc: "GlobalWorkerCoordinator") -> None:
-    global _exit_hook_registered
-    with _exit_hook_lock:
-        _exit_hooked.add(gc)
-        if not _exit_hook_registered:
-            atexit.register(_stop_all_at_exit)
-            _exit_hook_registered = True
+def _timeout(timeout: Optional[float]) -> float:
+    if timeout is None:
+        return STOP_TIMEOUT_SECS
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise ValueError("timeout must be a number of seconds >= 0 or None, got %r" % (timeout,))
+    return float(timeout)
 
 
 class GlobalWorkerCoordinator(GlobalCoordinatorInternals):
     """The registry of worker groups that ``init_*`` returns (the same object each call)."""
 
     def __init__(self) -> None:
+        # Reentrant: see NOTE [ Shutdown and error protocol ], rule 7.
         self._lock = threading.RLock()
         self.groups: List[WorkerCoordinator] = []
         self.next_worker_id = 0
@@ -258,15 +300,18 @@ class GlobalWorkerCoordinator(GlobalCoordinatorInternals):
     def get_worker_ids(self) -> List[int]:
         return list(self.worker_ids)
 
+    def _live_groups(self) -> List[WorkerCoordinator]:
+        with self._lock:
+            return [c for c in self.groups if c.owned_here()]
+
     def start(self) -> None:
         """Run every group's ``init_fun`` serially, then start every group.
 
         Raises:
             FetcherError: an ``init_fun`` raised; no group was started.
         """
-        with self._lock:
-            groups = list(self.groups)
-        _register_exit_hook(self)
+        groups = self._live_groups()
+        register_exit_hook(self)
         for c in groups:
             c.init(self)
         for c in groups:
@@ -274,24 +319,35 @@ class GlobalWorkerCoordinator(GlobalCoordinatorInternals):
 
     def check(self) -> None:
         """Raise the first failure of any group that has not been raised yet."""
-        with self._lock:
-            groups = list(self.groups)
-        for c in groups:
+        for c in self._live_groups():
             c.check()
 
-    def _stop_groups(self, groups: List[WorkerCoordinator], raise_failure: bool) -> bool:
+    def _stop_groups(self, groups: List[WorkerCoordinator], raise_failure: bool,
+                     timeout: Optional[float]) -> bool:
+        """NOTE [ Shutdown and error protocol ], rules 4-6: halt all, join all, clean, forget."""
+        started = time.monotonic()
+        deadline = started + _timeout(timeout)
         for c in groups:
-            c._halt()
+            c.begin_stop()
         success = True
         for c in groups:
-            success = c.stop() and success
+            success = c.finish_stop(deadline, started) and success
+            with self._lock:
+                if c in self.groups:
+                    self.groups.remove(c)
         if raise_failure:
             for c in groups:
                 c.check()
         return success
 
-    def stop(self, raise_failure: bool = True) -> bool:
+    def stop(self, raise_failure: bool = True, timeout: Optional[float] = None) -> bool:
         """Stop every group and forget them.
+
+        Args:
+            raise_failure: raise the first failure not raised yet.
+            timeout: seconds for the whole call to wait for workers (default
+                ``STOP_TIMEOUT_SECS``); stuck process workers are then
+                terminated and killed, which adds at most about 2 s.
 
         Returns:
             True if every worker ended within the timeout.
@@ -301,15 +357,15 @@ class GlobalWorkerCoordinator(GlobalCoordinatorInternals):
                 by ``check()`` (or ``raise_failure=False``).
         """
         with self._lock:
-            groups, self.groups = list(self.groups), []
-        return self._stop_groups(groups, raise_failure)
+            if any(not c.owned_here() for c in self.groups):
+                # A forked child: the groups are the parent's (rule 8).
+                self.groups = [c for c in self.groups if c.owned_here()]
+        return self._stop_groups(self._live_groups(), raise_failure, timeout)
 
     def stop_coordinator(self, worker_name: str) -> bool:
         """Stop and forget the groups named ``worker_name``."""
-        with self._lock:
-            groups = [c for c in self.groups if c.name == worker_name]
-            self.groups = [c for c in self.groups if c.name != worker_name]
-        return self._stop_groups(groups, raise_failure=True)
+        groups = [c for c in self._live_groups() if c.name == worker_name]
+        return self._stop_groups(groups, raise_failure=True, timeout=None)
 
     def __enter__(self) -> "GlobalWorkerCoordinator":
         self.start()

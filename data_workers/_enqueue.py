@@ -11,7 +11,15 @@ scope ``gpu_0/``::
 Every blob of a batch travels in one queue entry, so data and label can never
 go out of step (upstream used a queue per blob and enqueued them one by one).
 
-The enqueue net is built once; pushing a batch is one ``RunNet``.  On the CPU
+Everything runs in the workspace that was current when the input was built,
+through a handle captured then (NOTE [ Shutdown and error protocol ], rule 9,
+in ``_coordinator.py``): a later ``SwitchWorkspace`` does not move an input,
+and ``ResetWorkspace`` of its workspace stops it first (``_workspace_guard.py``).
+When the input stops, ``cleanup`` drains the queue and removes the scratch
+blobs, the status blob and the enqueue net; the queue blob itself stays,
+closed and empty, because the user's net holds a pointer to it.
+
+The enqueue net is built once; pushing a batch is one ``Net.run()``.  On the CPU
 the re-batcher writes straight into the scratch blobs' tensor memory (numpy
 views from ``TensorCPU.data``); ``SafeEnqueueBlobs`` then swaps the blobs into
 the queue, so the one copy made by the re-batcher is the only one.  On a GPU
@@ -32,7 +40,7 @@ from caffe2.proto import caffe2_pb2
 from caffe2.python import core, workspace
 
 from ._dtypes import TENSOR_DTYPES
-from ._errors import PipelineError
+from ._sink import BatchLayout
 
 __all__ = ["Caffe2Feed", "Caffe2Names", "caffe2_names", "caffe2_dtype",
            "MAX_DEQUEUE_TIMEOUT_SECS"]
@@ -95,7 +103,7 @@ def is_gpu(device_option: caffe2_pb2.DeviceOption) -> bool:
 
 
 class Caffe2Feed:
-    """Creates and drives the Caffe2 objects of one input.
+    """Creates and drives the Caffe2 objects of one input (a ``BatchSink``, ``_sink.py``).
 
     Args:
         blob_names: the input's blob names as given by the user (unscoped).
@@ -116,34 +124,49 @@ class Caffe2Feed:
         self.names = caffe2_names(blob_names, namescope, input_source)
         self.queue_name = self.names.queue
         self.scratch = list(self.names.scratch)
-        self.status = self.names.status
+        self.status_blob = self.names.status
         self.net_name = self.names.net
         self.input_source = input_source
         self._host_staging = is_gpu(device_option)
-        self._close_lock = threading.Lock()
+        # Reentrant: NOTE [ Shutdown and error protocol ], rule 7 (_coordinator.py).
+        self._close_lock = threading.RLock()
         self._closed = False
+        self._cleaned = False
+        #: The workspace this input lives in, captured now (rule 9).
+        self.workspace_name: str = workspace.C.current_workspace()
+        self._ws = workspace.C.Workspace.current
+        self._net: Any = None
         self._create()
 
+    def _run_op(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str],
+                device_option: caffe2_pb2.DeviceOption = _CPU, **kwargs: Any) -> None:
+        # BlobReferences: our names are scoped already; plain strings would be
+        # scoped again by whatever NameScope is current now.
+        ref = core.BlobReference
+        self._ws._run_operator(core.CreateOperator(
+            op_type, [ref(b) for b in inputs], [ref(b) for b in outputs],
+            device_option=device_option, **kwargs).SerializeToString())
+
     def _create(self) -> None:
-        workspace.RunOperatorOnce(core.CreateOperator(
-            "CreateBlobsQueue", [], [core.BlobReference(self.queue_name)],
-            num_blobs=len(self.outputs), capacity=C2_QUEUE_CAPACITY, device_option=_CPU))
+        self._run_op("CreateBlobsQueue", [], [self.queue_name],
+                     num_blobs=len(self.outputs), capacity=C2_QUEUE_CAPACITY)
         # Create the scratch blobs here, on the caller's thread, so enqueue
         # threads never create blobs while the workspace's blob map is read.
-        for name in self.scratch:
-            workspace.FeedBlob(name, np.zeros((0,), np.float32), device_option=self.device_option)
-        workspace.FeedBlob(self.status, np.zeros((1,), np.bool_))
+        self._scratch_blobs = [self._ws.create_blob(name) for name in self.scratch]
+        for blob in self._scratch_blobs:
+            blob.feed(np.zeros((0,), np.float32), self.device_option)
+        self._ws.create_blob(self.status_blob).feed(np.zeros((1,), np.bool_))
         net = core.Net(self.net_name)
         # core.Net uniquifies names per process ("..._1" for a second input with
-        # this queue name, even after ResetWorkspace): run the net by its real name.
+        # this queue name, even after ResetWorkspace): use the net's real name.
         self.net_name = net.Proto().name
         # BlobReferences: our names are already scoped; plain strings would be
         # scoped again by whatever NameScope is current now.
         ref = core.BlobReference
         scratch = [ref(b) for b in self.scratch]
-        net.SafeEnqueueBlobs([ref(self.queue_name)] + scratch, scratch + [ref(self.status)],
+        net.SafeEnqueueBlobs([ref(self.queue_name)] + scratch, scratch + [ref(self.status_blob)],
                              device_option=self.device_option)
-        workspace.CreateNet(net, overwrite=True)
+        self._net = self._ws._create_net(net.Proto().SerializeToString(), True)
 
     def add_dequeue_ops(self, net: Any) -> bool:
         """Add one DequeueBlobs op for all blobs to ``net`` (a core.Net or ModelHelper).
@@ -163,19 +186,18 @@ class Caffe2Feed:
             device_option=self.device_option)
         return True
 
-    def destinations(self, layout: Sequence[Tuple[Tuple[int, ...], np.dtype]]) -> List[np.ndarray]:
+    def destinations(self, layout: BatchLayout) -> List[np.ndarray]:
         """Arrays the next batch is written into, one per blob.
 
         On the CPU path these are views of the scratch blobs' own memory.
         """
-        ws = workspace.C.Workspace.current
         dests = []
-        for name, (shape, dtype) in zip(self.scratch, layout):
+        for blob, (shape, dtype) in zip(self._scratch_blobs, layout):
             c2type = _DTYPES.get(dtype)  # dtype is an np.dtype already: no conversion
             if self._host_staging or c2type is None:
                 dests.append(np.empty(shape, dtype))
                 continue
-            tensor = ws.create_blob(name).tensor()
+            tensor = blob.tensor()
             tensor.init(list(shape), c2type)
             dests.append(tensor.data)
         return dests
@@ -192,54 +214,64 @@ class Caffe2Feed:
         Returns:
             True if enqueued, False if the queue was closed meanwhile.
         """
-        for name, dest in zip(self.scratch, dests):
+        for blob, dest in zip(self._scratch_blobs, dests):
             if self._staged(dest):
-                # A host staging array (GPU scope or string blob): FeedBlob
+                # A host staging array (GPU scope or string blob): feeding
                 # copies it to the blob's device.
-                workspace.FeedBlob(name, dest, device_option=self.device_option)
-        try:
-            # The binding itself: the RunNet wrapper's name handling and error
-            # interception cost a measurable share of a small batch.
-            workspace.C.run_net(self.net_name, 1, False)
-        except RuntimeError as exc:
-            if not workspace.HasBlob(self.queue_name):
-                raise PipelineError(
-                    "the Caffe2 workspace was reset or switched while input %r was running "
-                    "(the current workspace has no queue %s); stop() the inputs before "
-                    "ResetWorkspace / SwitchWorkspace" % (self.input_source, self.queue_name)
-                ) from exc
-            raise
+                blob.feed(dest, self.device_option)
+        self._net.run()
         if not self._closed:
             # close() marks the feed closed before it closes the queue, so the
             # queue was open for this whole enqueue: it went in.  This skips
             # reading the status blob (several binding calls) on every batch.
             return True
-        closed = workspace.C.Workspace.current.create_blob(self.status).tensor().data
+        closed = self._ws.create_blob(self.status_blob).tensor().data
         return not closed.item()
 
     def close(self) -> None:
         """Close the queue: blocked enqueues return, dequeues fail once it is empty.
 
-        Idempotent; tolerates a workspace that was reset meanwhile.
+        Idempotent; never blocks.
         """
         with self._close_lock:
-            if self._closed:
+            if self._closed or self._cleaned:
                 return
             self._closed = True
-        try:
-            workspace.RunOperatorOnce(core.CreateOperator(
-                "CloseBlobsQueue", [core.BlobReference(self.queue_name)], [], device_option=_CPU))
-        except Exception:
-            # ResetWorkspace destroyed the queue: an enqueue blocked inside it
-            # (queue full) can never be woken; stop() reports that thread as stuck.
-            logger.warning("could not close %s: the Caffe2 workspace was reset while input %r "
-                           "was running", self.queue_name, self.input_source)
+        self._run_op("CloseBlobsQueue", [self.queue_name], [])
 
     def cleanup(self) -> None:
-        """Release the scratch blobs' memory."""
-        for name in self.scratch:
-            try:
-                if workspace.HasBlob(name):
-                    workspace.FeedBlob(name, np.zeros((0,), np.float32), device_option=self.device_option)
-            except Exception:
-                logger.debug("resetting %s failed", name, exc_info=True)
+        """Drain the (closed) queue and remove the scratch and status blobs and the
+        enqueue net.  The enqueuer has ended.  Idempotent."""
+        if self._cleaned:
+            return
+        self.close()
+        for _ in range(C2_QUEUE_CAPACITY + 1):
+            try:  # a closed queue hands out what it holds, then fails
+                self._run_op("DequeueBlobs", [self.queue_name], self.scratch,
+                             device_option=self.device_option, timeout_secs=0.001)
+            except RuntimeError:
+                break
+        self._remove_objects([self.status_blob] + self.scratch)
+
+    def discard(self) -> None:
+        """Undo ``__init__`` (the input was never handed to the user): remove the queue too."""
+        self.cleanup()
+        self._ws._remove_blob(self.queue_name)
+
+    def _remove_objects(self, blobs: Sequence[str]) -> None:
+        self._cleaned = True
+        self._scratch_blobs = []
+        self._net = None
+        if workspace.C.current_workspace() == self.workspace_name:
+            # Caffe2 deletes nets in the current workspace only; elsewhere the
+            # net (small) stays, and so must the scratch blobs its ops point at.
+            workspace.C.delete_net(self.net_name)
+        else:
+            blobs = [self.status_blob]
+        for name in blobs:
+            self._ws._remove_blob(name)
+
+
+def queue_name(blob_names: Sequence[str], namescope: str, input_source: str) -> str:
+    """The Caffe2 queue blob of an input: two live inputs must not share one."""
+    return caffe2_names(blob_names, namescope, input_source).queue

@@ -3,10 +3,13 @@
 Threads of one input (the whole pipeline is drawn once, in ``data_workers/__init__.py``)::
 
     fetcher threads, or receiver threads of worker processes
-        --put()--> ChunkChannel --get()--> enqueuer thread: Rebatcher -> Caffe2Feed -> BlobsQueue
+        --put()--> ChunkChannel --get_ready()--> enqueuer thread: Rebatcher -> sink
+    flusher thread: every log_interval_secs, metrics to the external loggers
+    watchdog thread (optional): one warning when no batch moves
 
-``BatchFeeder`` is everything between the fetchers and the Caffe2 queue;
-``InputCoordinator`` owns its threads and its lifecycle.
+``BatchFeeder`` is everything between the fetchers and the sink;
+``InputCoordinator`` owns its threads, its backend and its lifecycle.
+Caffe2-free: the Caffe2 queue is one sink (``_enqueue.py``) among others.
 
 Failure and shutdown: NOTE [ Shutdown and error protocol ] in ``_coordinator.py``.
 """
@@ -17,22 +20,23 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
-from caffe2.proto import caffe2_pb2
-
+from ._backend import FetcherBackend, FetcherHost
 from ._channel import ChunkChannel, FifoChannel, RoundRobinChannel
+from ._chunk import Chunk
 from ._compat import BatchFeederInternals
-from ._coordinator import InitFun, WorkerCoordinator, join_threads
-from ._enqueue import Caffe2Feed
+from ._coordinator import InitFun, WorkerCoordinator
 from ._errors import DataInputError, PipelineError
 from ._metrics import InputCounters, InputStats, Metrics
 from ._rebatch import Rebatcher
-from ._validate import Chunk, ChunkValidator
-from ._watchdog import StallWatchdog
-from .parallel_workers import State
+from ._sink import BatchSink
+from ._threads import join_threads
+from ._validate import ChunkValidator
+from ._watchdog import StallProbe, StallWatchdog
+from ._worker import State
 
-__all__ = ["InputConfig", "BatchFeeder", "InputCoordinator", "enqueuer"]
+__all__ = ["InputConfig", "BatchFeeder", "InputCoordinator", "enqueuer", "LOG_INT_SECS"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +54,8 @@ class InputConfig:
     batch_size: int
     input_source: str
     namescope: str
-    device_option: caffe2_pb2.DeviceOption
+    #: The sink's device (a Caffe2 ``DeviceOption`` for the Caffe2 queue).
+    device_option: Any
     num_workers: int
     max_buffered_batches: int
     dont_rebatch: bool
@@ -61,17 +66,18 @@ class InputConfig:
     seed: Optional[int]
     log_interval_secs: float = LOG_INT_SECS
     shm_bytes_per_worker: Optional[int] = None
+    stall_warning_secs: Optional[float] = None
 
 
 class BatchFeeder(State, BatchFeederInternals):
     """The re-batch/enqueue stage of one input (upstream's ``BatchFeeder`` role).
 
-    Fetchers ``put`` their output here; the enqueuer thread calls
-    ``_enqueue_batch`` in a loop, which moves chunks from the channel through
-    the re-batcher into the Caffe2 queue.
+    Fetchers ``put`` their output here; the enqueuer thread calls ``pump`` in
+    a loop, which moves chunks from the channel through the re-batcher into the sink.
     """
 
-    def __init__(self, config: InputConfig, worker_ids: Sequence[int], metrics: Metrics) -> None:
+    def __init__(self, config: InputConfig, worker_ids: Sequence[int], metrics: Metrics,
+                 sink: BatchSink) -> None:
         self.config = config
         self.blob_names = list(config.blob_names)
         self.namescope = config.namescope
@@ -91,12 +97,11 @@ class BatchFeeder(State, BatchFeederInternals):
             self.channel = RoundRobinChannel(worker_ids, per_worker)
         else:
             self.channel = FifoChannel(config.max_buffered_batches)
-        self.caffe2 = Caffe2Feed(self.blob_names, config.namescope, config.input_source,
-                                 config.device_option, config.timeout)
+        self.sink = sink
         self._last_log = time.monotonic()
-        self._logged_inputs = 0
+        self._logged_rows = 0
         #: monotonic time the enqueuer began pushing a batch it has not pushed
-        #: yet (the Caffe2 queue is full), else None; read by the stall watchdog.
+        #: yet (the sink is full), else None; read by the stall watchdog.
         self.enqueue_blocked_since: Optional[float] = None
 
     # -- State ------------------------------------------------------------
@@ -106,14 +111,13 @@ class BatchFeeder(State, BatchFeederInternals):
 
     def stop(self) -> None:
         """Halt, downstream first; never blocks (NOTE [ Shutdown and error protocol ])."""
-        self.caffe2.close()
+        self.sink.close()
         self.channel.close()
 
     def cleanup(self) -> None:
-        """Release what is still buffered and the scratch blobs; flush metrics."""
+        """Release what is still buffered, and what the sink holds."""
         self.release_buffers()
-        self.caffe2.cleanup()
-        self._log_interval(force=True)
+        self.sink.cleanup()
 
     def release_buffers(self, include_rebatcher: bool = True) -> None:
         """Give back the memory of chunks that will never be batched (on stop)."""
@@ -142,7 +146,8 @@ class BatchFeeder(State, BatchFeederInternals):
             worker_id: int = -1) -> bool:
         """Validate one fetcher result and queue it for re-batching.
 
-        Blocks while the channel is full.  Returns False if the input stopped.
+        ``coordinator`` is ignored (kept from upstream's signature).  Blocks
+        while the channel is full.  Returns False if the input stopped.
         """
         chunk = self.accept(worker_id, output)
         if chunk is None:
@@ -165,55 +170,61 @@ class BatchFeeder(State, BatchFeederInternals):
             hook(batch_size)
 
     # -- enqueuer side ----------------------------------------------------
-    def _enqueue_batch(self, coordinator: WorkerCoordinator) -> None:
-        """One step of the enqueuer: take the ready chunks, push every batch they complete."""
-        for chunk in self.channel.get_ready(timeout=_POLL_SECS):
-            self.rebatcher.add(chunk)
-        while coordinator.is_active():
-            rows = self.rebatcher.next_batch_rows()
-            if rows is None:
-                break
-            started = time.monotonic()
-            dests = self.caffe2.destinations(self.rebatcher.batch_layout(rows))
-            self.rebatcher.fill(dests, rows)
-            self.enqueue_blocked_since = started
-            try:
-                pushed = self.caffe2.enqueue(dests)
-            finally:
-                self.enqueue_blocked_since = None
-            if not pushed:
-                return  # queue closed: the input is stopping
+    def pump(self, coordinator: WorkerCoordinator) -> None:
+        """One step of the enqueuer: push one batch if the buffered rows make one,
+        else take from the channel only the chunks the next batch needs.
+
+        Taking no more than needed keeps the stated memory bound: at most
+        ``max_buffered_batches`` chunks in the channel plus the chunks of the
+        batch being cut.
+        """
+        rows = self.rebatcher.next_batch_rows()
+        if rows is None:
+            need = 1 if self.config.dont_rebatch else self.batch_size - self.rebatcher.rows_buffered
+            for chunk in self.channel.get_ready(timeout=_POLL_SECS, want_rows=need):
+                self.rebatcher.add(chunk)
+            return
+        started = time.monotonic()
+        dests = self.sink.destinations(self.rebatcher.batch_layout(rows))
+        self.rebatcher.fill(dests, rows)
+        self.enqueue_blocked_since = started
+        try:
+            pushed = self.sink.enqueue(dests)
+        finally:
+            self.enqueue_blocked_since = None
+        if pushed:
             self.counters.enqueued(rows)
             self.metrics.put_metric("enqueue_time", time.monotonic() - started)
-        self._log_interval()
 
-    def _log_interval(self, force: bool = False) -> None:
+    def log_interval(self) -> None:
+        """Log inputs/sec and hand the metrics to the external loggers (flusher thread)."""
         now = time.monotonic()
         delta = now - self._last_log
-        if delta < self.config.log_interval_secs and not force:
-            return
-        rows = self.counters.values()["rows_enqueued"]
-        per_sec = int((rows - self._logged_inputs) / delta) if delta > 0 else 0
+        rows = self.counters.snapshot().rows_enqueued
+        per_sec = int((rows - self._logged_rows) / delta) if delta > 0 else 0
         depth = self.channel.depth()
         logger.info("%s/%s: %d inputs/sec, %d chunks queued",
                     self.input_source, self.namescope, per_sec, depth)
         self.metrics.put_metric("inputs_per_sec", per_sec, False)
         self.metrics.put_metric("queue_size", depth, False)
         self.metrics.put_metric("time_elapsed", delta, False)
-        self.metrics.log_metrics()
-        self.metrics.reset_metrics()
-        self._logged_inputs = rows
+        self.metrics.flush()
+        self._logged_rows = rows
         self._last_log = now
 
 
 def enqueuer(coordinator: WorkerCoordinator, batch_feeder: BatchFeeder) -> None:
-    """The enqueuer thread: move batches into Caffe2 until the input stops or fails."""
+    """The enqueuer thread: move batches into the sink until the input stops or fails.
+
+    Every exception type becomes the input's failure (NOTE [ Shutdown and
+    error protocol ], rule 1).
+    """
     try:
         while coordinator.is_active():
-            batch_feeder._enqueue_batch(coordinator)
+            batch_feeder.pump(coordinator)
     except DataInputError as e:
         coordinator.fail(e.where(batch_feeder.input_source, None))
-    except Exception as e:
+    except BaseException as e:  # noqa: B902 - a thread has nobody to raise to
         err = PipelineError("re-batching/enqueue of input %r failed: %s: %s"
                             % (batch_feeder.input_source, type(e).__name__, e))
         err.__cause__ = e
@@ -221,48 +232,119 @@ def enqueuer(coordinator: WorkerCoordinator, batch_feeder: BatchFeeder) -> None:
 
 
 class InputCoordinator(WorkerCoordinator):
-    """Coordinates one input: its fetchers, its enqueuer thread and its feeder."""
+    """Coordinates one input: its fetcher backend, its enqueuer, flusher and watchdog.
+
+    Implements ``FetcherHost`` (``_backend.py``) for its backend.
+
+    Args:
+        make_backend: builds the fetcher backend for this input (its host).
+    """
 
     def __init__(self, config: InputConfig, worker_ids: List[int], init_fun: Optional[InitFun],
-                 feeder: BatchFeeder) -> None:
+                 feeder: BatchFeeder,
+                 make_backend: Callable[[FetcherHost], FetcherBackend]) -> None:
         super().__init__(config.input_source, worker_ids, init_fun, state=feeder)
         self.config = config
         self.feeder = feeder
-        self.fetchers: Any = None  # ThreadFetchers or ProcessFetchers, set by the builder
-        self.watchdog: Optional[StallWatchdog] = None  # set by the builder if asked for
+        prefix = "data_workers %s%s" % (config.namescope, config.input_source)
         self.enqueuer_thread = threading.Thread(
-            target=enqueuer, args=(self, feeder), daemon=True,
-            name="data_workers %s%s enqueuer" % (config.namescope, config.input_source))
+            target=enqueuer, args=(self, feeder), daemon=True, name=prefix + " enqueuer")
+        self._flush_halted = threading.Event()
+        self.flusher_thread = threading.Thread(
+            target=self._flush_loop, daemon=True, name=prefix + " flusher")
+        self.watchdog: Optional[StallWatchdog] = None
+        if config.stall_warning_secs is not None:
+            self.watchdog = StallWatchdog(
+                prefix, self.name, self.probe, self._fetcher_locations, config.stall_warning_secs)
+        self.backend: FetcherBackend = make_backend(self)
+        self.threads = list(self.backend.threads) + [self.enqueuer_thread]
 
+    # -- FetcherHost ------------------------------------------------------
+    @property
+    def metrics(self) -> Metrics:
+        return self.feeder.metrics
+
+    @property
+    def batch_size(self) -> int:
+        return self.feeder.batch_size
+
+    def add_batch_size_hook(self, hook: Callable[[int], None]) -> None:
+        self.feeder.batch_size_hooks.append(hook)
+
+    def accept(self, worker_id: int, output: Any) -> Optional[Chunk]:
+        return self.feeder.accept(worker_id, output)
+
+    def put(self, output: Any, worker_id: int) -> bool:
+        return self.feeder.put(output, None, worker_id)
+
+    def put_chunk(self, chunk: Chunk) -> bool:
+        return self.feeder.put_chunk(chunk)
+
+    # -- WorkerCoordinator hooks ---------------------------------------------
     def _start_workers(self) -> None:
         self.enqueuer_thread.start()
-        self.fetchers.start()
+        self.flusher_thread.start()
+        self.backend.start()
         if self.watchdog is not None:
             self.watchdog.start()
 
     def _halt(self) -> None:
-        super()._halt()  # feeder.stop(): close the Caffe2 queue and the channel
-        if self.fetchers is not None:
-            self.fetchers.halt()
+        super()._halt()  # feeder.stop(): close the sink, then the channel
+        self.backend.halt()
+        self._flush_halted.set()
         if self.watchdog is not None:
             self.watchdog.halt()
 
-    def _join(self, deadline: float) -> bool:
-        ok = join_threads([self.enqueuer_thread], deadline, self.name)
-        ok = self.fetchers.join(deadline) and ok
-        if self.watchdog is not None:
-            ok = self.watchdog.join(deadline) and ok
-        if not ok:
-            self.release_leftovers()  # cleanup() is skipped when something is stuck
-        return ok
+    def _join(self, deadline: float, started: float) -> bool:
+        ok = join_threads([self.enqueuer_thread], deadline, self.name, started)
+        ok = self.backend.join(deadline, started) and ok
+        threads = [self.flusher_thread] + ([self.watchdog.thread] if self.watchdog else [])
+        return join_threads(threads, deadline, self.name, started) and ok
 
-    def release_leftovers(self) -> None:
-        """Give back the chunks in the channel, and the re-batcher's unless the
-        enqueuer thread (the re-batcher's only user) is still running, i.e. stuck."""
+    def _cleanup(self, joined: bool) -> None:
+        # The re-batcher's chunks are given back unless the enqueuer (their
+        # only user) is stuck; then their shared memory stays mapped (close()
+        # leaves a mapping that still has views).
         self.feeder.release_buffers(include_rebatcher=not self.enqueuer_thread.is_alive())
+        self.backend.close()
+        if not self.enqueuer_thread.is_alive():
+            self.feeder.sink.cleanup()
+
+    def _flush_loop(self) -> None:
+        """The flusher thread: the only caller of the external loggers.
+
+        It never waits on the pipeline, so loggers are called on time even while
+        the net is slower than the fetchers; a final flush runs at halt.
+        """
+        try:
+            while not self._flush_halted.wait(self.config.log_interval_secs):
+                self.feeder.log_interval()
+            self.feeder.log_interval()
+        except BaseException:  # noqa: B902 - a logging failure never stops the input
+            logger.exception("flushing metrics of input %r failed", self.name)
+
+    # -- observation ----------------------------------------------------------
+    def probe(self) -> StallProbe:
+        """What the stall watchdog needs to name a stuck stage, in one snapshot."""
+        feeder = self.feeder
+        counters = feeder.counters.snapshot()
+        return StallProbe(
+            active=self.is_active(),
+            batches_enqueued=counters.batches_enqueued,
+            rows_fetched=counters.rows_fetched,
+            enqueue_blocked_since=feeder.enqueue_blocked_since,
+            rows_buffered=feeder.rebatcher.rows_buffered,
+            batch_size=feeder.batch_size,
+            chunks_queued=feeder.channel.depth(),
+            waiting_for=feeder.channel.waiting_for(),
+            input_source=self.config.input_source,
+            namescope=self.config.namescope)
+
+    def _fetcher_locations(self, only: Optional[int]) -> str:
+        return self.backend.locations(only)
 
     def stats(self) -> InputStats:
-        values: Dict[str, Any] = self.feeder.counters.values()
+        counters = self.feeder.counters.snapshot()
         failure = self.failure
         return InputStats(
             input_source=self.config.input_source,
@@ -270,8 +352,16 @@ class InputCoordinator(WorkerCoordinator):
             state=self.lifecycle.value,
             worker_type=self.config.worker_type,
             workers=len(self.worker_ids),
+            worker_pids=tuple(p for p in self.backend.pids() if p is not None),
+            chunks_fetched=counters.chunks_fetched,
+            rows_fetched=counters.rows_fetched,
+            chunks_skipped=counters.chunks_skipped,
+            batches_enqueued=counters.batches_enqueued,
+            rows_enqueued=counters.rows_enqueued,
             chunk_queue_depth=self.feeder.channel.depth(),
             rows_buffered=self.feeder.rebatcher.rows_buffered,
+            max_buffered_batches=self.config.max_buffered_batches,
+            inputs_per_sec=counters.inputs_per_sec,
+            elapsed_secs=counters.elapsed_secs,
             failure=None if failure is None else repr(failure),
-            **values,
         )

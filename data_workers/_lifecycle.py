@@ -19,10 +19,20 @@ class Lifecycle(enum.Enum):
     #: A failure stopped the input's workers and closed its Caffe2 queue; the
     #: error waits to be raised by ``check()`` / ``stop()``, which also joins.
     BROKEN = "broken"
-    #: ``stop()`` ran: everything joined, terminal.  Starting again is an error.
+    #: ``stop()`` began: every worker was told to end and is being joined.  The
+    #: registry keeps the input until it is joined and cleaned up, so a second
+    #: ``stop()`` (after Ctrl-C interrupted the first) finishes the job.
+    STOPPING = "stopping"
+    #: ``stop()`` finished: everything joined and released, terminal.
+    #: Starting again is an error.
     STOPPED = "stopped"
 
     @property
     def accepts_work(self) -> bool:
         """True while workers should keep producing."""
         return self is Lifecycle.RUNNING
+
+    @property
+    def halted(self) -> bool:
+        """True once workers were told to end (by a failure or by ``stop()``)."""
+        return self in (Lifecycle.BROKEN, Lifecycle.STOPPING, Lifecycle.STOPPED)

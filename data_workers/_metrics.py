@@ -15,11 +15,11 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Dict, Iterable, Optional, Protocol
+from typing import Any, Dict, Iterable, Optional, Protocol, Tuple
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Metrics", "ExternalLogger", "InputStats", "InputCounters"]
+__all__ = ["Metrics", "ExternalLogger", "InputStats", "InputCounters", "CounterSnapshot"]
 
 
 class ExternalLogger(Protocol):
@@ -39,7 +39,8 @@ class Metrics:
     """
 
     def __init__(self, external_loggers: Optional[Iterable[ExternalLogger]] = None) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: NOTE [ Shutdown and error protocol ], rule 7 (_coordinator.py).
+        self._lock = threading.RLock()
         self._metrics: Dict[str, float] = {}
         self._external_loggers = list(external_loggers or [])
 
@@ -58,14 +59,29 @@ class Metrics:
         with self._lock:
             self._metrics = {}
 
+    def take(self) -> Dict[str, float]:
+        """Return the accumulated metrics and start afresh, in one step.
+
+        One lock for both: a ``put_metric`` from a fetcher between a separate
+        read and reset would be lost.
+        """
+        with self._lock:
+            current, self._metrics = self._metrics, {}
+            return current
+
+    def flush(self) -> None:
+        """Hand the metrics accumulated since the last flush to the loggers, then reset."""
+        self._send(self.take())
+
     def log_metrics(self) -> None:
-        """Hand a copy of the current metrics to each external logger.
+        """Hand a copy of the current metrics to each external logger (upstream name).
 
         A logger that raises is logged and skipped; it never stops the input.
         """
-        if not self._external_loggers:
-            return
-        current = self.snapshot()
+        if self._external_loggers:
+            self._send(self.snapshot())
+
+    def _send(self, current: Dict[str, float]) -> None:
         for ext in self._external_loggers:
             try:
                 ext.log(dict(current))
@@ -87,6 +103,8 @@ class InputStats:
     worker_type: str
     #: Number of fetcher workers.
     workers: int
+    #: Process ids of the worker processes (``()`` for thread workers or before start).
+    worker_pids: Tuple[int, ...]
     #: Chunks returned by fetchers and accepted (not None, not empty).
     chunks_fetched: int
     #: Rows in those chunks.
@@ -99,6 +117,8 @@ class InputStats:
     rows_enqueued: int
     #: Chunks waiting between the fetchers and the re-batcher.
     chunk_queue_depth: int
+    #: The most chunks that may wait there (``max_buffered_batches``).
+    max_buffered_batches: int
     #: Rows held by the re-batcher for the next batch.
     rows_buffered: int
     #: Rows enqueued per second since start().
@@ -113,7 +133,7 @@ class InputCounters:
     """Mutable counters behind ``InputStats``; every update holds one lock."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: a signal handler may read stats()
         self.chunks_fetched = 0
         self.rows_fetched = 0
         self.chunks_skipped = 0
@@ -139,15 +159,28 @@ class InputCounters:
             self.batches_enqueued += 1
             self.rows_enqueued += rows
 
-    def values(self) -> Dict[str, Any]:
+    def snapshot(self) -> "CounterSnapshot":
         with self._lock:
             elapsed = 0.0 if self.started_at is None else time.monotonic() - self.started_at
-            return {
-                "chunks_fetched": self.chunks_fetched,
-                "rows_fetched": self.rows_fetched,
-                "chunks_skipped": self.chunks_skipped,
-                "batches_enqueued": self.batches_enqueued,
-                "rows_enqueued": self.rows_enqueued,
-                "elapsed_secs": elapsed,
-                "inputs_per_sec": self.rows_enqueued / elapsed if elapsed > 0 else 0.0,
-            }
+            return CounterSnapshot(
+                chunks_fetched=self.chunks_fetched,
+                rows_fetched=self.rows_fetched,
+                chunks_skipped=self.chunks_skipped,
+                batches_enqueued=self.batches_enqueued,
+                rows_enqueued=self.rows_enqueued,
+                elapsed_secs=elapsed,
+                inputs_per_sec=self.rows_enqueued / elapsed if elapsed > 0 else 0.0,
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class CounterSnapshot:
+    """The counters of ``InputCounters`` at one moment (fields as in ``InputStats``)."""
+
+    chunks_fetched: int
+    rows_fetched: int
+    chunks_skipped: int
+    batches_enqueued: int
+    rows_enqueued: int
+    elapsed_secs: float
+    inputs_per_sec: float

@@ -1,25 +1,34 @@
 """The program a worker process runs: call fetch_fun, write arrays to the ring, report.
 
 Started by ``_process_workers.py`` as ``python -m data_workers._process_child
-SOCK_FD ARENA_FD`` (see there for why not ``multiprocessing``).  The trainer
-first sends multiprocessing's spawn preparation data (so functions defined in
-the training script's ``__main__`` unpickle here as they would under spawn),
-then the pickled ``ChildSpec``.  From then on every outcome is a message::
+DATA_FD CONTROL_FD ARENA_FD PARENT_PID DEATH_SIGNAL`` (see there for why not
+``multiprocessing``).  The trainer first sends multiprocessing's spawn
+preparation data on the control socket (so functions defined in the training
+script's ``__main__`` unpickle here as they would under spawn), then the
+pickled ``ChildSpec``.  From then on every outcome is a message.  Data, on
+the data socket (it may lag behind a full channel)::
 
-    ("ready",)                                      set up; fetch_fun runs from now on
     ("chunk", span, layouts, objects, fetch_secs)   arrays are in the ring
     ("skip", fetch_secs)                            fetch_fun returned None / no rows
+
+Control, on the control socket (read at once by the trainer's process watcher)::
+
+    ("ready",)                                      set up; fetch_fun runs from now on
     ("error", pickled_exc, type_name, text, tb)     fetch_fun or validation failed
 
 A child that dies without an "error" message (killed, segfault, ``os._exit``)
-is noticed by the trainer as end-of-file on the socket.  The trainer asks the
-child to stop through the arena's control block; a child whose trainer is gone
-notices that its parent changed, or gets EPIPE, and exits -- or, if fetch_fun is
-busy, a watcher thread sees end-of-file on the socket and ends the process.
+is noticed by the trainer watching the process itself.  The trainer asks the
+child to stop through the arena's control block, and the child records there
+that it ended because it was asked to.  A child whose trainer is gone notices
+that its parent changed, or gets EPIPE, and exits; if fetch_fun is busy, a
+watcher thread sees end-of-file on the control socket and ends the process;
+and a child started from the trainer's main thread gets SIGKILL from the
+kernel when the trainer dies (``PR_SET_PDEATHSIG``), even while stopped.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import multiprocessing.spawn
 import os
@@ -70,7 +79,7 @@ def _send_error(conn: Connection, exc: BaseException) -> None:
     conn.send(("error", blob, type(exc).__name__, str(exc), tb))
 
 
-def child_main(spec: ChildSpec, conn: Connection, arena: ShmArena) -> None:
+def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: ShmArena) -> None:
     """The fetch loop of one worker process."""
     random.seed(spec.seed)
     np.random.seed(spec.seed % (2 ** 32))
@@ -86,8 +95,8 @@ def child_main(spec: ChildSpec, conn: Connection, arena: ShmArena) -> None:
         try:
             output = spec.fetch_fun(spec.worker_id, arena.batch_size)
             arrays = validator.check_structure(spec.worker_id, output)
-        except Exception as exc:
-            _send_error(conn, exc)
+        except BaseException as exc:  # noqa: B902 - SystemExit too: report it
+            _send_error(control, exc)
             return
         fetch_secs = time.monotonic() - started
         if arrays is None or validator.rows_of(arrays) == 0:
@@ -96,7 +105,7 @@ def child_main(spec: ChildSpec, conn: Connection, arena: ShmArena) -> None:
         numeric: List[np.ndarray] = [a for a in arrays if a.dtype.kind != "O"]
         need = arena.chunk_bytes(numeric)
         if need > arena.capacity:
-            _send_error(conn, ChunkValueError(
+            _send_error(control, ChunkValueError(
                 "fetcher %d of input %r returned a chunk of %d bytes, more than the %d bytes "
                 "of shared memory per worker; return smaller chunks or raise "
                 "shm_bytes_per_worker" % (spec.worker_id, spec.input_source, need,
@@ -113,7 +122,7 @@ def child_main(spec: ChildSpec, conn: Connection, arena: ShmArena) -> None:
 def _exit_when_trainer_dies(conn: Connection, arena: ShmArena) -> None:
     """Daemon thread: end this process if the trainer dies without stopping it.
 
-    The trainer sends nothing after the spec, so the socket turns readable only
+    The trainer sends nothing after the spec, so the control socket turns readable only
     at end-of-file: the trainer closed it (after asking us to stop: the fetch
     loop ends by itself) or died -- SIGKILL, the OOM killer, a crash -- while
     fetch_fun was busy, which the fetch loop cannot notice until fetch_fun
@@ -128,33 +137,56 @@ def _exit_when_trainer_dies(conn: Connection, arena: ShmArena) -> None:
         os._exit(1)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int, death_signal: int) -> None:
+    """Ask the kernel to send ``death_signal`` when the spawning thread dies.
+
+    It reaches a stopped (SIGSTOP) worker too, which no watcher thread can.
+    """
+    if death_signal:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # not Linux: the watcher thread and the ppid check remain
+    if os.getppid() != parent:  # the trainer died before prctl took effect
+        os._exit(1)
+
+
 def main(argv: Sequence[str]) -> int:
     # Ctrl-C goes to the whole process group; the trainer handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sock_fd, arena_fd = int(argv[0]), int(argv[1])
+    data_fd, control_fd, arena_fd, parent, death_signal = (int(a) for a in argv[:5])
+    _die_with_parent(parent, death_signal)
     # Marks this interpreter as a worker: a training script without a
     # ``__main__`` guard would otherwise start workers again while we import it.
     os.environ[IN_WORKER_ENV] = "1"
-    conn = Connection(socket.socket(fileno=sock_fd).detach())
+    conn = Connection(socket.socket(fileno=data_fd).detach())
+    control = Connection(socket.socket(fileno=control_fd).detach())
     arena: Optional[ShmArena] = None
     try:
         try:
-            multiprocessing.spawn.prepare(conn.recv())
-            spec: ChildSpec = pickle.loads(conn.recv_bytes())
+            multiprocessing.spawn.prepare(control.recv())
+            spec: ChildSpec = pickle.loads(control.recv_bytes())
         except Exception as exc:  # e.g. fetch_fun's module does not import here
-            _send_error(conn, exc)
+            _send_error(control, exc)
             return 1
         arena = ShmArena(spec.capacity, fd=arena_fd)
-        threading.Thread(target=_exit_when_trainer_dies, args=(conn, arena), daemon=True,
+        threading.Thread(target=_exit_when_trainer_dies, args=(control, arena), daemon=True,
                          name="exit when the trainer dies").start()
-        conn.send(("ready",))
-        child_main(spec, conn, arena)
+        control.send(("ready",))
+        child_main(spec, conn, control, arena)
     except (BrokenPipeError, ConnectionResetError, EOFError):
-        pass  # the trainer went away; nobody is left to report to
+        pass  # the trainer went away or closed our socket after asking us to stop
     finally:
-        conn.close()
         if arena is not None:
+            if arena.stop_requested:
+                arena.mark_exit()
             arena.close()
+        conn.close()
+        control.close()
     return 0
 
 

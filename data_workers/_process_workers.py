@@ -1,4 +1,4 @@
-"""Process fetchers: ``fetch_fun`` runs in worker processes.
+"""Process fetchers: ``fetch_fun`` runs in worker processes (contract: ``_backend.py``).
 
 For fetchers that hold the GIL (pure-Python decoding, parsing, augmentation):
 each worker is a process with its own interpreter, so N workers use N cores.
@@ -12,7 +12,7 @@ would copy their locked mutexes and half-initialised thread pools into the
 child, where they can deadlock.  ``multiprocessing``'s spawn and forkserver
 start methods are safe but leave a helper process (the resource tracker, or
 the fork server) running after ``stop()``.  Launching the interpreter
-ourselves, with the socket and the arena's memfd passed as inherited file
+ourselves, with the sockets and the arena's memfd passed as inherited file
 descriptors, leaves nothing behind.  We reuse multiprocessing's spawn
 *preparation* (``multiprocessing.spawn.get_preparation_data``/``prepare``), so
 the rules users know from spawn hold: ``fetch_fun`` must be picklable (a
@@ -20,9 +20,13 @@ module-level function, or an instance of a module-level class), and the
 training script's ``__main__`` is imported in each child (guard it with
 ``if __name__ == "__main__":``).
 
-Per worker the trainer runs one receiver thread, so one worker's full share of
-the channel never holds up another's messages (deterministic mode depends on
-that), and a dead worker is noticed within ``_POLL_SECS``.
+Threads in the trainer, per input::
+
+    receiver thread per worker   data socket -> validate -> channel (may block: full)
+    one process watcher          control sockets (ready, errors) + each process's
+                                 pidfd: a death or an error is reported within
+                                 _WATCH_SECS, however full the channel is
+
 Shutdown: NOTE [ Shutdown and error protocol ] in ``_coordinator.py``.
 """
 
@@ -41,16 +45,13 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import Any, Callable, List, Optional, Tuple, TYPE_CHECKING
+from typing import Any, Dict, List, Optional, Tuple
 
-from ._coordinator import join_threads
-from ._errors import DataInputError, FetcherError, RemoteTraceback, WorkerDiedError
-from ._metrics import Metrics
+from ._backend import BackendSpec, FetcherBackend, FetcherHost
+from ._errors import ChunkValueError, DataInputError, FetcherError, PipelineError, RemoteTraceback, WorkerDiedError
 from ._process_child import IN_WORKER_ENV, ChildSpec
-from ._shm_ring import ShmArena
-
-if TYPE_CHECKING:
-    from ._input import BatchFeeder, InputCoordinator
+from ._shm_ring import ALIGN, ShmArena
+from ._threads import join_threads
 
 __all__ = ["ProcessFetchers", "DEFAULT_SHM_BYTES_PER_WORKER"]
 
@@ -58,7 +59,13 @@ logger = logging.getLogger(__name__)
 
 #: Shared memory per worker process unless told otherwise.
 DEFAULT_SHM_BYTES_PER_WORKER = 64 << 20
+#: How often receivers and the process watcher recheck the lifecycle.
 _POLL_SECS = 0.1
+#: The process watcher's period when pidfds are not available.
+_WATCH_SECS = 0.2
+#: Escalation after the stop deadline: wait this long after SIGTERM, then after SIGKILL.
+_TERM_SECS = 0.5
+_KILL_SECS = 1.0
 
 
 def _death_reason(exitcode: Optional[int]) -> Tuple[str, Optional[str]]:
@@ -71,20 +78,33 @@ def _death_reason(exitcode: Optional[int]) -> Tuple[str, Optional[str]]:
     return "exited with code %s without reporting an error" % exitcode, None
 
 
+def _pidfd(pid: int) -> Optional[int]:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None  # kernel < 5.3 or not Linux: the watcher polls instead
+
+
 class _ProcessWorker:
-    """One worker process, its arena, its socket and its receiver thread."""
+    """One worker process, its arena, its two sockets and its receiver thread."""
 
     def __init__(self, owner: "ProcessFetchers", worker_id: int, spec: ChildSpec) -> None:
         self.owner = owner
         self.worker_id = worker_id
         self.spec = spec
         self.arena = ShmArena(spec.capacity, name="data_workers-%s-%d" % (spec.input_source, worker_id))
-        self.arena.batch_size = owner.feeder.batch_size
+        self.arena.batch_size = owner.host.batch_size
         self.process: Optional[subprocess.Popen] = None
+        self.pidfd: Optional[int] = None
         #: Set once the child is set up and about to call fetch_fun.  Before
         #: that it only imports modules, so stop() may end it without waiting.
         self.ready = False
+        #: Set when the process watcher has dealt with this worker's end.
+        self.ended = False
+        #: Set when stop() had to terminate or kill it.
+        self.ended_by_us = False
         self.conn: Optional[Connection] = None
+        self.control: Optional[Connection] = None
         self.thread = threading.Thread(
             target=self._receive, daemon=True,
             name="data_workers %s receiver %d" % (spec.input_source, worker_id))
@@ -93,27 +113,35 @@ class _ProcessWorker:
     def pid(self) -> Optional[int]:
         return None if self.process is None else self.process.pid
 
-    def start(self, preparation: dict, spec_bytes: bytes) -> None:
+    def start(self, preparation: Dict[str, Any], spec_bytes: bytes) -> None:
         ours, theirs = socket.socketpair()
+        ctl_ours, ctl_theirs = socket.socketpair()
+        # The kernel kills the worker when the thread that spawned it dies: only
+        # safe to ask for when that thread is the main one, which lives as long
+        # as the trainer.
+        death_signal = signal.SIGKILL if threading.current_thread() is threading.main_thread() else 0
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "data_workers._process_child",
-                 str(theirs.fileno()), str(self.arena.fd)],
-                pass_fds=(theirs.fileno(), self.arena.fd), close_fds=True,
+                 str(theirs.fileno()), str(ctl_theirs.fileno()), str(self.arena.fd),
+                 str(os.getpid()), str(int(death_signal))],
+                pass_fds=(theirs.fileno(), ctl_theirs.fileno(), self.arena.fd), close_fds=True,
                 # Own session: a Ctrl-C at the terminal goes to the trainer, which
                 # stops the workers in order, not straight to the workers.
                 start_new_session=True)
         finally:
-            theirs.close()  # the child has its copy; EOF on ours means it is gone
+            theirs.close()  # the child has its copies
+            ctl_theirs.close()
+        self.pidfd = _pidfd(self.process.pid)
         self.conn = Connection(ours.detach())
-        self.conn.send(preparation)
-        self.conn.send_bytes(spec_bytes)
+        self.control = Connection(ctl_ours.detach())
+        self.control.send(preparation)
+        self.control.send_bytes(spec_bytes)
         self.thread.start()
 
     # -- receiver thread ----------------------------------------------------
     def _receive(self) -> None:
-        coordinator = self.owner.coordinator
-        source = self.owner.feeder.input_source
+        host = self.owner.host
         conn = self.conn
         if conn is None:
             return
@@ -124,43 +152,70 @@ class _ProcessWorker:
                 try:
                     message = conn.recv()
                 except (EOFError, OSError):
-                    self._died()
-                    return
+                    return  # the child is gone: the process watcher reports it
                 if not self._handle(message):
                     return
         except DataInputError as failure:
-            coordinator.fail(failure.where(source, self.worker_id))
-        except Exception as exc:
-            wrapped = FetcherError("receiving from fetcher %d of input %r failed: %s"
-                                   % (self.worker_id, source, exc))
+            host.fail(failure.where(host.name, self.worker_id))
+        except BaseException as exc:  # noqa: B902 - a thread has nobody to raise to
+            wrapped = PipelineError("receiving from fetcher %d of input %r failed: %s: %s"
+                                    % (self.worker_id, host.name, type(exc).__name__, exc))
             wrapped.__cause__ = exc
-            coordinator.fail(wrapped.where(source, self.worker_id))
+            host.fail(wrapped.where(host.name, self.worker_id))
 
-    def _handle(self, message: tuple) -> bool:
-        feeder = self.owner.feeder
+    def _handle(self, message: Tuple[Any, ...]) -> bool:
+        host = self.owner.host
         kind = message[0]
         if kind == "chunk":
             _, span, layouts, objects, fetch_secs = message
-            self.owner.metrics.put_metric("fetcher_time", fetch_secs)
+            host.metrics.put_metric("fetcher_time", fetch_secs)
             views = self.arena.views(layouts)
             arrays = [objects[i] if i in objects else views.pop(0)
                       for i in range(len(layouts) + len(objects))]
-            chunk = feeder.accept(self.worker_id, arrays)
+            chunk = host.accept(self.worker_id, arrays)
             if chunk is None:
                 self.arena.release(span)
                 return True
+            self._check_batch_fits(chunk.arrays, chunk.rows)
             arena = self.arena
             chunk.release = lambda: arena.release(span)
-            return feeder.put_chunk(chunk)
-        if kind == "ready":
-            self.ready = True
-            return True
+            return host.put_chunk(chunk)
         if kind == "skip":
-            self.owner.metrics.put_metric("fetcher_time", message[1])
-            return feeder.put(None, self.owner.coordinator, self.worker_id)
-        if kind == "error":
-            raise self._remote_error(*message[1:])
-        raise RuntimeError("unknown message from worker %d: %r" % (self.worker_id, kind))
+            host.metrics.put_metric("fetcher_time", message[1])
+            return host.put(None, self.worker_id)
+        raise PipelineError("unknown data message from worker %d: %r" % (self.worker_id, kind))
+
+    def _check_batch_fits(self, arrays: List[Any], rows: int) -> None:
+        """A batch must fit in one ring: the re-batcher holds all of its rows
+        there before copying them out, so a bigger one would stall for good."""
+        spec = self.spec
+        if spec.dont_rebatch:
+            return  # each chunk is a batch; the child refuses one over capacity
+        batch_size = self.owner.host.batch_size
+        need = sum(-(-a.nbytes * batch_size // rows) + ALIGN for a in arrays if a.dtype.kind != "O")
+        if need > self.arena.capacity:
+            raise ChunkValueError(
+                "fetcher %d of input %r: a batch of %d rows shaped like its chunk needs %d "
+                "bytes of shared memory, more than the %d bytes per worker; raise "
+                "shm_bytes_per_worker (or lower batch_size)"
+                % (self.worker_id, self.owner.host.name, batch_size, need, self.arena.capacity))
+
+    # -- control messages (process watcher thread) -------------------------------
+    def read_control(self) -> Optional[DataInputError]:
+        """Handle every control message waiting; return a reported error, if any."""
+        control = self.control
+        while control is not None:
+            try:
+                if not control.poll(0):
+                    return None
+                message = control.recv()
+            except (EOFError, OSError):
+                return None
+            if message[0] == "ready":
+                self.ready = True
+            elif message[0] == "error":
+                return self._remote_error(*message[1:])
+        return None
 
     def _remote_error(self, blob: Optional[bytes], type_name: str, text: str,
                       tb: str) -> DataInputError:
@@ -173,90 +228,106 @@ class _ProcessWorker:
         if isinstance(exc, DataInputError):
             return exc
         err = FetcherError("fetcher %d (pid %s) of input %r raised %s: %s" % (
-            self.worker_id, self.pid, self.owner.feeder.input_source, type_name, text))
+            self.worker_id, self.pid, self.owner.host.name, type_name, text))
         err.__cause__ = exc
         return err
 
-    def _died(self) -> None:
-        if self.owner.halted or self.process is None:
-            return
-        try:
-            exitcode: Optional[int] = self.process.wait(1.0)
-        except subprocess.TimeoutExpired:
-            exitcode = None  # closed its socket but still running: treat as dead
+    def exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    def end_failure(self) -> Optional[DataInputError]:
+        """Why this ended worker's end is a failure, or None if it was asked to end.
+
+        Called once the process has exited.  An error the child reported wins;
+        else an exit the child did not record as asked for is a death.
+        """
+        reported = self.read_control()
+        if reported is not None:
+            return reported
+        if self.ended_by_us or self.arena.exited_when_asked or self.process is None:
+            return None
+        exitcode = self.process.returncode
         reason, signal_name = _death_reason(exitcode)
-        err = WorkerDiedError(
+        return WorkerDiedError(
             "fetcher %d (pid %s) of input %r %s" % (
-                self.worker_id, self.pid, self.owner.feeder.input_source, reason),
+                self.worker_id, self.pid, self.owner.host.name, reason),
             pid=self.pid, exitcode=exitcode, signal_name=signal_name)
-        self.owner.coordinator.fail(err.where(self.owner.feeder.input_source, self.worker_id))
 
     # -- shutdown -------------------------------------------------------------
     def join_process(self, deadline: float) -> bool:
-        """Wait, then terminate, then kill.  True if it had ended by itself."""
-        if self.process is None:
+        """Wait, then terminate, then kill, every wait bounded.  True if it ended by itself."""
+        process = self.process
+        if process is None:
             return True
-        if not self.ready and self.process.poll() is None:
+        if not self.ready and process.poll() is None:
             # Still starting (importing the training script): nothing of the
             # user's runs yet, so ending it now loses nothing.
-            self.process.terminate()
+            self.ended_by_us = True
+            process.terminate()
         try:
-            self.process.wait(max(0.0, deadline - time.monotonic()))
+            process.wait(max(0.0, deadline - time.monotonic()))
             return True
         except subprocess.TimeoutExpired:
             pass
         logger.warning("fetcher %d (pid %s) did not stop in time; terminating it",
                        self.worker_id, self.pid)
-        self.process.terminate()
-        try:
-            self.process.wait(1.0)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self.ended_by_us = True
+        for send, wait in ((process.terminate, _TERM_SECS), (process.kill, _KILL_SECS)):
+            send()
+            try:
+                process.wait(wait)
+                return False
+            except subprocess.TimeoutExpired:
+                continue
+        logger.error("fetcher %d (pid %s) did not end even after SIGKILL", self.worker_id, self.pid)
         return False
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
+        for conn in (self.conn, self.control):
+            if conn is not None:
+                conn.close()
+        self.conn = self.control = None
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
         self.arena.close()
 
 
-class ProcessFetchers:
+class ProcessFetchers(FetcherBackend):
     """The process backend of one input: a worker process per worker id."""
 
-    def __init__(self, coordinator: "InputCoordinator", fetch_fun: Callable[[int, int], Any],
-                 metrics: Metrics, feeder: "BatchFeeder") -> None:
-        config = coordinator.config
-        self.coordinator = coordinator
-        self.feeder = feeder
-        self.metrics = metrics
-        self.fetch_fun = fetch_fun
+    def __init__(self, host: FetcherHost, spec: BackendSpec) -> None:
+        self.host = host
         self.halted = False
-        # Held while start() spawns: join() takes it first, so a stop() racing
-        # start() joins every child start() made (start() spawns no more once
-        # halted), instead of closing arenas under a spawn and leaking children.
-        self._start_lock = threading.Lock()
-        feeder.batch_size_hooks.append(self._set_batch_size)
-        base_seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2 ** 31)
-        capacity = config.shm_bytes_per_worker or DEFAULT_SHM_BYTES_PER_WORKER
-        self.workers: List[_ProcessWorker] = [
-            _ProcessWorker(self, wid, ChildSpec(
-                worker_id=wid, fetch_fun=fetch_fun, seed=base_seed + index,
-                blob_names=tuple(config.blob_names), batch_columns=tuple(config.batch_columns),
-                dont_rebatch=config.dont_rebatch, input_source=config.input_source,
-                capacity=capacity))
-            for index, wid in enumerate(coordinator.worker_ids)
-        ]
+        host.add_batch_size_hook(self._set_batch_size)
+        base_seed = spec.seed if spec.seed is not None else random.SystemRandom().randrange(2 ** 31)
+        capacity = spec.shm_bytes_per_worker or DEFAULT_SHM_BYTES_PER_WORKER
+        self.workers: List[_ProcessWorker] = []
+        try:
+            for index, wid in enumerate(host.worker_ids):
+                self.workers.append(_ProcessWorker(self, wid, ChildSpec(
+                    worker_id=wid, fetch_fun=spec.fetch_fun, seed=base_seed + index,
+                    blob_names=tuple(spec.blob_names), batch_columns=tuple(spec.batch_columns),
+                    dont_rebatch=spec.dont_rebatch, input_source=spec.input_source,
+                    capacity=capacity)))
+        except BaseException:
+            self.close()  # arenas made so far
+            raise
         self.threads = [w.thread for w in self.workers]
+        self._watcher = threading.Thread(
+            target=self._watch, daemon=True, name="data_workers %s process watcher" % spec.input_source)
 
     def _set_batch_size(self, batch_size: int) -> None:
         for w in self.workers:
             w.arena.batch_size = batch_size
 
-    @property
     def pids(self) -> List[Optional[int]]:
-        """Process ids of the workers (None before start)."""
         return [w.pid for w in self.workers]
+
+    def locations(self, only: Optional[int] = None) -> str:
+        pids = ", ".join("%s (worker %d)" % (w.pid, w.worker_id)
+                         for w in self.workers if only in (None, w.worker_id))
+        return " Fetcher processes: %s." % pids if pids else ""
 
     def start(self) -> None:
         if os.environ.get(IN_WORKER_ENV):
@@ -265,36 +336,72 @@ class ProcessFetchers:
                 "training script starts them at import time: put its entry point under "
                 "'if __name__ == \"__main__\":' (worker processes import the script, as with "
                 "multiprocessing's spawn)")
-        preparation = multiprocessing.spawn.get_preparation_data(self.feeder.input_source)
+        preparation = multiprocessing.spawn.get_preparation_data(self.host.name)
         # The authkey only matters to multiprocessing's own managers and
         # refuses to be pickled outside a multiprocessing spawn.
         preparation.pop("authkey", None)
-        with self._start_lock:
-            for w in self.workers:
-                if self.halted:  # stop() raced start(): spawn nothing more
-                    break
-                w.start(preparation, pickle.dumps(w.spec))
+        # The coordinator's lock is held (rule 7): a stop() waits for this loop.
+        for w in self.workers:
+            if self.halted:  # a failure of an earlier worker: spawn no more
+                break
+            w.start(preparation, pickle.dumps(w.spec))
+        self._watcher.start()
+
+    # -- the process watcher ---------------------------------------------------
+    def _watch(self) -> None:
+        """Report an error or a death as soon as it happens, independent of the data path."""
+        try:
+            while not self.halted:
+                live = [w for w in self.workers if w.process is not None and not w.ended]
+                if not live:
+                    return
+                waitables: List[Any] = [w.control for w in live if w.control is not None]
+                waitables += [w.pidfd for w in live if w.pidfd is not None]
+                multiprocessing.connection.wait(waitables, _WATCH_SECS)
+                for w in live:
+                    if self.halted:
+                        return
+                    err = w.read_control()
+                    if err is None and w.exited():
+                        w.ended = True
+                        err = w.end_failure()
+                    if err is not None:
+                        self.host.fail(err.where(self.host.name, w.worker_id))
+                        return
+        except BaseException as exc:  # noqa: B902 - a thread has nobody to raise to
+            err = PipelineError("watching the worker processes of input %r failed: %s: %s"
+                                % (self.host.name, type(exc).__name__, exc))
+            err.__cause__ = exc
+            self.host.fail(err.where(self.host.name, None))
 
     def halt(self) -> None:
-        """Ask the children to stop; receivers stop within ``_POLL_SECS``."""
+        """Ask the children to stop; receivers and the watcher stop within _POLL_SECS."""
         self.halted = True
         for w in self.workers:
             w.arena.request_stop()
 
-    def join(self, deadline: float) -> bool:
+    def join(self, deadline: float, started: float) -> bool:
         # Receivers first (they end within _POLL_SECS of halt()), then close
-        # our socket ends: a child blocked sending to a full socket gets EPIPE
-        # and exits instead of waiting for a reader that is gone.
-        with self._start_lock:  # wait out a start() in progress (see __init__)
-            pass
-        ok = join_threads(self.threads, deadline, self.feeder.input_source)
+        # our data socket ends: a child blocked sending to a full socket gets
+        # EPIPE and exits instead of waiting for a reader that is gone.
+        ok = join_threads(self.threads + [self._watcher], deadline, self.host.name, started)
         for w in self.workers:
             if not w.thread.is_alive() and w.conn is not None:
                 w.conn.close()
+                w.conn = None
         for w in self.workers:
             ok = w.join_process(deadline) and ok
-        # Chunks still pointing into the arenas are dropped before unmapping.
-        self.coordinator.release_leftovers()
+        # A worker that died (or reported an error) before it was asked to stop,
+        # which the watcher had not seen yet, is still this stop()'s failure.
+        for w in self.workers:
+            if w.process is not None and not w.ended and w.exited():
+                w.ended = True
+                err = w.end_failure()
+                if err is not None:
+                    self.host.fail(err.where(self.host.name, w.worker_id))
+        return ok
+
+    def close(self) -> None:
+        """Close sockets and arenas; the coordinator released every chunk first."""
         for w in self.workers:
             w.close()
-        return ok

@@ -10,14 +10,26 @@ Chunks of one worker are released in the order they were written -- the
 re-batcher consumes each worker's chunks in order -- so a single counter says
 how much of the ring is free again.
 
-Layout (the header doubles as the parent's control block)::
+Layout (the header doubles as the control block)::
 
     [0:8)     released: total bytes the parent has released (uint64, parent writes)
     [8:16)    stop: nonzero once the parent asks the child to stop (parent writes)
     [16:24)   batch size hint for fetch_fun (parent writes)
+    [24:32)   exit: nonzero once the child ended because it was asked to (child writes)
     [64:...)  the ring, ``capacity`` bytes
 
-Race note: the child only reads ``released`` and the parent only writes it;
+A chunk is written contiguously; one that does not fit before the ring's end
+starts at its beginning, and the skipped tail is counted in its span.  When
+the ring is empty any chunk up to ``capacity`` is placed, so the ring can
+always take a chunk that fits its capacity (waiting for ``pad + need`` bytes
+of an empty ring could otherwise wait forever).
+
+Only the process that created the arena writes the parent's fields: a child
+the trainer forked inherits the mapping, and its writes would stop or
+corrupt the real workers (NOTE [ Shutdown and error protocol ], rule 8).
+
+Race note: the child only reads ``released`` and the parent only writes it
+(under a lock: several parent threads release);
 an aligned 8-byte store is atomic on the platforms we support, and the parent
 finishes reading a chunk before it publishes the release, so the child can
 never overwrite rows that are still being copied.
@@ -27,6 +39,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -55,7 +68,11 @@ class ShmArena:
             os.ftruncate(fd, HEADER_BYTES + capacity)
         self.fd = fd
         self._map: Optional[mmap.mmap] = mmap.mmap(fd, HEADER_BYTES + capacity)
-        self._header = np.frombuffer(self._map, np.uint64, 3, 0)
+        self._header = np.frombuffer(self._map, np.uint64, 4, 0)
+        self._owner_pid = os.getpid()
+        # The enqueuer, a receiver and the stopping thread may release (reentrant:
+        # NOTE [ Shutdown and error protocol ], rule 7, in _coordinator.py).
+        self._release_lock = threading.RLock()
         self._ring = np.frombuffer(self._map, np.uint8, capacity, HEADER_BYTES)
         self.written = 0  # child side: total bytes handed out, padding included
 
@@ -76,7 +93,10 @@ class ShmArena:
         pad = self.capacity - pos if pos + need > self.capacity else 0
         span = pad + need
         pause = 0.0002
-        while self.capacity - (self.written - int(self._header[0])) < span:
+        while True:
+            in_use = self.written - int(self._header[0])
+            if in_use == 0 or self.capacity - in_use >= span:
+                break
             if not keep_waiting():
                 return None
             time.sleep(pause)
@@ -101,13 +121,29 @@ class ShmArena:
             out.append(self._ring[offset:offset + nbytes].view(dtype).reshape(shape))
         return out
 
+    def _owned(self) -> bool:
+        return self._header is not None and os.getpid() == self._owner_pid
+
     def release(self, span: int) -> None:
-        """Hand ``span`` bytes back to the child (call in write order)."""
-        self._header[0] += np.uint64(span)
+        """Hand ``span`` bytes back to the child (call in write order, one thread at a time)."""
+        with self._release_lock:
+            if self._owned():
+                self._header[0] += np.uint64(span)
 
     # -- control block ----------------------------------------------------------
     def request_stop(self) -> None:
-        self._header[1] = 1
+        if self._owned():
+            self._header[1] = 1
+
+    def mark_exit(self) -> None:
+        """Child side: record that this worker ends because it was asked to."""
+        if self._header is not None:
+            self._header[3] = 1
+
+    @property
+    def exited_when_asked(self) -> bool:
+        """Parent side: the child recorded that it ended because it was asked to."""
+        return self._header is not None and bool(self._header[3])
 
     @property
     def stop_requested(self) -> bool:
@@ -119,7 +155,8 @@ class ShmArena:
 
     @batch_size.setter
     def batch_size(self, value: int) -> None:
-        self._header[2] = value
+        if self._owned():
+            self._header[2] = value
 
     def close(self) -> None:
         """Unmap and close the fd.  Views still alive keep the memory until collected."""

@@ -1,26 +1,22 @@
 """Thread fetchers: ``fetch_fun`` runs on threads of the training process.
 
-The default backend.  Cheap to start and free to share memory with the
-trainer, but a fetcher that holds the GIL (pure-Python decoding) cannot use a
-second core; use ``worker_type="process"`` for those.
+The default backend (contract: ``_backend.py``).  Cheap to start and free to
+share memory with the trainer, but a fetcher that holds the GIL (pure-Python
+decoding) cannot use a second core; use ``worker_type="process"`` for those.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, List, TYPE_CHECKING
+from typing import Any, List, Optional
 
-from ._coordinator import join_threads
+from ._backend import BackendSpec, FetcherBackend, FetcherHost, FetchFun
 from ._metrics import Metrics
-from .parallel_workers import Worker, run_worker
-
-if TYPE_CHECKING:
-    from ._input import BatchFeeder, InputCoordinator
+from ._threads import join_threads, thread_stack
+from ._worker import Worker, run_worker
 
 __all__ = ["DataWorker", "ThreadFetchers"]
-
-FetchFun = Callable[[int, int], Any]
 
 
 class DataWorker(Worker):
@@ -28,37 +24,38 @@ class DataWorker(Worker):
 
     describe_as = "fetcher"
 
-    def __init__(self, coordinator: "InputCoordinator", worker_id: int, worker_fun: FetchFun,
-                 metrics: Metrics, batch_size: int, batch_feeder: "BatchFeeder") -> None:
-        # ``batch_size`` stays in upstream's signature, but the live size is the
-        # feeder's (run() reads it each call, so reset_data_input applies).
+    def __init__(self, coordinator: Any, worker_id: int, worker_fun: FetchFun,
+                 metrics: Metrics, batch_size: int, batch_feeder: FetcherHost) -> None:
+        # Upstream's signature.  ``batch_size`` is unused: the live size is the
+        # host's (run() reads it each call, so reset_data_input applies), and
+        # ``batch_feeder`` is the input seen as a ``FetcherHost``.
         super().__init__(coordinator, worker_id, worker_fun=worker_fun, metrics=metrics)
         self._batch_feeder = batch_feeder
 
     def run(self) -> None:
         fetch: FetchFun = self._worker_fun  # type: ignore[assignment]
         output = fetch(self._worker_id, self._batch_feeder.batch_size)
-        self._batch_feeder.put(output, self._coordinator, self._worker_id)
+        self._batch_feeder.put(output, self._worker_id)
 
     def finish(self) -> None:
         self._metrics.put_metric("fetcher_time", time.monotonic() - self._start_time)
 
 
-class ThreadFetchers:
+class ThreadFetchers(FetcherBackend):
     """One thread per worker id, each running ``run_worker`` over a ``DataWorker``."""
 
-    def __init__(self, coordinator: "InputCoordinator", fetch_fun: FetchFun,
-                 metrics: Metrics, feeder: "BatchFeeder") -> None:
+    def __init__(self, host: FetcherHost, spec: BackendSpec) -> None:
+        self._host = host
+        self._ids = list(host.worker_ids)
         self.threads: List[threading.Thread] = [
             threading.Thread(
                 target=run_worker,
-                name="data_workers %s fetcher %d" % (feeder.input_source, wid),
-                args=(coordinator, DataWorker(coordinator, wid, fetch_fun, metrics,
-                                              feeder.batch_size, feeder)),
+                name="data_workers %s fetcher %d" % (spec.input_source, wid),
+                args=(host, DataWorker(host, wid, spec.fetch_fun, host.metrics,
+                                       host.batch_size, host)),
                 daemon=True)
-            for wid in coordinator.worker_ids
+            for wid in self._ids
         ]
-        self._group = feeder.input_source
 
     def start(self) -> None:
         for t in self.threads:
@@ -67,5 +64,13 @@ class ThreadFetchers:
     def halt(self) -> None:
         """Nothing to signal: fetchers see the lifecycle change and the closed channel."""
 
-    def join(self, deadline: float) -> bool:
-        return join_threads(self.threads, deadline, self._group)
+    def join(self, deadline: float, started: float) -> bool:
+        return join_threads(self.threads, deadline, self._host.name, started)
+
+    def close(self) -> None:
+        """Threads hold no OS resources of their own."""
+
+    def locations(self, only: Optional[int] = None) -> str:
+        return "".join("\nfetcher thread %r is at:\n%s" % (t.name, thread_stack(t))
+                       for wid, t in zip(self._ids, self.threads)
+                       if t.is_alive() and only in (None, wid))

@@ -26,6 +26,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ._chunk import Chunk
 from ._dtypes import SUPPORTED_DTYPES_TEXT, TENSOR_DTYPES, unsupported_element
 from ._errors import ChunkTypeError, ChunkValueError
 
@@ -49,27 +50,6 @@ def default_memory_budget() -> int:
 
 def _gib(n: int) -> str:
     return "%.1f GiB" % (n / float(1 << 30))
-
-
-@dataclasses.dataclass
-class Chunk:
-    """A validated piece of fetcher output on its way to the re-batcher.
-
-    A chunk with ``rows == 0`` is a *turn marker*: the fetcher returned None or
-    nothing, which deterministic mode still counts as that worker's turn.
-    """
-
-    worker_id: int
-    arrays: List[np.ndarray]
-    rows: int
-    #: Called once every row has been copied out (process workers use it to
-    #: hand the shared-memory space back to the child).
-    release: Optional[Callable[[], None]] = None
-
-    def done(self) -> None:
-        if self.release is not None:
-            release, self.release = self.release, None
-            release()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The stall watchdog: one warning, naming the stuck stage, when no batch moves.
 
 Enabled per input with ``init_data_input_workers(..., stall_warning_secs=S)``.
-A daemon thread of the input watches its counters::
+A daemon thread of the input reads a frozen ``StallProbe`` of it::
 
     fetchers --rows_fetched--> re-batcher --batches_enqueued--> Caffe2 queue --> net
        ^ "fetchers produced nothing"  ^ "re-batcher is waiting"   ^ "net has not dequeued"
@@ -28,17 +28,13 @@ woken by ``halt()`` (NOTE [ Shutdown and error protocol ] in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, List, Optional
+from typing import Callable, Optional
 
-from ._coordinator import join_threads, thread_stack
-
-if TYPE_CHECKING:
-    from ._input import InputCoordinator
-
-__all__ = ["StallWatchdog", "STALL_FETCHERS", "STALL_REBATCHER", "STALL_NET"]
+__all__ = ["StallWatchdog", "StallProbe", "STALL_FETCHERS", "STALL_REBATCHER", "STALL_NET"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,24 +44,44 @@ STALL_REBATCHER = "the re-batcher is waiting for rows"
 STALL_NET = "the net has not dequeued: the Caffe2 queue is full"
 
 
+@dataclasses.dataclass(frozen=True)
+class StallProbe:
+    """One input's progress and waits at one moment."""
+
+    #: False once the input halted: the watchdog ends.
+    active: bool
+    batches_enqueued: int
+    rows_fetched: int
+    #: monotonic time the enqueuer began waiting on a full sink, else None.
+    enqueue_blocked_since: Optional[float]
+    rows_buffered: int
+    batch_size: int
+    chunks_queued: int
+    #: deterministic order: the worker whose chunk is needed next, if only one will do.
+    waiting_for: Optional[int]
+    input_source: str
+    namescope: str
+
+
 class StallWatchdog:
     """Watches one input; see the module docstring.
 
     Args:
-        coordinator: the input to watch.
+        thread_name: name of the watchdog thread.
+        group: the input's name, for messages.
+        probe: returns the input's current ``StallProbe``.
+        locations: where the fetchers are (argument: one worker id, or None for all).
         stall_secs: seconds without a batch moving before the warning.
     """
 
-    def __init__(self, coordinator: "InputCoordinator", stall_secs: float) -> None:
-        self._coordinator = coordinator
+    def __init__(self, thread_name: str, group: str, probe: Callable[[], StallProbe],
+                 locations: Callable[[Optional[int]], str], stall_secs: float) -> None:
+        self._group = group
+        self._probe = probe
+        self._locations = locations
         self.stall_secs = float(stall_secs)
         self._halted = threading.Event()
-        #: Warnings logged so far (one per stall), for tests and stats.
-        self.warnings = 0
-        self.thread = threading.Thread(
-            target=self._run, daemon=True,
-            name="data_workers %s%s watchdog" % (coordinator.config.namescope,
-                                                 coordinator.config.input_source))
+        self.thread = threading.Thread(target=self._run, daemon=True, name=thread_name + " watchdog")
 
     def start(self) -> None:
         self.thread.start()
@@ -74,81 +90,57 @@ class StallWatchdog:
         """Wake the watchdog thread so it ends; idempotent, never blocks."""
         self._halted.set()
 
-    def join(self, deadline: float) -> bool:
-        return join_threads([self.thread], deadline, self._coordinator.name)
-
     def _poll_secs(self) -> float:
         return min(max(self.stall_secs / 4.0, 0.01), 1.0)
 
     def _run(self) -> None:
-        feeder = self._coordinator.feeder
-        values = feeder.counters.values()
-        last_batches = values["batches_enqueued"]
-        last_rows = values["rows_fetched"]
+        probe = self._probe()
+        last_batches = probe.batches_enqueued
+        last_rows = probe.rows_fetched
         last_move = time.monotonic()
         warned = False
         while not self._halted.wait(self._poll_secs()):
-            if not self._coordinator.is_active():
+            probe = self._probe()
+            if not probe.active:
                 return
-            values = feeder.counters.values()
             now = time.monotonic()
-            if values["batches_enqueued"] != last_batches:
-                last_batches = values["batches_enqueued"]
-                last_rows = values["rows_fetched"]
+            if probe.batches_enqueued != last_batches:
+                last_batches = probe.batches_enqueued
+                last_rows = probe.rows_fetched
                 last_move = now
                 warned = False  # re-arm: the next stall gets its own warning
                 continue
             if warned or now - last_move < self.stall_secs:
                 continue
             warned = True
-            self.warnings += 1
             try:
-                self._warn(now - last_move, values["rows_fetched"] - last_rows)
+                self._warn(probe, now - last_move, probe.rows_fetched - last_rows)
             except Exception:  # the watchdog must never take the input down
-                logger.exception("stall watchdog of input %r failed", self._coordinator.name)
+                logger.exception("stall watchdog of input %r failed", self._group)
 
-    def _warn(self, stalled: float, rows_during_stall: int) -> None:
-        config = self._coordinator.config
-        feeder = self._coordinator.feeder
-        where = "input %r%s" % (config.input_source,
-                                " (scope %r)" % config.namescope if config.namescope else "")
-        if feeder.enqueue_blocked_since is not None:
+    def _warn(self, probe: StallProbe, stalled: float, rows_during_stall: int) -> None:
+        where = "input %r%s" % (probe.input_source,
+                                " (scope %r)" % probe.namescope if probe.namescope else "")
+        if probe.enqueue_blocked_since is not None:
             logger.warning(
                 "%s: no batch moved for %.1f s: %s (the enqueuer has been waiting %.1f s "
                 "to push a batch; is the training loop still calling RunNet?)",
-                where, stalled, STALL_NET, time.monotonic() - feeder.enqueue_blocked_since)
+                where, stalled, STALL_NET, time.monotonic() - probe.enqueue_blocked_since)
             return
-        buffered = feeder.rebatcher.rows_buffered
-        turn = feeder.channel.waiting_for()
-        if turn is not None and feeder.channel.depth() > 0:
+        if probe.waiting_for is not None and probe.chunks_queued > 0:
             # deterministic=True: other workers' chunks wait for this one's turn.
             logger.warning(
                 "%s: no batch moved for %.1f s: %s: deterministic order waits for fetcher "
                 "%d while %d chunks of other fetchers are queued.%s",
-                where, stalled, STALL_FETCHERS, turn, feeder.channel.depth(),
-                self._fetcher_locations(only=turn))
+                where, stalled, STALL_FETCHERS, probe.waiting_for, probe.chunks_queued,
+                self._locations(probe.waiting_for))
             return
-        if rows_during_stall > 0 or buffered > 0:
+        if rows_during_stall > 0 or probe.rows_buffered > 0:
             logger.warning(
                 "%s: no batch moved for %.1f s: %s (it has %d of %d rows; fetchers "
                 "returned %d rows meanwhile, %d chunks queued)",
-                where, stalled, STALL_REBATCHER, buffered, feeder.batch_size,
-                rows_during_stall, feeder.channel.depth())
+                where, stalled, STALL_REBATCHER, probe.rows_buffered, probe.batch_size,
+                rows_during_stall, probe.chunks_queued)
             return
         logger.warning("%s: no batch moved for %.1f s: %s in that time.%s",
-                       where, stalled, STALL_FETCHERS, self._fetcher_locations())
-
-    def _fetcher_locations(self, only: Optional[int] = None) -> str:
-        """Where the fetchers are (``only``: that worker id): thread stacks, or pids."""
-        fetchers = self._coordinator.fetchers
-        ids = self._coordinator.worker_ids
-        if self._coordinator.config.worker_type == "thread":
-            threads: List[threading.Thread] = list(getattr(fetchers, "threads", None) or [])
-            return "".join("\nfetcher thread %r is at:\n%s" % (t.name, thread_stack(t))
-                           for wid, t in zip(ids, threads)
-                           if t.is_alive() and only in (None, wid))
-        pids: Optional[List[Optional[int]]] = getattr(fetchers, "pids", None)
-        if pids:
-            return " Fetcher processes: %s." % ", ".join(
-                "%s (worker %d)" % (p, wid) for wid, p in zip(ids, pids) if only in (None, wid))
-        return ""
+                       where, stalled, STALL_FETCHERS, self._locations(None))

@@ -30,7 +30,7 @@ def test_dead_worker_is_reported_and_fails_the_net_fast(ws, how, exitcode, signa
                         num_worker_threads=1, batch_size=4, timeout=600, input_source_name="p")
     shm_before = shm_segments()
     coord.start()
-    pid = coord.inputs()[0].fetchers.pids[0]
+    pid = coord.stats()[0].worker_pids[0]
     _wait_failure(coord)
     workspace.CreateNet(net, overwrite=True)
     with pytest.raises(RuntimeError):

@@ -1,0 +1,117 @@
+"""The contract between an input and its fetcher backend (threads or processes).
+
+In the manner of ``concurrent.futures._base`` vs ``thread.py`` / ``process.py``:
+this module states what a backend must do (``FetcherBackend``) and the little it
+may use of its input (``FetcherHost``); ``_thread_workers.py`` and
+``_process_workers.py`` implement it.  The input's coordinator drives every
+backend through these methods alone, in the order of
+NOTE [ Shutdown and error protocol ] (``_coordinator.py``)::
+
+    start()                 once, from the coordinator's start()
+    halt()                  never blocks, idempotent, safe from a signal handler
+    join(deadline, t0)      bounded by the one deadline of the whole stop()
+    (the coordinator gives back every chunk still buffered)
+    close()                 release OS resources; no chunk points into them now
+
+Caffe2-free, like everything a worker process imports.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import threading
+from typing import Any, Callable, List, Optional, Protocol, Sequence
+
+from ._chunk import Chunk
+from ._errors import DataInputError
+from ._metrics import Metrics
+
+__all__ = ["FetcherHost", "FetcherBackend", "BackendSpec", "FetchFun"]
+
+FetchFun = Callable[[int, int], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendSpec:
+    """What a backend is told about its input, validated by the builder."""
+
+    fetch_fun: FetchFun
+    input_source: str
+    blob_names: Sequence[str]
+    batch_columns: Sequence[int]
+    dont_rebatch: bool
+    #: Base seed of process workers (worker i seeds with ``seed + i``); None: random.
+    seed: Optional[int]
+    #: Shared memory per process worker; None: the backend's default.
+    shm_bytes_per_worker: Optional[int]
+
+
+class FetcherHost(Protocol):
+    """What a backend may use of the input it feeds."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def worker_ids(self) -> List[int]: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def batch_size(self) -> int:
+        """The live batch size (``reset_data_input`` may change it)."""
+
+    def is_active(self) -> bool:
+        """True while workers should keep fetching."""
+
+    def fail(self, err: DataInputError) -> None:
+        """Record the input's failure and halt it (first failure wins)."""
+
+    def add_batch_size_hook(self, hook: Callable[[int], None]) -> None:
+        """Call ``hook(new_size)`` whenever the batch size changes."""
+
+    def accept(self, worker_id: int, output: Any) -> Optional[Chunk]:
+        """Validate and count fetcher output; None if skipped.  Raises Chunk*Error."""
+
+    def put(self, output: Any, worker_id: int) -> bool:
+        """Validate and queue fetcher output; blocks while full; False once halted."""
+
+    def put_chunk(self, chunk: Chunk) -> bool:
+        """Queue an accepted chunk; blocks while full; False once halted (chunk released)."""
+
+
+class FetcherBackend(abc.ABC):
+    """Runs ``fetch_fun`` for every worker id of one input."""
+
+    #: Threads the backend runs in the trainer (upstream's ``coordinator._workers``).
+    threads: List[threading.Thread]
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start every worker.  Called once, with the coordinator's lock held."""
+
+    @abc.abstractmethod
+    def halt(self) -> None:
+        """Tell every worker to end.  Never blocks; idempotent."""
+
+    @abc.abstractmethod
+    def join(self, deadline: float, started: float) -> bool:
+        """Wait for every worker until ``deadline``; escalate for processes.
+
+        Returns:
+            True if every worker ended by itself.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release OS resources (sockets, shared memory).  Idempotent."""
+
+    def pids(self) -> List[Optional[int]]:
+        """Process ids of the workers, for messages (empty for threads)."""
+        return []
+
+    @abc.abstractmethod
+    def locations(self, only: Optional[int] = None) -> str:
+        """Where the workers are (``only``: that worker id), for the stall watchdog."""

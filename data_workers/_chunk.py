@@ -1,0 +1,31 @@
+"""The currency of the pipeline: one validated piece of fetcher output."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, List, Optional
+
+import numpy as np
+
+__all__ = ["Chunk"]
+
+
+@dataclasses.dataclass
+class Chunk:
+    """A validated piece of fetcher output on its way to the re-batcher.
+
+    A chunk with ``rows == 0`` is a *turn marker*: the fetcher returned None or
+    nothing, which deterministic mode still counts as that worker's turn.
+    """
+
+    worker_id: int
+    arrays: List[np.ndarray]
+    rows: int
+    #: Called once every row has been copied out (process workers use it to
+    #: hand the shared-memory space back to the child).
+    release: Optional[Callable[[], None]] = None
+
+    def done(self) -> None:
+        if self.release is not None:
+            release, self.release = self.release, None
+            release()
