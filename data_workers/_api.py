@@ -7,17 +7,19 @@ Argument checking happens here, at the public boundary, with ``TypeError`` /
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import pickle
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from caffe2.proto import caffe2_pb2
 from caffe2.python import core, scope
 
 from . import _workspace_guard
-from ._args import check_positive_int, check_positive_seconds
+from ._args import check_int, check_positive_int, check_positive_seconds
 from ._backend import BackendSpec, FetcherBackend, FetcherHost
 from ._coordinator import GlobalWorkerCoordinator, InitFun
-from ._enqueue import Caffe2Feed
+from ._enqueue import MAX_DEQUEUE_TIMEOUT_SECS, Caffe2Feed, caffe2_names
 from ._input import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
 from ._metrics import ExternalLogger, InputStats, Metrics
 from ._thread_workers import ThreadFetchers
@@ -83,7 +85,7 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
         Adds the dequeue op to ``net`` unless it already has it.  Rows already
         fetched are kept; the new size applies from the next batch.
         """
-        check_positive_int("batch_size", batch_size)
+        batch_size = check_positive_int("batch_size", batch_size)
         logger.info("reset data input %r in %r: batch size %d", name, namescope, batch_size)
         for c in self.inputs():
             if c.name == name and c.config.namescope == namescope:
@@ -101,9 +103,35 @@ def _feed(c: InputCoordinator) -> Caffe2Feed:
 global_coordinator = GlobalCoordinator()
 
 
+class _CheckedArgs(NamedTuple):
+    """``init_data_input_workers``'s arguments that ``_check_args`` normalized."""
+
+    batch_size: int
+    num_worker_threads: int
+    max_buffered_batches: int
+    batch_columns: List[int]
+    timeout: float
+    seed: Optional[int]
+    log_interval_secs: float
+    stall_warning_secs: Optional[float]
+    shm_bytes_per_worker: Optional[int]
+
+
 def _check_args(net: Any, input_blob_names: Any, fetch_fun: Any, batch_size: Any,
-                num_worker_threads: Any, max_buffered_batches: Any, batch_columns: Any,
-                timeout: Any, worker_type: Any) -> List[int]:
+                num_worker_threads: Any, input_source_name: Any, max_buffered_batches: Any,
+                init_fun: Any, batch_columns: Any, timeout: Any, worker_type: Any, seed: Any,
+                log_interval_secs: Any, stall_warning_secs: Any,
+                shm_bytes_per_worker: Any) -> _CheckedArgs:
+    """Every check of ``init_data_input_workers``, made before it changes anything.
+
+    Returns:
+        The numeric arguments as plain ``int`` / ``float`` (``np.int64(32)`` -> ``32``).
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: an argument has a wrong value, or a live input already
+            uses the Caffe2 queue or scratch blobs this one would create.
+    """
     target = getattr(net, "net", net)
     if not isinstance(target, core.Net):
         raise TypeError("net must be a caffe2 core.Net or a ModelHelper, got %s" % type(net).__name__)
@@ -111,26 +139,87 @@ def _check_args(net: Any, input_blob_names: Any, fetch_fun: Any, batch_size: Any
             or not input_blob_names or not all(isinstance(b, str) for b in input_blob_names):
         raise TypeError("input_blob_names must be a non-empty list of blob names, got %r"
                         % (input_blob_names,))
+    _check_blob_names(input_blob_names)
     if not callable(fetch_fun):
         raise TypeError("fetch_fun must be callable as fetch_fun(worker_id, batch_size), got %r"
                         % (fetch_fun,))
-    check_positive_int("batch_size", batch_size)
-    check_positive_int("num_worker_threads", num_worker_threads)
-    check_positive_int("max_buffered_batches", max_buffered_batches)
-    check_positive_seconds("timeout", timeout)
+    if not isinstance(input_source_name, str):
+        raise TypeError("input_source_name must be a str, got %s %r"
+                        % (type(input_source_name).__name__, input_source_name))
+    if init_fun is not None and not callable(init_fun):
+        raise TypeError("init_fun must be None or callable as init_fun(coordinator, "
+                        "global_coordinator), got %r" % (init_fun,))
     if worker_type not in WORKER_TYPES:
         raise ValueError("worker_type must be one of %s, got %r" % (WORKER_TYPES, worker_type))
+    if shm_bytes_per_worker is not None and worker_type != "process":
+        raise ValueError("shm_bytes_per_worker only applies to worker_type='process' (thread "
+                         "workers hand their arrays over without shared memory); got "
+                         "shm_bytes_per_worker=%r with worker_type=%r"
+                         % (shm_bytes_per_worker, worker_type))
+    checked = _CheckedArgs(
+        batch_size=check_positive_int("batch_size", batch_size),
+        num_worker_threads=check_positive_int("num_worker_threads", num_worker_threads),
+        max_buffered_batches=check_positive_int("max_buffered_batches", max_buffered_batches),
+        batch_columns=_check_batch_columns(batch_columns, input_blob_names),
+        timeout=_check_timeout(timeout),
+        seed=None if seed is None else check_int("seed", seed),
+        log_interval_secs=check_positive_seconds("log_interval_secs", log_interval_secs),
+        stall_warning_secs=check_positive_seconds("stall_warning_secs", stall_warning_secs,
+                                                  or_none=True),
+        shm_bytes_per_worker=check_positive_int("shm_bytes_per_worker", shm_bytes_per_worker,
+                                                or_none=True),
+    )
+    if worker_type == "process":
+        _check_process_args(fetch_fun)
+    _check_no_live_twin(input_blob_names, scope.CurrentNameScope(), input_source_name)
+    return checked
+
+
+def _check_blob_names(blob_names: Sequence[str]) -> None:
+    if "" in blob_names:
+        raise ValueError("input_blob_names must not contain an empty name, got %r"
+                         % (list(blob_names),))
+    seen = set()
+    for name in blob_names:
+        if name in seen:
+            raise ValueError("input_blob_names names blob %r twice (%r); one input feeds each "
+                             "blob once" % (name, list(blob_names)))
+        seen.add(name)
+
+
+def _check_batch_columns(batch_columns: Any, blob_names: Sequence[str]) -> List[int]:
     if batch_columns is None:
-        return [0] * len(input_blob_names)
-    columns = list(batch_columns)
-    if len(columns) != len(input_blob_names) or not all(
-            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in columns):
+        return [0] * len(blob_names)
+    if isinstance(batch_columns, (str, bytes)) or not isinstance(batch_columns, Iterable):
+        raise TypeError("batch_columns must be None or a list of one non-negative int per blob "
+                        "%s, got %r" % (list(blob_names), batch_columns))
+    columns = [check_int("batch_columns[%d]" % i, c, minimum=0)
+               for i, c in enumerate(batch_columns)]
+    if len(columns) != len(blob_names):
         raise ValueError("batch_columns must list one non-negative int per blob %s, got %r"
-                         % (list(input_blob_names), batch_columns))
+                         % (list(blob_names), batch_columns))
     return columns
 
 
-def _check_process_args(fetch_fun: Any, shm_bytes_per_worker: Any) -> None:
+def _check_timeout(timeout: Any) -> float:
+    """``timeout`` as a float: positive seconds, at most ``MAX_DEQUEUE_TIMEOUT_SECS``, or
+    ``inf`` (the dequeue op waits until a batch comes or the input stops)."""
+    if isinstance(timeout, numbers.Real) and not isinstance(timeout, bool) \
+            and not float(timeout) > 0:
+        # Caffe2 itself would wait without a deadline for these (0, negative, NaN).
+        raise ValueError("timeout must be a positive number of seconds, or float('inf') to "
+                         "wait until a batch comes or the input stops; got %r" % (timeout,))
+    seconds = check_positive_seconds("timeout", timeout)
+    if seconds > MAX_DEQUEUE_TIMEOUT_SECS and not math.isinf(seconds):
+        raise ValueError(
+            "timeout=%r s is more than Caffe2's DequeueBlobs can wait: beyond %.1f s (about "
+            "24.8 days) its millisecond count overflows and every dequeue fails at once; pass "
+            "at most %.1f, or float('inf') to wait until a batch comes or the input stops"
+            % (timeout, MAX_DEQUEUE_TIMEOUT_SECS, MAX_DEQUEUE_TIMEOUT_SECS))
+    return seconds
+
+
+def _check_process_args(fetch_fun: Any) -> None:
     try:
         pickle.dumps(fetch_fun)
     except Exception as exc:
@@ -138,8 +227,27 @@ def _check_process_args(fetch_fun: Any, shm_bytes_per_worker: Any) -> None:
             "worker_type='process' sends fetch_fun to spawned worker processes, so it must be "
             "picklable (a module-level function, or an instance of a module-level class); "
             "%r is not: %s" % (fetch_fun, exc)) from exc
-    if shm_bytes_per_worker is not None:
-        check_positive_int("shm_bytes_per_worker", shm_bytes_per_worker)
+
+
+def _check_no_live_twin(blob_names: Sequence[str], namescope: str, input_source: str) -> None:
+    """Refuse an input whose Caffe2 queue or scratch blobs a live input already uses.
+
+    Both would push into the same queue: rows would reach either net and
+    batches would be torn.  A stopped input is no longer registered.
+    """
+    mine = caffe2_names(blob_names, namescope, input_source)
+    for other in global_coordinator.inputs():
+        config = other.config
+        theirs = caffe2_names(config.blob_names, config.namescope, config.input_source)
+        shared = [b for b in mine.all_blobs() if b in theirs.all_blobs()]
+        if shared:
+            raise ValueError(
+                "the live input %r in name scope %r (blobs %s) already uses the Caffe2 blob %r "
+                "that this input (blobs %s, input_source_name=%r) would create: both would "
+                "feed one queue and mix their batches. Pass another input_source_name, or "
+                "stop() the first input before creating this one"
+                % (config.input_source, config.namescope, list(config.blob_names), shared[0],
+                   list(blob_names), input_source))
 
 
 def init_data_input_workers(
@@ -188,11 +296,11 @@ def init_data_input_workers(
     Raises:
         TypeError, ValueError: an argument is invalid (the message names it).
     """
-    columns = _check_args(net, input_blob_names, fetch_fun, batch_size, num_worker_threads,
-                          max_buffered_batches, batch_columns, timeout, worker_type)
-    if worker_type == "process":
-        _check_process_args(fetch_fun, shm_bytes_per_worker)
-    check_positive_seconds("stall_warning_secs", stall_warning_secs, or_none=True)
+    (batch_size, num_worker_threads, max_buffered_batches, columns, timeout, seed,
+     log_interval_secs, stall_warning_secs, shm_bytes_per_worker) = _check_args(
+        net, input_blob_names, fetch_fun, batch_size, num_worker_threads, input_source_name,
+        max_buffered_batches, init_fun, batch_columns, timeout, worker_type, seed,
+        log_interval_secs, stall_warning_secs, shm_bytes_per_worker)
     device_option = scope.CurrentDeviceScope()
     if device_option is None:
         device_option = caffe2_pb2.DeviceOption(device_type=caffe2_pb2.CPU)
@@ -201,7 +309,7 @@ def init_data_input_workers(
         input_source=input_source_name, namescope=scope.CurrentNameScope(),
         device_option=device_option, num_workers=num_worker_threads,
         max_buffered_batches=max_buffered_batches, dont_rebatch=bool(dont_rebatch),
-        batch_columns=tuple(columns), timeout=float(timeout), worker_type=worker_type,
+        batch_columns=tuple(columns), timeout=timeout, worker_type=worker_type,
         deterministic=bool(deterministic), seed=seed, log_interval_secs=log_interval_secs,
         shm_bytes_per_worker=shm_bytes_per_worker, stall_warning_secs=stall_warning_secs)
     spec = BackendSpec(

@@ -29,19 +29,23 @@ array and fed with ``FeedBlob`` (the host-to-device copy), then enqueued.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import threading
 import warnings
 import weakref
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from caffe2.proto import caffe2_pb2
 from caffe2.python import core, workspace
 
+from ._dtypes import TENSOR_DTYPES
 from ._sink import BatchLayout
 
-__all__ = ["Caffe2Feed", "caffe2_dtype"]
+__all__ = ["Caffe2Feed", "Caffe2Names", "caffe2_names", "caffe2_dtype",
+           "MAX_DEQUEUE_TIMEOUT_SECS"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +55,44 @@ C2_QUEUE_CAPACITY = 4
 #: The queue object itself lives on the host, whatever device its batches are on.
 _CPU = caffe2_pb2.DeviceOption(device_type=caffe2_pb2.CPU)
 
-_DTYPES = {
-    np.dtype(np.float32): core.DataType.FLOAT,
-    np.dtype(np.float64): core.DataType.DOUBLE,
-    np.dtype(np.float16): core.DataType.FLOAT16,
-    np.dtype(np.int32): core.DataType.INT32,
-    np.dtype(np.int64): core.DataType.INT64,
-    np.dtype(np.int16): core.DataType.INT16,
-    np.dtype(np.int8): core.DataType.INT8,
-    np.dtype(np.uint16): core.DataType.UINT16,
-    np.dtype(np.uint8): core.DataType.UINT8,
-    np.dtype(np.bool_): core.DataType.BOOL,
-}
+#: The validator's table (``_dtypes.py``) as Caffe2 tensor types.
+_DTYPES = {dtype: getattr(core.DataType, name) for dtype, name in TENSOR_DTYPES.items()}
+
+#: The longest dequeue wait Caffe2 honours, in seconds.  DequeueBlobs keeps
+#: ``timeout_secs`` as a 32-bit float and waits ``int32(timeout_secs * 1000)``
+#: milliseconds: from float32 2147483.75 s on (24.8 days) the product
+#: overflows and every dequeue on an empty queue fails at once (measured;
+#: ``tests/test_boundary.py`` measures it again).  2147483.5 is the largest
+#: float32 below the overflow.
+MAX_DEQUEUE_TIMEOUT_SECS = 2147483.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Caffe2Names:
+    """The workspace blobs and net one input creates besides the user's output blobs."""
+
+    queue: str
+    scratch: Tuple[str, ...]
+    status: str
+    #: The enqueue net's requested name (core.Net may make it unique).
+    net: str
+
+    def all_blobs(self) -> Tuple[str, ...]:
+        return (self.queue,) + self.scratch + (self.status,)
+
+
+def caffe2_names(blob_names: Sequence[str], namescope: str, input_source: str) -> Caffe2Names:
+    """The one place the names of an input's queue and scratch blobs are derived.
+
+    Two live inputs whose names overlap would push into one queue or one
+    scratch blob; ``init_data_input_workers`` refuses the second by comparing these.
+    """
+    queue = "%s%s_c2queue_%s" % (namescope, "_".join(blob_names), input_source)
+    return Caffe2Names(
+        queue=queue,
+        scratch=tuple("%s%s_scratch_%s" % (namescope, b, input_source) for b in blob_names),
+        status="%s%s_enqueue_status_%s" % (namescope, "_".join(blob_names), input_source),
+        net="data_workers_enqueue/" + queue)
 
 
 def caffe2_dtype(dtype: np.dtype) -> Optional[int]:
@@ -100,7 +130,9 @@ class Caffe2Feed:
         namescope: the Caffe2 name scope captured at init (``""`` or ``"gpu_0/"``).
         input_source: the input source name.
         device_option: the device scope captured at init.
-        timeout: dequeue timeout in seconds for the ops added to the user's net.
+        timeout: dequeue timeout in seconds for the ops added to the user's net;
+            ``inf`` waits until a batch comes or the queue is closed.  At most
+            ``MAX_DEQUEUE_TIMEOUT_SECS`` otherwise (checked by the caller).
     """
 
     def __init__(self, blob_names: Sequence[str], namescope: str, input_source: str,
@@ -109,10 +141,11 @@ class Caffe2Feed:
         self.device_option = device_option
         self.timeout = float(timeout)
         self.outputs = [namescope + b for b in blob_names]
-        self.queue_name = queue_name(blob_names, namescope, input_source)
-        self.scratch = ["%s%s_scratch_%s" % (namescope, b, input_source) for b in blob_names]
-        self.status_blob = "%s%s_enqueue_status_%s" % (namescope, "_".join(blob_names), input_source)
-        self.net_name = "data_workers_enqueue/" + self.queue_name
+        self.names = caffe2_names(blob_names, namescope, input_source)
+        self.queue_name = self.names.queue
+        self.scratch = list(self.names.scratch)
+        self.status_blob = self.names.status
+        self.net_name = self.names.net
         self.input_source = input_source
         self._host_staging = is_gpu(device_option)
         #: Set at the first lent batch (see ``_push``).
@@ -170,7 +203,8 @@ class Caffe2Feed:
         target.DequeueBlobs(
             [core.BlobReference(self.queue_name)],
             [core.BlobReference(o) for o in self.outputs],
-            timeout_secs=self.timeout,
+            # Caffe2 waits without a deadline for timeout_secs <= 0.
+            timeout_secs=0.0 if math.isinf(self.timeout) else self.timeout,
             device_option=self.device_option)
         return True
 
@@ -303,4 +337,4 @@ class Caffe2Feed:
 
 def queue_name(blob_names: Sequence[str], namescope: str, input_source: str) -> str:
     """The Caffe2 queue blob of an input: two live inputs must not share one."""
-    return "%s%s_c2queue_%s" % (namescope, "_".join(blob_names), input_source)
+    return caffe2_names(blob_names, namescope, input_source).queue

@@ -195,12 +195,12 @@ def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: Sh
             if not builder.add(fast.arrays, fast.rows, fetch_secs):
                 return
             continue
-        if arrays is None or arrays[0].shape[spec.batch_columns[0]] == 0:
+        if arrays is None or validator.rows_of(arrays) == 0:
             conn.send(("skip", fetch_secs))
             continue
         numeric: List[np.ndarray] = [a for a in arrays if a.dtype.kind != "O"]
         need = arena.chunk_bytes(numeric)
-        rows = arrays[0].shape[spec.batch_columns[0]]
+        rows = validator.rows_of(arrays)
         arena.size_for_batch(need if spec.dont_rebatch else
                              -(-need * arena.batch_size // max(rows, 1)))
         if need > arena.capacity:
@@ -216,7 +216,7 @@ def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: Sh
             except Exception as exc:
                 _send_error(control, exc)
                 return
-            if not builder.add(arrays, arrays[0].shape[spec.batch_columns[0]], fetch_secs):
+            if not builder.add(arrays, rows, fetch_secs):
                 return
             continue
         written = arena.write(numeric, keep_going)

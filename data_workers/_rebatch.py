@@ -91,8 +91,14 @@ class Rebatcher:
         return chunk
 
     def batch_layout(self, rows: int) -> List[Tuple[Tuple[int, ...], np.dtype]]:
-        """Shape and dtype of each blob of the next batch of ``rows`` rows."""
+        """Shape and dtype of each blob of the next batch of ``rows`` rows.
+
+        With ``dont_rebatch`` each blob keeps its own shape: the sparse layout
+        (``lengths`` of 4 rows beside ``values`` of 10) goes through as it is.
+        """
         head = self._pending[0].arrays
+        if self.dont_rebatch:
+            return [(arr.shape, arr.dtype) for arr in head]
         layout = []
         for arr, column in zip(head, self.batch_columns):
             shape = list(arr.shape)
@@ -107,6 +113,8 @@ class Rebatcher:
             The provenance of the batch: ``(worker_id, rows)`` per source piece,
             in order.  Chunks fully copied out are released.
         """
+        if self.dont_rebatch:
+            return self._fill_whole(dests)
         filled = 0
         provenance: List[Tuple[int, int]] = []
         # Bytes of one batch row over all blobs: a piece of n rows is n * row_bytes.
@@ -128,6 +136,16 @@ class Rebatcher:
                 self._offset = 0
                 chunk.done()
         return provenance
+
+    def _fill_whole(self, dests: Sequence[np.ndarray]) -> List[Tuple[int, int]]:
+        """``dont_rebatch``: copy the oldest chunk, every blob whole, and release it."""
+        chunk = self._pending[0]
+        for dest, src in zip(dests, chunk.arrays):
+            dest[...] = src
+        self._pending.popleft()
+        self._rows -= chunk.rows
+        chunk.done()
+        return [(chunk.worker_id, chunk.rows)]
 
     def _copy(self, dests: Sequence[np.ndarray], srcs: Sequence[np.ndarray],
               into: int, out_of: int, rows: int) -> None:

@@ -5,9 +5,16 @@ turns that into a ``Chunk`` or raises ``ChunkTypeError`` / ``ChunkValueError``
 naming the worker, the blob, what was expected and what came.  ``None`` and
 zero-row chunks keep upstream's lenient behaviour: skipped (and counted).
 
+Supported dtypes are those a Caffe2 blob can hold (the table in ``_dtypes.py``).
+
 In re-batching mode the first accepted chunk fixes each blob's dtype and
 trailing shape (every dimension but the batch column); a later chunk that
 differs is an error, because it could not be stacked into one tensor.
+
+With ``dont_rebatch=True`` a chunk is a batch as it is: each blob keeps its
+own shape (``lengths`` of 4 rows beside ``values`` of 10, or a 0-d scalar);
+only the structure and the dtypes are checked.  Its row count, for the
+counters and the zero-rows rule, is that of the first blob (1 if it is 0-d).
 """
 
 from __future__ import annotations
@@ -20,13 +27,10 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ._chunk import Chunk
+from ._dtypes import SUPPORTED_DTYPES_TEXT, TENSOR_DTYPES, unsupported_element
 from ._errors import ChunkTypeError, ChunkValueError
 
-__all__ = ["Chunk", "BlobSpec", "ChunkValidator", "SUPPORTED_DTYPE_KINDS"]
-
-#: numpy dtype kinds a fetcher may return: bool, signed/unsigned ints, floats,
-#: and object arrays (Caffe2 stores those as string tensors).
-SUPPORTED_DTYPE_KINDS = "biufO"
+__all__ = ["Chunk", "BlobSpec", "ChunkValidator"]
 
 #: Fraction of physical memory one chunk, or one batch built from its rows,
 #: may need.  Sizes are *virtual*: a broadcast view counts as the array it
@@ -65,6 +69,14 @@ def _describe(value: Any) -> str:
 
 def _without(shape: Tuple[int, ...], column: int) -> Tuple[int, ...]:
     return shape[:column] + shape[column + 1:]
+
+
+def _conversion_hint(dtype: np.dtype) -> str:
+    if dtype.kind in "US":
+        return " (convert fixed-width strings with .astype(object))"
+    if dtype.byteorder == ">":
+        return " (convert with .astype(%r))" % dtype.newbyteorder("=").str
+    return ""
 
 
 class ChunkValidator:
@@ -122,7 +134,7 @@ class ChunkValidator:
         arrays = self.check_structure(worker_id, output)
         if arrays is None:
             return None
-        rows = arrays[0].shape[self.batch_columns[0]]
+        rows = self.rows_of(arrays)
         if rows == 0:
             return None
         self._check_budget(worker_id, arrays, rows, None if self.dont_rebatch else batch_size)
@@ -172,6 +184,15 @@ class ChunkValidator:
             return None
         return Chunk(worker_id, list(output), rows)
 
+    def rows_of(self, arrays: Sequence[np.ndarray]) -> int:
+        """Rows of a chunk that passed ``check_structure``: the first blob's, along its batch column.
+
+        With ``dont_rebatch`` the first blob may be 0-d: one row.
+        """
+        shape = arrays[0].shape
+        column = self.batch_columns[0]
+        return shape[column] if len(shape) > column else 1
+
     def check_structure(self, worker_id: int, output: Any) -> Optional[List[np.ndarray]]:
         """The checks that need no memory of earlier chunks (also run in child processes)."""
         if output is None:
@@ -195,22 +216,25 @@ class ChunkValidator:
                 raise ChunkTypeError(
                     "%s returned a masked array for blob %r; its mask would be lost. "
                     "Return arr.filled(value) or a separate mask blob" % (self._where(worker_id), name))
-            if arr.dtype.kind not in SUPPORTED_DTYPE_KINDS or arr.dtype.byteorder == ">":
+            if arr.dtype.kind != "O" and arr.dtype not in TENSOR_DTYPES:
                 raise ChunkTypeError(
-                    "%s returned dtype %s for blob %r; supported are native bool, "
-                    "integer, float and object (string) arrays" % (self._where(worker_id), arr.dtype, name))
-            if arr.ndim <= column:
+                    "%s returned dtype %s for blob %r, which a Caffe2 blob cannot hold; %s%s"
+                    % (self._where(worker_id), arr.dtype, name, SUPPORTED_DTYPES_TEXT,
+                       _conversion_hint(arr.dtype)))
+            if arr.ndim <= column and not self.dont_rebatch:
                 raise ChunkValueError(
                     "%s returned shape %s for blob %r, which has no batch column %d "
                     "(batch_columns)" % (self._where(worker_id), arr.shape, name, column))
             if arr.dtype.kind == "O":
                 for item in arr.flat:
-                    if not isinstance(item, (bytes, str)):
+                    if type(item) is bytes:
+                        continue
+                    problem = unsupported_element(item)
+                    if problem is not None:
                         raise ChunkTypeError(
-                            "%s returned an object array for blob %r holding an element of "
-                            "type %s; object arrays become Caffe2 string tensors and may hold "
-                            "only bytes or str"
-                            % (self._where(worker_id), name, type(item).__name__))
+                            "%s returned an object array for blob %r holding %s; object "
+                            "arrays become Caffe2 string tensors and may hold only bytes or "
+                            "UTF-8-encodable str" % (self._where(worker_id), name, problem))
         if not self.dont_rebatch:
             rows = output[0].shape[self.batch_columns[0]]
             for name, column, arr in zip(self.blob_names, self.batch_columns, output):

@@ -53,7 +53,7 @@ def init_workers(worker_fun: Callable[[int], Any], num_worker_threads: int = 2,
     """
     if not callable(worker_fun):
         raise TypeError("worker_fun must be callable, got %r" % (worker_fun,))
-    check_positive_int("num_worker_threads", num_worker_threads)
+    num_worker_threads = check_positive_int("num_worker_threads", num_worker_threads)
     metrics = Metrics(external_loggers)
     worker_ids = [global_coordinator.get_new_worker_id() for _ in range(num_worker_threads)]
     coordinator = WorkerCoordinator(worker_name, worker_ids, init_fun, shutdown_fun=shutdown_fun)

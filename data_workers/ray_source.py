@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ._args import check_positive_int
+from ._args import check_int, check_positive_int
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import ray.data
@@ -131,7 +131,10 @@ class RayDataSource:
         dtypes: Optional per-column dtype to cast to (e.g. ``{"data": np.float32}``).
 
     Raises:
-        ValueError: On an empty ``columns``, a bad ``batch_size`` or ``num_epochs``.
+        TypeError: ``batch_size``, ``num_epochs`` or ``prefetch_batches`` is not an
+            integral number (``np.int64`` is; ``bool`` and ``"2"`` are not).
+        ValueError: On an empty ``columns``, or a ``batch_size``, ``num_epochs`` or
+            ``prefetch_batches`` out of range.
     """
 
     def __init__(
@@ -148,8 +151,9 @@ class RayDataSource:
         _require_ray()
         if not columns:
             raise ValueError("columns must name at least one dataset column")
-        check_positive_int("batch_size", batch_size)
-        check_positive_int("num_epochs", num_epochs, or_none=True)
+        batch_size = check_positive_int("batch_size", batch_size)
+        num_epochs = check_positive_int("num_epochs", num_epochs, or_none=True)
+        prefetch_batches = check_int("prefetch_batches", prefetch_batches, minimum=0)
         import ray.data
         import ray.exceptions
 
@@ -190,9 +194,10 @@ class RayDataSource:
         step. Other keyword arguments go to the constructor.
 
         Raises:
-            ValueError: If ``n`` is not a positive int.
+            TypeError: If ``n`` is not an integral number.
+            ValueError: If ``n`` is not positive.
         """
-        check_positive_int("n", n)
+        n = check_positive_int("n", n)
         return [
             cls(it, columns, batch_size=batch_size, **kwargs)
             for it in dataset.streaming_split(n, equal=equal)

@@ -58,7 +58,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, cast
 
 import numpy as np
 
-from ._args import check_positive_int
+from ._args import check_int, check_positive_int
 
 __all__ = [
     "ArrayDataset",
@@ -231,8 +231,13 @@ def device_shard(rank: int, world_size: int, device: int, num_devices: int) -> t
     ``world_size * num_devices``.
 
     Raises:
+        TypeError: If an argument is not an int.
         ValueError: If an index is out of range.
     """
+    rank = check_int("rank", rank, minimum=0)
+    world_size = check_positive_int("world_size", world_size)
+    device = check_int("device", device, minimum=0)
+    num_devices = check_positive_int("num_devices", num_devices)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
     if not 0 <= device < num_devices:
@@ -272,7 +277,8 @@ class ShardedSource:
         resume: Start from this checkpoint instead of epoch 0.
 
     Raises:
-        TypeError: If ``dataset`` has no ``__len__``/``load``.
+        TypeError: If ``dataset`` has no ``__len__``/``load``, or a size, ``rank`` or
+            ``seed`` is not an integral number (``np.int64`` is; ``bool`` and ``"2"`` are not).
         ValueError: On out-of-range sizes, an unknown policy, or a checkpoint that does
             not belong to this dataset/seed/policy.
     """
@@ -297,9 +303,10 @@ class ShardedSource:
                 "dataset must have __len__ and load(indices), or be a list/tuple of "
                 f"arrays; got {type(dataset).__name__}"
             )
-        check_positive_int("batch_size", batch_size)
-        check_positive_int("world_size", world_size)
-        if not isinstance(rank, int) or not 0 <= rank < world_size:
+        batch_size = check_positive_int("batch_size", batch_size)
+        world_size = check_positive_int("world_size", world_size)
+        rank = check_int("rank", rank, minimum=0)
+        if rank >= world_size:
             raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
         try:
             self._policy = LastBatchPolicy(policy)
@@ -314,7 +321,7 @@ class ShardedSource:
         self._batch_size = batch_size
         self._rank = rank
         self._world_size = world_size
-        self._seed = int(seed)
+        self._seed = check_int("seed", seed)
         self._shuffle = bool(shuffle)
         self._global_batch = batch_size * world_size
         if self._policy is LastBatchPolicy.DROP and self._global_batch > self._num_samples:

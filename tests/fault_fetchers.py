@@ -314,6 +314,10 @@ def hostile_output(kind: str, worker_id: int, seq: int) -> Any:
         return [data.astype(np.complex128), label]
     if kind == "datetime":
         return [data, label.astype("datetime64[s]")]
+    if kind == "uint32":
+        return [data, label.astype(np.uint32)]
+    if kind == "surrogate":
+        return [data, np.array(["r", "\udc80", "r", "r"], dtype=object)]
     if kind == "structured":
         return [np.zeros(4, dtype=[("a", "f4"), ("b", "i4")]), label]
     if kind == "huge_virtual":  # 4 TiB once copied; costs nothing to return

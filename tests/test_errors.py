@@ -222,6 +222,8 @@ def test_none_and_empty_chunks_are_skipped_and_counted(ws, caplog):
     (dict(timeout=0), "timeout must be a positive"),
     (dict(input_blob_names="data"), "input_blob_names must be a non-empty list"),
     (dict(fetch_fun=None), "fetch_fun must be callable"),
+    (dict(init_fun=5), "init_fun must be None or callable"),
+    (dict(input_source_name=3), "input_source_name must be a str"),
     (dict(worker_type="process", fetch_fun=lambda w, b: None), "must be picklable"),
 ])
 def test_invalid_arguments_rejected_at_init(ws, kwargs, fragment):
@@ -232,17 +234,18 @@ def test_invalid_arguments_rejected_at_init(ws, kwargs, fragment):
         data_workers.init_data_input_workers(**args)
 
 
-@pytest.mark.parametrize("make,message", [
+@pytest.mark.parametrize("make,error,message", [
     (lambda: parallel_workers.init_workers(lambda wid: None, num_worker_threads=True),
-     "num_worker_threads must be a positive int, got True"),
+     TypeError, "num_worker_threads must be a positive int, got bool True"),
     (lambda: parallel_workers.init_workers(lambda wid: None, num_worker_threads=0),
-     "num_worker_threads must be a positive int, got 0"),
+     ValueError, "num_worker_threads must be a positive int, got 0"),
     (lambda: ShardedSource([np.arange(8.0)], batch_size=True),
-     "batch_size must be a positive int, got True"),
+     TypeError, "batch_size must be a positive int, got bool True"),
     (lambda: ShardedSource([np.arange(8.0)], batch_size=2, world_size=0),
-     "world_size must be a positive int, got 0"),
+     ValueError, "world_size must be a positive int, got 0"),
 ])
-def test_counts_are_checked_alike_by_every_entry_point(make, message):
-    """One rule for counts everywhere: positive ints, and a bool is not a count."""
-    with pytest.raises(ValueError, match=re.escape(message)):
+def test_counts_are_checked_alike_by_every_entry_point(make, error, message):
+    """One rule for counts everywhere: positive integral numbers, and a bool is not a
+    count (a wrong type is a TypeError, a wrong value a ValueError)."""
+    with pytest.raises(error, match=re.escape(message)):
         make()

@@ -17,12 +17,16 @@ different dtypes per blob    accepted; each blob keeps its own dtype
 NaN / inf                    accepted as data
 object arrays of bytes/str   accepted; Caffe2 string tensors (bytes)
 object arrays of anything    ChunkTypeError naming the blob and the element type
-else
-0-d arrays                   ChunkValueError: no batch column
+else, or of str that is not  (or the string)
+valid UTF-8 (lone surrogate)
+0-d arrays                   ChunkValueError: no batch column (accepted with
+                             dont_rebatch=True: each blob keeps its shape)
 numpy scalars, lists         ChunkTypeError: not a numpy array
-complex, datetime, str/bytes ChunkTypeError: unsupported dtype (convert first;
-dtypes, structured, big-     str/bytes: .astype(object))
-endian
+dtypes a Caffe2 blob cannot  ChunkTypeError: unsupported dtype, naming what is
+hold (uint32/64, float128,   supported (the table in data_workers/_dtypes.py;
+complex, datetime, void/     str/bytes: .astype(object))
+structured), str/bytes
+dtypes, big-endian
 dtype/trailing shape change  ChunkValueError (re-batching needs one layout)
 huge (virtual size > budget) ChunkValueError before anything is allocated:
                              threads: more than MEMORY_BUDGET_FRACTION (50%) of
@@ -81,6 +85,8 @@ REJECTED = {
     "bytes_dtype": (data_workers.ChunkTypeError, "dtype |S8"),
     "complex": (data_workers.ChunkTypeError, "dtype complex128"),
     "datetime": (data_workers.ChunkTypeError, "datetime64"),
+    "uint32": (data_workers.ChunkTypeError, "dtype uint32"),
+    "surrogate": (data_workers.ChunkTypeError, "not valid UTF-8"),
     "structured": (data_workers.ChunkTypeError, "supported are"),
     "huge_virtual": (data_workers.ChunkValueError, None),
     "huge_rows": (data_workers.ChunkValueError, None),

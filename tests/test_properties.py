@@ -69,9 +69,11 @@ def cases(draw: Any, bad: bool = False) -> Dict[str, Any]:
     dont_rebatch = draw(st.booleans())
     bad_spec = None
     if bad:
-        kinds = TYPE_ERRORS + ["no_batch_column"]
+        kinds = list(TYPE_ERRORS)
         if not dont_rebatch:
-            kinds += ["shape_change", "dtype_change"] + (["rows_mismatch"] if n_blobs > 1 else [])
+            # With dont_rebatch each blob keeps its own shape, 0-d included (as upstream).
+            kinds += ["no_batch_column", "shape_change", "dtype_change"] + (
+                ["rows_mismatch"] if n_blobs > 1 else [])
         kind = draw(st.sampled_from(sorted(kinds)))
         position = draw(st.integers(0, workers - 1))
         index = draw(st.integers(0, 5))

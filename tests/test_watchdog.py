@@ -180,7 +180,8 @@ def test_watchdog_never_delays_stop():
     assert time.monotonic() - started < 2
 
 
-@pytest.mark.parametrize("bad", [0, -1, "5", True])
-def test_stall_warning_secs_is_validated(bad):
-    with pytest.raises(ValueError, match="stall_warning_secs"):
+@pytest.mark.parametrize("bad,error", [(0, ValueError), (-1, ValueError), ("5", TypeError),
+                                       (True, TypeError)])
+def test_stall_warning_secs_is_validated(bad, error):
+    with pytest.raises(error, match="stall_warning_secs"):
         make_input(core.Net("wd_bad"), SteadyFetcher(), stall_warning_secs=bad)

@@ -1,0 +1,75 @@
+"""The numpy dtypes a Caffe2 blob can hold: the one table the validator and the feed share.
+
+Measured with ``workspace.FeedBlob`` of the Caffe2 in torch 1.10.2 (the test
+``tests/test_boundary.py::test_dtype_table_matches_feedblob`` measures it again):
+
+=====================================  ==========================================
+numpy dtype                            Caffe2 blob
+=====================================  ==========================================
+bool, int8, int16, int32, int64,       a tensor of the same type
+uint8, uint16, float16, float32,
+float64 (native byte order)
+object arrays of ``str`` / ``bytes``   a string tensor (``str`` stored as UTF-8)
+uint32, uint64, float128, complex,     refused by FeedBlob ("This numpy data type
+datetime64, timedelta64, void /        is not supported")
+structured
+big-endian numeric                     accepted by FeedBlob, but the bytes are read
+                                       as little-endian: the values are garbage
+``U`` / ``S`` (fixed-width strings)    accepted by FeedBlob as string tensors;
+                                       refused here (``.astype(object)`` first):
+                                       their width is part of the dtype, so chunks
+                                       of one input would disagree and could not
+                                       be stacked
+object array holding a ``str`` that    refused by FeedBlob ("cannot convert it to
+is not UTF-8-encodable (a lone         a string")
+surrogate such as ``"\\udc80"``)
+object array holding anything else     refused by FeedBlob ("Unsupported python
+(int, None, dict)                      object type")
+=====================================  ==========================================
+
+Caffe2-free: the validator runs in worker processes.  ``_enqueue.py`` maps the
+type names below to ``core.DataType`` values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+__all__ = ["TENSOR_DTYPES", "SUPPORTED_DTYPES_TEXT", "unsupported_element"]
+
+#: numpy dtype -> name of the ``caffe2.python.core.DataType`` a blob of it holds.
+#: Native byte order only: ``np.dtype(">f8")`` is not equal to any key.
+TENSOR_DTYPES: Dict[np.dtype, str] = {
+    np.dtype(np.bool_): "BOOL",
+    np.dtype(np.int8): "INT8",
+    np.dtype(np.int16): "INT16",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.uint16): "UINT16",
+    np.dtype(np.float16): "FLOAT16",
+    np.dtype(np.float32): "FLOAT",
+    np.dtype(np.float64): "DOUBLE",
+}
+
+#: What error messages say is supported.
+SUPPORTED_DTYPES_TEXT = (
+    "supported are native-byte-order %s, and object arrays of str or bytes (string tensors)"
+    % ", ".join(str(d) for d in TENSOR_DTYPES))
+
+
+def unsupported_element(item: Any) -> Optional[str]:
+    """Why an element of an object array cannot go into a string tensor, or None if it can."""
+    if isinstance(item, bytes):
+        return None
+    if isinstance(item, str):
+        if item.isascii():
+            return None
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return "the str %s, which is not valid UTF-8 (%s)" % (ascii(item[:40]), exc.reason)
+        return None
+    return "an element of type %s" % type(item).__name__
