@@ -149,7 +149,8 @@ class WorkerCoordinator(WorkerCoordinatorInternals):
             self._initialized = True
             try:
                 self.init_fun(self, global_coordinator)
-            except Exception as exc:
+            except BaseException as exc:  # noqa: B902 - rule 1: SystemExit too; else the
+                # group would stay CREATED and a later start() would run its workers
                 err = FetcherError("init_fun of %r raised %s: %s" % (self.name, type(exc).__name__, exc))
                 err.__cause__ = exc
                 self.fail(err.where(self.name, None))
