@@ -63,11 +63,18 @@ class ShmArena:
 
     def __init__(self, capacity: int, fd: Optional[int] = None, name: str = "data_workers") -> None:
         self.capacity = capacity
+        created = fd is None
         if fd is None:
             fd = os.memfd_create(name, os.MFD_CLOEXEC)
-            os.ftruncate(fd, HEADER_BYTES + capacity)
         self.fd = fd
-        self._map: Optional[mmap.mmap] = mmap.mmap(fd, HEADER_BYTES + capacity)
+        try:
+            if created:
+                os.ftruncate(fd, HEADER_BYTES + capacity)
+            self._map: Optional[mmap.mmap] = mmap.mmap(fd, HEADER_BYTES + capacity)
+        except BaseException:
+            if created:  # e.g. mmap's ENOMEM: no ring, and no fd left behind
+                os.close(fd)
+            raise
         self._header = np.frombuffer(self._map, np.uint64, 4, 0)
         self._owner_pid = os.getpid()
         # The enqueuer, a receiver and the stopping thread may release (reentrant:
