@@ -121,8 +121,12 @@ class ChunkChannel:
             return left
 
     def depth(self) -> int:
-        with self._lock:
-            return len(self._all_view())
+        """Chunks buffered.  Takes no lock: ``stats()`` reads it, and a signal
+        handler calling ``stop()`` may interrupt that read (rule 7, ``_coordinator.py``)."""
+        return self._count()
+
+    def _count(self) -> int:
+        raise NotImplementedError
 
     def waiting_for(self) -> Optional[int]:
         """The worker whose chunk the consumer needs next, if only one will do (else None)."""
@@ -156,6 +160,9 @@ class FifoChannel(ChunkChannel):
 
     def _all_view(self) -> List[Chunk]:
         return list(self._items)
+
+    def _count(self) -> int:
+        return len(self._items)  # atomic under the GIL
 
     def _clear(self) -> None:
         self._items.clear()
@@ -200,6 +207,9 @@ class RoundRobinChannel(ChunkChannel):
 
     def _all_view(self) -> List[Chunk]:
         return [c for w in self._order for c in self._items[w]]
+
+    def _count(self) -> int:
+        return sum(len(q) for q in list(self._items.values()))  # keys never change
 
     def _clear(self) -> None:
         for q in self._items.values():

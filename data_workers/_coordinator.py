@@ -149,7 +149,8 @@ class WorkerCoordinator(WorkerCoordinatorInternals):
             self._initialized = True
             try:
                 self.init_fun(self, global_coordinator)
-            except Exception as exc:
+            except BaseException as exc:  # noqa: B902 - rule 1: SystemExit too; else the
+                # group would stay CREATED and a later start() would run its workers
                 err = FetcherError("init_fun of %r raised %s: %s" % (self.name, type(exc).__name__, exc))
                 err.__cause__ = exc
                 self.fail(err.where(self.name, None))
@@ -184,13 +185,18 @@ class WorkerCoordinator(WorkerCoordinatorInternals):
         logger.error("input %r failed: %s", self.name, err, exc_info=err)
         self._halt()
 
-    def begin_stop(self) -> None:
-        """Halt the group for good (-> STOPPING).  Never blocks; idempotent."""
+    def begin_stop(self, halt: bool = True) -> None:
+        """Halt the group for good (-> STOPPING).  Never blocks; idempotent.
+
+        ``halt=False`` only moves the lifecycle (workers stop starting new
+        work at once); the halting actions follow in a later call.
+        """
         with self._lock:
             if self.lifecycle is Lifecycle.STOPPED:
                 return
             self.lifecycle = Lifecycle.STOPPING
-        self._halt()
+        if halt:
+            self._halt()
 
     def finish_stop(self, deadline: float, started: float) -> bool:
         """Join against ``deadline``, then clean up (-> STOPPED).  Idempotent.
@@ -327,6 +333,10 @@ class GlobalWorkerCoordinator(GlobalCoordinatorInternals):
         """NOTE [ Shutdown and error protocol ], rules 4-6: halt all, join all, clean, forget."""
         started = time.monotonic()
         deadline = started + _timeout(timeout)
+        # Every lifecycle first (cheap), then the halting actions (closing a
+        # Caffe2 queue runs an operator): no group keeps fetching meanwhile.
+        for c in groups:
+            c.begin_stop(halt=False)
         for c in groups:
             c.begin_stop()
         success = True

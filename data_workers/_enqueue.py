@@ -314,12 +314,29 @@ class Caffe2Feed:
                              device_option=self.device_option, timeout_secs=0.001)
             except RuntimeError:
                 break
+        # The BlobsQueue's own slot blobs still hold the tensors of earlier
+        # batches (enqueue and dequeue swap them): up to C2_QUEUE_CAPACITY
+        # batches per stopped input.  The closed, empty queue never touches
+        # them again, so free their memory; the blobs stay (the queue points at them).
+        empty = np.zeros((0,), np.float32)
+        for name in self._slot_blobs():
+            if self._ws.has_blob(name):
+                self._ws.create_blob(name).feed(empty)
         self._remove_objects([self.status_blob] + self.scratch)
 
+    def _slot_blobs(self) -> List[str]:
+        """The blobs ``CreateBlobsQueue`` made for its slots (``<queue>_<slot>_<blob>``)."""
+        return ["%s_%d_%d" % (self.queue_name, i, j)
+                for i in range(C2_QUEUE_CAPACITY) for j in range(len(self.outputs))]
+
     def discard(self) -> None:
-        """Undo ``__init__`` (the input was never handed to the user): remove the queue too."""
+        """Undo ``__init__`` (the input was never handed to the user): remove the
+        queue too, and then its slot blobs (nothing points at them any more)."""
         self.cleanup()
         self._ws._remove_blob(self.queue_name)
+        for name in self._slot_blobs():
+            if self._ws.has_blob(name):
+                self._ws._remove_blob(name)
 
     def _remove_objects(self, blobs: Sequence[str]) -> None:
         self._cleaned = True

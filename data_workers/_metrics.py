@@ -133,50 +133,56 @@ class InputStats:
 
 
 class InputCounters:
-    """Mutable counters behind ``InputStats``; every update holds one lock."""
+    """Mutable counters behind ``InputStats``.
+
+    Writers (fetchers, the enqueuer) serialise on one lock and publish a new
+    immutable tuple; readers (``stats()``, the flusher, the watchdog) take no
+    lock at all.  A reader may be the main thread interrupted by a signal
+    handler that calls ``stop()``: had it held the writers' lock, every fetcher
+    and the flusher would block on it and stop() would wait out its deadline
+    (NOTE [ Shutdown and error protocol ], rule 7, ``_coordinator.py``).
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()  # reentrant: a signal handler may read stats()
-        self.chunks_fetched = 0
-        self.rows_fetched = 0
-        self.chunks_skipped = 0
-        self.batches_enqueued = 0
-        self.rows_enqueued = 0
-        self.batches_lent = 0
+        self._lock = threading.Lock()  # writers only
+        #: (chunks_fetched, rows_fetched, chunks_skipped, batches_enqueued,
+        #: rows_enqueued, batches_lent)
+        self._values: Tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)
         self.started_at: Optional[float] = None
 
     def started(self) -> None:
-        with self._lock:
-            self.started_at = time.monotonic()
+        self.started_at = time.monotonic()
 
     def fetched(self, rows: int, chunks: int = 1) -> None:
         with self._lock:
-            self.chunks_fetched += chunks
-            self.rows_fetched += rows
+            cf, rf, cs, be, re, bl = self._values
+            self._values = (cf + chunks, rf + rows, cs, be, re, bl)
 
     def skipped(self) -> None:
         with self._lock:
-            self.chunks_skipped += 1
+            cf, rf, cs, be, re, bl = self._values
+            self._values = (cf, rf, cs + 1, be, re, bl)
 
     def enqueued(self, rows: int, lent: bool = False) -> None:
         with self._lock:
-            self.batches_enqueued += 1
-            self.rows_enqueued += rows
-            self.batches_lent += lent
+            cf, rf, cs, be, re, bl = self._values
+            self._values = (cf, rf, cs, be + 1, re + rows, bl + lent)
 
     def snapshot(self) -> "CounterSnapshot":
-        with self._lock:
-            elapsed = 0.0 if self.started_at is None else time.monotonic() - self.started_at
-            return CounterSnapshot(
-                chunks_fetched=self.chunks_fetched,
-                rows_fetched=self.rows_fetched,
-                chunks_skipped=self.chunks_skipped,
-                batches_enqueued=self.batches_enqueued,
-                rows_enqueued=self.rows_enqueued,
-                batches_lent=self.batches_lent,
-                elapsed_secs=elapsed,
-                inputs_per_sec=self.rows_enqueued / elapsed if elapsed > 0 else 0.0,
-            )
+        """A consistent snapshot, without a lock (one read of the published tuple)."""
+        cf, rf, cs, be, re, bl = self._values
+        started_at = self.started_at
+        elapsed = 0.0 if started_at is None else time.monotonic() - started_at
+        return CounterSnapshot(
+            chunks_fetched=cf,
+            rows_fetched=rf,
+            chunks_skipped=cs,
+            batches_enqueued=be,
+            rows_enqueued=re,
+            batches_lent=bl,
+            elapsed_secs=elapsed,
+            inputs_per_sec=re / elapsed if elapsed > 0 else 0.0,
+        )
 
 
 @dataclasses.dataclass(frozen=True)

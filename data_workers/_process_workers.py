@@ -106,6 +106,8 @@ class _ProcessWorker:
         self.ended = False
         #: Set when stop() had to terminate or kill it.
         self.ended_by_us = False
+        #: An error read off the control socket by join_process, for end_failure.
+        self.reported: Optional[DataInputError] = None
         self.conn: Optional[Connection] = None
         self.control: Optional[Connection] = None
         self.thread = threading.Thread(
@@ -254,7 +256,7 @@ class _ProcessWorker:
         Called once the process has exited.  An error the child reported wins;
         else an exit the child did not record as asked for is a death.
         """
-        reported = self.read_control()
+        reported = self.reported or self.read_control()
         if reported is not None:
             return reported
         if self.ended_by_us or self.arena.exited_when_asked or self.process is None:
@@ -272,6 +274,10 @@ class _ProcessWorker:
         process = self.process
         if process is None:
             return True
+        if not self.ready:
+            # The watcher stops reading at halt(): a "ready" it had not read yet
+            # would make a worker busy in fetch_fun look like one still starting.
+            self.reported = self.reported or self.read_control()
         if not self.ready and process.poll() is None:
             # Still starting (importing the training script): nothing of the
             # user's runs yet, so ending it now loses nothing.

@@ -102,11 +102,18 @@ class ShmArena:
                  fixed: bool = True) -> None:
         self.size = size
         self.fixed = fixed
+        created = fd is None
         if fd is None:
             fd = os.memfd_create(name, os.MFD_CLOEXEC)
-            os.ftruncate(fd, HEADER_BYTES + size)
         self.fd = fd
-        self._map: Optional[mmap.mmap] = mmap.mmap(fd, HEADER_BYTES + size)
+        try:
+            if created:
+                os.ftruncate(fd, HEADER_BYTES + size)
+            self._map: Optional[mmap.mmap] = mmap.mmap(fd, HEADER_BYTES + size)
+        except BaseException:
+            if created:  # e.g. mmap's ENOMEM: no ring, and no fd left behind
+                os.close(fd)
+            raise
         self._header = np.frombuffer(self._map, np.uint64, 5, 0)
         self._owner_pid = os.getpid()
         # The enqueuer, a receiver, Caffe2's release callbacks and the stopping

@@ -292,36 +292,6 @@ def test_stop_twice_and_failure_raised_once(worker_type):
     assert coord.stats() == ()
 
 
-def test_stop_during_start_init_fun():
-    """stop() while start() is inside init_fun: start() raises InputClosedError
-    instead of starting workers that nobody will stop."""
-    entered, go = threading.Event(), threading.Event()
-
-    def init_fun(input_coordinator, global_coordinator):
-        entered.set()
-        go.wait(10)
-
-    net = core.Net("stop_in_start")
-    coord = make_input(net, SteadyFetcher(), init_fun=init_fun)
-    errors = []
-
-    def starter():
-        try:
-            coord.start()
-        except BaseException as exc:  # noqa: B902 - recorded for the assertion
-            errors.append(exc)
-
-    t = threading.Thread(target=starter)
-    t.start()
-    try:
-        assert entered.wait(10)
-        assert coord.stop() is True
-    finally:
-        go.set()
-        t.join(10)
-    assert len(errors) == 1 and isinstance(errors[0], data_workers.InputClosedError), errors
-
-
 def test_stop_races_start(worker_type):
     """start() and stop() on two threads, racing: never a hang, never a leak;
     start() either succeeds (and stop() stopped it) or raises InputClosedError."""
