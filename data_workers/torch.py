@@ -218,8 +218,9 @@ class Loader:
         failure = self._input.failure
         if failure is not None:
             self._input.check()  # first time: raised here, so close() will not raise it again
-            raise InputClosedError("loader %r failed earlier: %s" % (self._config.input_source, failure)) \
-                from failure
+            err = InputClosedError("loader %r failed earlier: %s"
+                                   % (self._config.input_source, failure))
+            raise err from failure
         if self._input.lifecycle.halted:
             raise InputClosedError("loader %r was closed" % self._config.input_source)
 
@@ -385,7 +386,8 @@ def _check_process_args(fetch_fun: Any, shm_bytes_per_worker: Any) -> None:
     check_positive_int("shm_bytes_per_worker", shm_bytes_per_worker, or_none=True)
 
 
-def _backend_factory(worker_type: str, spec: BackendSpec) -> Callable[[FetcherHost], FetcherBackend]:
+def _backend_factory(worker_type: str,
+                     spec: BackendSpec) -> Callable[[FetcherHost], FetcherBackend]:
     if worker_type == "process":
         from ._process_workers import ProcessFetchers  # not imported by thread-only scripts
 
