@@ -32,7 +32,8 @@ processes themselves) and, if asked for, a stall watchdog.
 Modules, by role: the contract between an input and its fetchers is
 ``_backend.py`` (backends: ``_thread_workers.py``, ``_process_workers.py`` with
 ``_process_child.py`` and ``_shm_ring.py``); between the enqueuer and where
-batches go, ``_sink.py`` (Caffe2: ``_enqueue.py``).  The input itself is
+batches go, ``_sink.py`` (Caffe2: ``_enqueue.py``; a PyTorch loop:
+``_torch_sink.py``, behind ``data_workers.torch.Loader``, which imports no Caffe2).  The input itself is
 ``_input.py``; lifecycle and registry ``_coordinator.py``.
 
 Shutdown and failures follow one protocol, written once as

@@ -558,6 +558,25 @@ class ShardedSource:
             global_batch_size=self._global_batch,
         )
 
+    def restore(self, checkpoint: InputCheckpoint) -> None:
+        """Start the stream at ``checkpoint`` instead (like ``resume=`` at construction).
+
+        For owners that get the checkpoint after the source was built:
+        ``data_workers.torch.Loader.load_state_dict``.  Allowed only before any
+        fetcher called this source, since a block already served cannot be
+        taken back.
+
+        Raises:
+            RuntimeError: a fetcher already called this source.
+            ValueError: the checkpoint does not belong to this source.
+        """
+        with self._lock:
+            called = bool(self._calls)
+        if called:
+            raise RuntimeError("restore() must come before any fetcher called the source; "
+                               "build a new ShardedSource(..., resume=checkpoint) instead")
+        self._apply_checkpoint(checkpoint)
+
     def _apply_checkpoint(self, ckpt: InputCheckpoint) -> None:
         mismatches = [
             f"{name}: checkpoint {theirs!r} != source {ours!r}"

@@ -43,3 +43,15 @@ def test_copy_threads_runs():
                             cwd=ROOT, capture_output=True, text=True, timeout=100)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "rotating 2 threads" in result.stdout
+
+
+@pytest.mark.timeout(60)
+def test_torch_loader_benchmark_runs(tmp_path):
+    out = tmp_path / "torch_loader.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.torch_loader", "--repeats", "1", "--window", "0.1",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=50)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "one_sample" in result.stdout and "gil_bound" in result.stdout
+    assert set(json.loads(out.read_text())["workloads"]) == {"one_sample", "gil_bound"}

@@ -131,3 +131,15 @@ def test_digits_fetcher_pickles_and_returns_varying_chunks(tmp_path: Path) -> No
     written = manifest.stat().st_mtime_ns
     assert digits_data.prepare_digits_png(tmp_path) == split  # reused, not rewritten
     assert manifest.stat().st_mtime_ns == written
+
+
+def test_digits_torch_fast(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The digits fetchers, unchanged, train the CNN in PyTorch (data_workers.torch)."""
+    started = time.monotonic()
+    status = importlib.import_module("digits_torch").main(
+        ["--fast", "--worker-type", "process", "--out-dir", str(tmp_path)])
+    elapsed = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "held-out accuracy" in out and "2 process workers" in out
+    assert elapsed < 15, f"fast PyTorch demo took {elapsed:.1f} s"

@@ -1,0 +1,267 @@
+"""``data_workers.torch.Loader`` against ``torch.utils.data.DataLoader``, in one run.
+
+Two workloads, 2 workers each, batch 32::
+
+    one sample per call    fetch_fun returns [rand(1, 64) float32, label (1,) int64];
+                           DataLoader: map-style Dataset, one sample per __getitem__,
+                           batch_size=32 (default collate).  Ours: thread workers.
+    GIL-bound              ~10 ms of pure Python (holding the GIL) per chunk of 32 rows;
+                           DataLoader: a Dataset whose items are such chunks,
+                           batch_size=None (one item is one batch: the same Python
+                           work and one hand-off per batch on both sides).  Ours:
+                           process workers (threads would share one GIL).
+
+Each repeat builds a fresh loader per side (alternating which goes first, so drift
+of a shared machine hits both), consumes ``warmup`` seconds of batches, then
+counts batches over ``window`` seconds.  The reported ratio is ours / DataLoader
+per repeat: median and min-max over repeats.  Time to the first batch (worker
+start-up: spawn for ours, fork for DataLoader's default) is reported separately.
+
+Standalone and not part of ``benchmarks.run`` (yet)::
+
+    python -m benchmarks.torch_loader --quick          # ~30 s
+    python -m benchmarks.torch_loader --json out.json  # full: ~2 min
+
+Module level imports stay light (stdlib + numpy): spawned workers import this
+module to unpickle the fetchers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+BATCH = 32
+WIDTH = 64
+WORKERS = 2
+GIL_FETCH_S = 0.010
+
+
+def spin(iterations: int) -> int:
+    """Pure-Python busy loop; holds the GIL the whole time."""
+    acc = 0
+    for i in range(iterations):
+        acc ^= i
+    return acc
+
+
+def calibrate(target_s: float) -> int:
+    """Iterations of ``spin`` taking ``target_s`` here (fastest of several runs:
+    on a shared machine other programs only ever make a run slower)."""
+    n = 20000
+    for _ in range(4):
+        best = min(_timed(spin, n) for _ in range(5))
+        n = max(1000, int(n * target_s / best))
+    return n
+
+
+def _timed(fun: Callable[[int], Any], arg: int) -> float:
+    t0 = time.perf_counter()
+    fun(arg)
+    return time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- fetchers
+
+
+def one_sample(worker_id: int, batch_size: int) -> List[np.ndarray]:
+    """One row per call: the cost is all per-call overhead."""
+    return [np.random.rand(1, WIDTH).astype(np.float32), np.array([worker_id], np.int64)]
+
+
+class OneSampleDataset:
+    """The same sample, map-style, for DataLoader (no torch import: duck-typed)."""
+
+    def __len__(self) -> int:
+        return 1 << 30
+
+    def __getitem__(self, index: int) -> Any:
+        return np.random.rand(WIDTH).astype(np.float32), index % 2
+
+
+class BusyChunks:
+    """Spins ~GIL_FETCH_S of pure Python, then returns one chunk of BATCH rows.
+
+    Callable as a fetch_fun and indexable as a Dataset, so both sides run the
+    very same code.
+    """
+
+    def __init__(self, iterations: int) -> None:
+        self.iterations = iterations
+
+    def _chunk(self, tag: int) -> List[np.ndarray]:
+        spin(self.iterations)
+        return [np.full((BATCH, 16), tag, np.float32), np.arange(BATCH, dtype=np.int64)]
+
+    def __call__(self, worker_id: int, batch_size: int) -> List[np.ndarray]:
+        return self._chunk(worker_id)
+
+    def __len__(self) -> int:
+        return 1 << 30
+
+    def __getitem__(self, index: int) -> List[np.ndarray]:
+        return self._chunk(index % WORKERS)
+
+
+# ----------------------------------------------------------------------------- sides
+
+
+def _ours(workload: str, spin_iterations: int) -> Any:
+    from data_workers.torch import Loader
+
+    if workload == "one_sample":
+        return Loader(one_sample, BATCH, WORKERS, names=["data", "label"])
+    return Loader(BusyChunks(spin_iterations), BATCH, WORKERS, worker_type="process",
+                  names=["data", "label"])
+
+
+class _DataLoaderSide:
+    """A DataLoader and its iterator, closed like a Loader (workers shut down)."""
+
+    def __init__(self, workload: str, spin_iterations: int) -> None:
+        from torch.utils.data import DataLoader
+
+        if workload == "one_sample":
+            self.loader = DataLoader(OneSampleDataset(), batch_size=BATCH, num_workers=WORKERS)
+        else:
+            self.loader = DataLoader(BusyChunks(spin_iterations), batch_size=None,
+                                     num_workers=WORKERS)
+        self.it: Optional[Iterator[Any]] = iter(self.loader)
+
+    def __next__(self) -> Any:
+        assert self.it is not None
+        return next(self.it)
+
+    def close(self) -> None:
+        shutdown = getattr(self.it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self.it = None
+
+
+def measure_side(side: str, workload: str, spin_iterations: int, warmup_s: float,
+                 window_s: float) -> Dict[str, float]:
+    """Build one loader, wait for its first batch, warm up, count batches in a window."""
+    t0 = time.perf_counter()
+    source: Any = _ours(workload, spin_iterations) if side == "ours" \
+        else _DataLoaderSide(workload, spin_iterations)
+    try:
+        batch = next(source)
+        first = time.perf_counter() - t0
+        if len(batch[0]) != BATCH:
+            raise RuntimeError("%s %s: batch of %d rows" % (side, workload, len(batch[0])))
+        end = time.perf_counter() + warmup_s
+        while time.perf_counter() < end:
+            next(source)
+        count = 0
+        t1 = time.perf_counter()
+        end = t1 + window_s
+        while True:
+            next(source)
+            count += 1
+            now = time.perf_counter()
+            if now >= end:
+                break
+        return {"batches_per_s": count / (now - t1), "first_batch_s": first}
+    finally:
+        source.close()
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run(quick: bool, repeats: Optional[int] = None, window_s: Optional[float] = None,
+        log: Callable[[str], None] = print) -> Dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)  # the consumer does no math; keep the cores for workers
+    repeats = repeats or (3 if quick else 5)
+    window_s = window_s or (1.0 if quick else 3.0)
+    warmup_s = min(1.0, window_s / 2)
+    spin_iterations = calibrate(GIL_FETCH_S)
+    spin_s = statistics.median(_timed(spin, spin_iterations) for _ in range(5))
+    results: Dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "torch": torch.__version__, "load_avg_start": os.getloadavg()[0]},
+        "settings": {"batch": BATCH, "workers": WORKERS, "repeats": repeats,
+                     "window_s": window_s, "warmup_s": warmup_s,
+                     "gil_fetch_s": GIL_FETCH_S, "spin_iterations": spin_iterations,
+                     "spin_s": spin_s},
+        "workloads": {},
+    }
+    for workload in ("one_sample", "gil_bound"):
+        runs: Dict[str, List[Dict[str, float]]] = {"ours": [], "dataloader": []}
+        for r in range(repeats):
+            order = ("ours", "dataloader") if r % 2 == 0 else ("dataloader", "ours")
+            for side in order:
+                runs[side].append(measure_side(side, workload, spin_iterations, warmup_s,
+                                               window_s))
+            log("  %s repeat %d: ours %.0f, DataLoader %.0f batches/s" % (
+                workload, r + 1, runs["ours"][-1]["batches_per_s"],
+                runs["dataloader"][-1]["batches_per_s"]))
+        ratios = [o["batches_per_s"] / d["batches_per_s"]
+                  for o, d in zip(runs["ours"], runs["dataloader"])]
+        results["workloads"][workload] = {
+            "runs": runs,
+            "ratios": ratios,
+            "ratio_median": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+        }
+    results["machine"]["load_avg_end"] = os.getloadavg()[0]
+    return results
+
+
+def report(results: Dict[str, Any]) -> str:
+    s = results["settings"]
+    lines = [
+        "Loader vs DataLoader: %d workers each, batch %d, %d repeats of %.1f s (after %.1f s "
+        "warm-up); GIL-bound spin %.1f ms (calibrated; median %.1f ms just after)"
+        % (s["workers"], s["batch"], s["repeats"], s["window_s"], s["warmup_s"],
+           s["gil_fetch_s"] * 1e3, s["spin_s"] * 1e3),
+        "%-12s %-22s %-22s %-20s %s" % ("workload", "ours batches/s", "DataLoader batches/s",
+                                        "ratio median (min-max)", "first batch ours/DL"),
+    ]
+    for name, w in results["workloads"].items():
+        def rates(side: str) -> str:
+            v = [r["batches_per_s"] for r in w["runs"][side]]
+            return "%.0f (%.0f-%.0f)" % (statistics.median(v), min(v), max(v))
+
+        def first(side: str) -> float:
+            return statistics.median(r["first_batch_s"] for r in w["runs"][side])
+
+        lines.append("%-12s %-22s %-22s %-20s %.2f s / %.2f s" % (
+            name, rates("ours"), rates("dataloader"),
+            "%.2fx (%.2f-%.2f)" % (w["ratio_median"], w["ratio_min"], w["ratio_max"]),
+            first("ours"), first("dataloader")))
+    m = results["machine"]
+    lines.append("machine: %s CPUs, load average %.1f -> %.1f; python %s, torch %s" % (
+        m["cpus"], m["load_avg_start"], m["load_avg_end"], m["python"], m["torch"]))
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 repeats of 1 s windows")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--window", type=float, default=None, help="seconds per window")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    results = run(args.quick, args.repeats, args.window)
+    print(report(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

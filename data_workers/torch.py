@@ -1,0 +1,395 @@
+"""``data_workers.torch``: the same fetchers feed a PyTorch training loop.
+
+For teams moving a model off Caffe2 one model at a time: the ``fetch_fun``,
+``ShardedSource`` and checkpoints written for ``init_data_input_workers`` feed
+``Loader``, unchanged, and keep what made them trustworthy there (exactly-once
+rows, loud failures, process workers, determinism, resumable position).
+
+Usage::
+
+    from data_workers.torch import Loader
+
+    with Loader(fetch_fun, batch_size=32, num_workers=2, names=["data", "label"]) as loader:
+        for step, (data, label) in zip(range(steps), loader):
+            loss = criterion(model(data), label)
+            ...
+
+The pipeline is the one drawn in ``data_workers/__init__.py``, with a
+different sink at its end::
+
+    fetch_fun(worker_id, batch_size)   thread or process fetchers (same backends)
+            v
+    ChunkValidator -> ChunkChannel -> Rebatcher     (same engine, one copy per row)
+            v
+    TorchSink (enqueuer thread)        bounded hand-off, 4 batches, pooled buffers
+            v                          (``_torch_sink.py``)
+    Loader.__next__                    the training loop's thread: tensors sharing
+                                       the batch buffers' memory
+
+Nothing on this path imports Caffe2, so it runs with any PyTorch build.  A
+``Loader`` is one input with its own coordinator (not the Caffe2
+``global_coordinator`` registry) and follows NOTE [ Shutdown and error
+protocol ] in ``_coordinator.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+import time
+import weakref
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple
+
+import torch
+
+from ._args import check_positive_int, check_positive_seconds
+from ._backend import BackendSpec, FetcherBackend, FetcherHost, FetchFun
+from ._coordinator import GlobalWorkerCoordinator
+from ._errors import InputClosedError
+from ._input import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
+from ._lifecycle import Lifecycle
+from ._metrics import ExternalLogger, InputStats, Metrics
+from ._thread_workers import ThreadFetchers
+from ._torch_sink import TorchSink
+from .sharding import InputCheckpoint, ShardedSource
+
+__all__ = ["Loader"]
+
+logger = logging.getLogger(__name__)
+
+WORKER_TYPES = ("thread", "process")
+#: Longest single wait for a batch before the loader rechecks its input.
+_POLL_SECS = 0.5
+_STATE_VERSION = 1
+
+# Started loaders' groups, until close() finished them: the exit hook holds its
+# coordinators weakly, and a loader its user dropped without close() must still
+# be stopped (and its shared memory released) at interpreter exit.
+_running_lock = threading.RLock()
+_running: Set[GlobalWorkerCoordinator] = set()
+
+
+class Loader:
+    """An endless iterable of batches from ``fetch_fun``, as tuples of ``torch.Tensor``.
+
+    Each batch holds one tensor per array ``fetch_fun`` returns, each with exactly
+    ``batch_size`` rows along its batch column (with ``dont_rebatch``, the rows of
+    one chunk).  The fetchers start at the first ``next()``; iterating again
+    continues the same stream (there are no epochs: the fetchers decide what
+    comes next, e.g. a ``ShardedSource`` walks epoch after epoch).  Take a fixed
+    number of steps with ``zip(range(steps), loader)`` or ``itertools.islice``.
+
+    The tensors share memory with the loader's batch buffers; a buffer is
+    written again only after every tensor sharing it is gone, so a batch may be
+    kept.  Object (string) arrays have no tensor type and come as numpy arrays.
+    One thread iterates a loader.
+
+    Args:
+        fetch_fun: ``fetch_fun(worker_id, batch_size)`` returning a list of numpy
+            arrays (or None to skip), exactly as for ``init_data_input_workers``.
+            Worker ids are ``0 .. num_workers - 1``.  A ``ShardedSource`` gets its
+            worker ids bound at start and makes ``state_dict()`` available.
+        batch_size: rows per batch.
+        num_workers: fetcher threads or processes.
+        worker_type: ``"thread"`` or ``"process"`` (spawned processes, arrays
+            through shared memory; ``fetch_fun`` must be picklable).
+        deterministic: take one chunk from each worker in turn, so the batch
+            stream depends on the fetchers' outputs alone; needed for
+            ``state_dict()``.
+        seed: the i-th process worker seeds ``random`` and numpy with ``seed + i``.
+        batch_columns: the batch dimension of each array (default 0 for all).
+        dont_rebatch: every chunk is a batch as it is.
+        max_buffered_batches: chunks buffered between fetchers and batching.
+        timeout: seconds one ``next()`` waits for a batch before ``TimeoutError``.
+        pin_memory: allocate batches in pinned memory, for fast (asynchronous)
+            copies to a CUDA device.  Needs CUDA: without it the constructor raises
+            ``ValueError`` rather than silently handing out unpinned memory.
+        names: one name per array ``fetch_fun`` returns (the ``input_blob_names``
+            of the Caffe2 input being migrated); they fix how many arrays a chunk
+            must have and name them in errors.  If omitted, ``batch_columns``
+            gives the count; one of the two is required.
+        name: names this input in errors, logs and threads.
+        stall_warning_secs, shm_bytes_per_worker, external_loggers,
+            log_interval_secs: as for ``init_data_input_workers``.
+
+    Raises:
+        TypeError, ValueError: an argument is invalid (the message names it).
+    """
+
+    def __init__(
+        self,
+        fetch_fun: FetchFun,
+        batch_size: int,
+        num_workers: int = 2,
+        *,
+        worker_type: str = "thread",
+        deterministic: bool = False,
+        seed: Optional[int] = None,
+        batch_columns: Optional[Sequence[int]] = None,
+        dont_rebatch: bool = False,
+        max_buffered_batches: int = 800,
+        timeout: float = 600,
+        pin_memory: bool = False,
+        names: Optional[Sequence[str]] = None,
+        name: str = "loader",
+        stall_warning_secs: Optional[float] = None,
+        shm_bytes_per_worker: Optional[int] = None,
+        external_loggers: Optional[Iterable[ExternalLogger]] = None,
+        log_interval_secs: float = LOG_INT_SECS,
+    ) -> None:
+        blob_names, columns = _check_args(
+            fetch_fun, batch_size, num_workers, worker_type, seed, batch_columns,
+            max_buffered_batches, timeout, pin_memory, names, name)
+        check_positive_seconds("stall_warning_secs", stall_warning_secs, or_none=True)
+        check_positive_seconds("log_interval_secs", log_interval_secs)
+        if worker_type == "process":
+            _check_process_args(fetch_fun, shm_bytes_per_worker)
+        self._fetch_fun_type = type(fetch_fun).__name__
+        self._source = fetch_fun if isinstance(fetch_fun, ShardedSource) else None
+        if self._source is not None and self._source.batch_size != batch_size:
+            raise ValueError("batch_size %d differs from the ShardedSource's batch_size %d"
+                             % (batch_size, self._source.batch_size))
+        config = InputConfig(
+            blob_names=blob_names, batch_size=batch_size, input_source=name, namescope="",
+            device_option=None, num_workers=num_workers,
+            max_buffered_batches=max_buffered_batches, dont_rebatch=bool(dont_rebatch),
+            batch_columns=columns, timeout=float(timeout), worker_type=worker_type,
+            deterministic=bool(deterministic), seed=seed, log_interval_secs=log_interval_secs,
+            shm_bytes_per_worker=shm_bytes_per_worker, stall_warning_secs=stall_warning_secs)
+        spec = BackendSpec(
+            fetch_fun=fetch_fun, input_source=name, blob_names=blob_names,
+            batch_columns=columns, dont_rebatch=config.dont_rebatch, seed=seed,
+            shm_bytes_per_worker=shm_bytes_per_worker)
+        self._config = config
+        self._sink = TorchSink(blob_names, pin_memory=pin_memory)
+        worker_ids = list(range(num_workers))
+        feeder = BatchFeeder(config, worker_ids, Metrics(external_loggers), self._sink)
+        self._input = InputCoordinator(
+            config, worker_ids, None if self._source is None else self._source.init_fun,
+            feeder, _backend_factory(worker_type, spec))
+        # A registry of its own: one stop() deadline, the lazy exit hook, and
+        # nothing shared with the Caffe2 inputs of the same process.
+        self._group = GlobalWorkerCoordinator()
+        self._group.add(self._input)
+        self._batches_taken = 0
+        # Reentrant: close() may run from a signal handler interrupting _start().
+        self._lock = threading.RLock()
+        # Dropped without close(): halt the workers (never blocks); the exit hook
+        # joins and cleans up.  The coordinator never refers back to the loader.
+        self._finalizer = weakref.finalize(self, self._input.begin_stop)
+        self._finalizer.atexit = False
+
+    # -- iteration -------------------------------------------------------------
+    def __iter__(self) -> "Loader":
+        return self
+
+    def __next__(self) -> Tuple[torch.Tensor, ...]:
+        """The next batch.
+
+        Raises:
+            DataInputError: the input failed (``FetcherError``, ``WorkerDiedError``,
+                ``ChunkTypeError``, ...), raised at the first ``next()`` after the
+                failure; later calls raise ``InputClosedError`` from it.
+            InputClosedError: the loader was closed.
+            TimeoutError: no batch came within ``timeout`` seconds.
+        """
+        if self._input.lifecycle is Lifecycle.CREATED:
+            self._start()
+        deadline = time.monotonic() + self._config.timeout
+        while True:
+            self._raise_if_halted()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                stats = self.stats()
+                raise TimeoutError(
+                    "loader %r: no batch within timeout=%gs (%d chunks fetched, %d rows waiting "
+                    "for a batch of %d); a slow or stuck fetch_fun? stall_warning_secs names the "
+                    "stuck stage" % (self._config.input_source, self._config.timeout,
+                                     stats.chunks_fetched, stats.rows_buffered,
+                                     self._config.batch_size))
+            # A failure or close() closes the sink, which wakes this wait at once.
+            batch = self._sink.take(min(left, _POLL_SECS))
+            if batch is not None:
+                self._batches_taken += 1
+                return batch
+
+    def _raise_if_halted(self) -> None:
+        failure = self._input.failure
+        if failure is not None:
+            self._input.check()  # first time: raised here, so close() will not raise it again
+            err = InputClosedError("loader %r failed earlier: %s"
+                                   % (self._config.input_source, failure))
+            raise err from failure
+        if self._input.lifecycle.halted:
+            raise InputClosedError("loader %r was closed" % self._config.input_source)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._input.lifecycle is not Lifecycle.CREATED:
+                return
+            with _running_lock:
+                _running.add(self._group)
+            self._group.start()  # registers the exit hook; binds a ShardedSource's ids
+
+    # -- lifecycle ---------------------------------------------------------------
+    def close(self, timeout: Optional[float] = None) -> bool:
+        """Stop the fetchers, join them and release every buffer.  Idempotent.
+
+        NOTE [ Shutdown and error protocol ] (``_coordinator.py``): halts, joins
+        against one deadline, cleans up, then raises the input's failure unless
+        iteration raised it already.  Tensors already handed out stay valid.
+
+        Args:
+            timeout: seconds to wait for the workers (default ``STOP_TIMEOUT_SECS``).
+
+        Returns:
+            True if every worker ended within ``timeout``.
+
+        Raises:
+            DataInputError: the input's failure, if not raised by iteration yet.
+        """
+        self._finalizer.detach()
+        try:
+            return self._group.stop(raise_failure=True, timeout=timeout)
+        finally:
+            if self._input.lifecycle is Lifecycle.STOPPED:
+                # Interrupted midway (Ctrl-C), it stays listed for the exit hook (rule 5).
+                with _running_lock:
+                    _running.discard(self._group)
+
+    def __enter__(self) -> "Loader":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        # Raises the input's failure even when the body raised: it is the cause.
+        self.close()
+
+    # -- observation ---------------------------------------------------------------
+    def stats(self) -> InputStats:
+        """A frozen snapshot of the input's counters (``batches_enqueued``: handed to the sink)."""
+        return self._input.stats()
+
+    @property
+    def batch_size(self) -> int:
+        return self._config.batch_size
+
+    @property
+    def names(self) -> Tuple[str, ...]:
+        return tuple(self._config.blob_names)
+
+    def __repr__(self) -> str:
+        return "Loader(%r, batch_size=%d, %d %s workers, %s)" % (
+            self._config.input_source, self._config.batch_size, self._config.num_workers,
+            self._config.worker_type, self._input.lifecycle.value)
+
+    # -- checkpoints (the names torchdata's StatefulDataLoader uses) ----------------
+    def state_dict(self) -> Dict[str, Any]:
+        """The position after the batches taken so far, as a plain dict.
+
+        Save it with the model's ``state_dict()`` of the same step; a new loader
+        over an equal ``ShardedSource`` given it by ``load_state_dict`` continues
+        with exactly the batch that would have come next.
+
+        Raises:
+            TypeError: ``fetch_fun`` is not a ``ShardedSource`` (nothing else
+                records its position).
+            ValueError: ``deterministic`` is False: batches are not taken in
+                block order, so no position describes the stream.
+        """
+        source = self._resumable("state_dict")
+        return {"version": _STATE_VERSION,
+                "source": source.checkpoint(self._batches_taken).to_dict()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Continue from ``state_dict`` (from ``state_dict()``); before the first batch.
+
+        Raises:
+            TypeError, ValueError: as for ``state_dict()``, or ``state_dict`` is not
+                one of ours or belongs to another data set, seed or policy.
+            RuntimeError: the loader has started (the fetchers already run).
+        """
+        source = self._resumable("load_state_dict")
+        if not isinstance(state_dict, Mapping) or state_dict.get("version") != _STATE_VERSION \
+                or not isinstance(state_dict.get("source"), Mapping):
+            raise ValueError("state_dict must come from Loader.state_dict() (version %d), got %r"
+                             % (_STATE_VERSION, state_dict))
+        checkpoint = InputCheckpoint.from_dict(state_dict["source"])
+        with self._lock:
+            if self._input.lifecycle is not Lifecycle.CREATED:
+                raise RuntimeError("load_state_dict() must be called before the first batch "
+                                   "is taken; build a new Loader to resume")
+            source.restore(checkpoint)
+            self._batches_taken = 0
+
+    def _resumable(self, what: str) -> ShardedSource:
+        if self._source is None:
+            raise TypeError("%s() needs fetch_fun to be a data_workers.ShardedSource, which "
+                            "records its position; got %s" % (what, self._fetch_fun_type))
+        if not self._config.deterministic:
+            raise ValueError("%s() needs Loader(..., deterministic=True): otherwise batches "
+                             "are not cut in block order and no position describes the stream"
+                             % what)
+        return self._source
+
+
+def _check_args(fetch_fun: Any, batch_size: Any, num_workers: Any, worker_type: Any, seed: Any,
+                batch_columns: Any, max_buffered_batches: Any, timeout: Any, pin_memory: Any,
+                names: Any, name: Any) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
+    if not callable(fetch_fun):
+        raise TypeError("fetch_fun must be callable as fetch_fun(worker_id, batch_size), got %r"
+                        % (fetch_fun,))
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("num_workers", num_workers)
+    check_positive_int("max_buffered_batches", max_buffered_batches)
+    check_positive_seconds("timeout", timeout)
+    if worker_type not in WORKER_TYPES:
+        raise ValueError("worker_type must be one of %s, got %r" % (WORKER_TYPES, worker_type))
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError("seed must be an int or None, got %r" % (seed,))
+    if not isinstance(name, str) or not name:
+        raise TypeError("name must be a non-empty str, got %r" % (name,))
+    if names is not None and (isinstance(names, str) or not isinstance(names, (list, tuple))
+                              or not names or not all(isinstance(n, str) for n in names)):
+        raise TypeError("names must be a non-empty list of str, one per array fetch_fun "
+                        "returns, got %r" % (names,))
+    if batch_columns is not None:
+        columns = list(batch_columns)
+        if not columns or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                  for c in columns) \
+                or (names is not None and len(columns) != len(names)):
+            raise ValueError("batch_columns must list one non-negative int per array%s, got %r"
+                             % (" %s" % (list(names),) if names is not None else "", batch_columns))
+    if names is None and batch_columns is None:
+        raise TypeError("Loader needs to know how many arrays fetch_fun returns: pass "
+                        "names=[...] (one per array, e.g. the Caffe2 input_blob_names) or "
+                        "batch_columns=[...]")
+    blob_names = tuple(names) if names is not None else tuple(
+        "array%d" % i for i in range(len(batch_columns)))
+    columns_t = tuple(batch_columns) if batch_columns is not None else (0,) * len(blob_names)
+    if not isinstance(pin_memory, bool):
+        raise TypeError("pin_memory must be a bool, got %r" % (pin_memory,))
+    if pin_memory and not torch.cuda.is_available():
+        raise ValueError("pin_memory=True pins batches for copies to a CUDA device, and "
+                         "torch.cuda.is_available() is False here; pass pin_memory=False")
+    return blob_names, columns_t
+
+
+def _check_process_args(fetch_fun: Any, shm_bytes_per_worker: Any) -> None:
+    try:
+        pickle.dumps(fetch_fun)
+    except Exception as exc:
+        raise TypeError(
+            "worker_type='process' sends fetch_fun to spawned worker processes, so it must be "
+            "picklable (a module-level function, or an instance of a module-level class); "
+            "%r is not: %s" % (fetch_fun, exc)) from exc
+    check_positive_int("shm_bytes_per_worker", shm_bytes_per_worker, or_none=True)
+
+
+def _backend_factory(worker_type: str,
+                     spec: BackendSpec) -> Callable[[FetcherHost], FetcherBackend]:
+    if worker_type == "process":
+        from ._process_workers import ProcessFetchers  # not imported by thread-only scripts
+
+        return lambda host: ProcessFetchers(host, spec)
+    return lambda host: ThreadFetchers(host, spec)

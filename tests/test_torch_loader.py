@@ -1,0 +1,357 @@
+"""``data_workers.torch.Loader``: the engine's guarantees, seen from a PyTorch loop.
+
+Exactly-once and in-order rows per fetcher, failures raised at the next batch,
+close() leaving nothing behind (the autouse ``no_leaks`` fixture checks threads
+and processes), kept tensors never overwritten, state_dict resume, and an
+import path free of Caffe2.  Each body runs over both fetcher backends.
+"""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any, List, Tuple
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+import data_workers
+from data_workers.torch import Loader
+from fault_fetchers import BlockingFetcher, RandomRaiser, SteadyFetcher, SuddenDeath, tagged_chunk
+from fault_util import WORKER_TYPES, shm_segments, wait_for
+from util import check_tagged
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+NAMES = ["data", "label"]
+
+
+def as_numpy(batches: List[Tuple[torch.Tensor, ...]]) -> List[List[np.ndarray]]:
+    return [[t.numpy() for t in batch] for batch in batches]
+
+
+def take(loader: Loader, n: int) -> List[Tuple[torch.Tensor, ...]]:
+    return [batch for _, batch in zip(range(n), loader)]
+
+
+@pytest.fixture(params=WORKER_TYPES)
+def worker_type(request: Any) -> str:
+    return request.param
+
+
+# ----------------------------------------------------------------------------- import path
+
+
+def test_no_caffe2_module_and_the_exit_hook_stops_a_loader_nobody_closed(tmp_path: Path) -> None:
+    """One child interpreter (importing torch costs seconds): it imports and runs
+    loaders of both kinds, checks ``sys.modules``, and exits with a process
+    loader still running, which the exit hook must stop."""
+    script = tmp_path / "forgot_close.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+
+        if __name__ == "__main__":  # worker processes re-import this file: keep them light
+            import data_workers.torch
+            from fault_fetchers import SteadyFetcher
+
+            with data_workers.torch.Loader(SteadyFetcher(), 4, names=["d", "l"]) as loader:
+                for _, (data, label) in zip(range(5), loader):
+                    assert data.shape == (4, 3)
+            loader = data_workers.torch.Loader(SteadyFetcher(), 4, 2, worker_type="process",
+                                               names=["d", "l"])
+            next(loader)
+            loaded = sorted(m for m in sys.modules if m.startswith("caffe2"))
+            if loaded:
+                sys.exit("caffe2 modules loaded: %s" % loaded)
+            print(" ".join(str(p) for p in loader.stats().worker_pids))
+    """))
+    env = {"PYTHONPATH": "%s:%s" % (REPO_ROOT, TESTS), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    pids = [int(p) for p in result.stdout.split()]
+    assert len(pids) == 2
+    for pid in pids:
+        try:
+            assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            pass
+
+
+# ----------------------------------------------------------------------------- delivery
+
+
+def test_every_row_exactly_once_in_order_per_worker(worker_type: str) -> None:
+    with Loader(SteadyFetcher(max_rows=16), 8, 2, worker_type=worker_type, names=NAMES,
+                timeout=10) as loader:
+        batches = take(loader, 120)
+        stats = loader.stats()
+    assert all(isinstance(t, torch.Tensor) for batch in batches for t in batch)
+    assert batches[0][0].dtype == torch.float64 and batches[0][1].dtype == torch.int32
+    seen = check_tagged(as_numpy(batches), batch_size=8)
+    assert sum(seen.values()) == 120 * 8
+    assert stats.worker_type == worker_type and stats.batches_enqueued >= 120
+
+
+def test_deterministic_stream_is_the_round_robin_of_fetcher_outputs(worker_type: str) -> None:
+    with Loader(SteadyFetcher(max_rows=16, seed=3), 8, 3, worker_type=worker_type,
+                deterministic=True, names=NAMES, timeout=10) as loader:
+        got = np.concatenate([b[0].numpy() for b in take(loader, 40)])
+    reference = SteadyFetcher(max_rows=16, seed=3)
+    chunks = []
+    while sum(len(c) for c in chunks) < len(got):
+        for worker_id in range(3):
+            chunks.append(reference(worker_id, 8)[0])
+    np.testing.assert_array_equal(got, np.concatenate(chunks)[:len(got)])
+
+
+def test_batch_columns_and_dont_rebatch() -> None:
+    def time_major(worker_id: int, batch_size: int) -> List[np.ndarray]:
+        return [np.zeros((5, 3, 2), np.float32), np.zeros(3, np.int64)]
+
+    with Loader(time_major, 4, 1, batch_columns=[1, 0]) as loader:
+        data, label = next(loader)
+        assert loader.names == ("array0", "array1")
+    assert data.shape == (5, 4, 2) and label.shape == (4,)
+    with Loader(time_major, 4, 1, batch_columns=[1, 0], dont_rebatch=True) as loader:
+        data, label = next(loader)
+    assert data.shape == (5, 3, 2) and label.shape == (3,)
+
+
+def test_string_arrays_come_as_numpy_object_arrays() -> None:
+    def text(worker_id: int, batch_size: int) -> List[np.ndarray]:
+        return [np.arange(2, dtype=np.int64), np.array(["a", "b"], dtype=object)]
+
+    with Loader(text, 3, 1, names=["id", "text"]) as loader:
+        ids, words = next(loader)
+    assert isinstance(ids, torch.Tensor) and isinstance(words, np.ndarray)
+    assert list(words) == ["a", "b", "a"]
+
+
+# ----------------------------------------------------------------------------- buffers
+
+
+def test_kept_tensors_are_never_overwritten_and_released_buffers_are_reused() -> None:
+    with Loader(SteadyFetcher(max_rows=16), 8, 2, names=NAMES, timeout=10) as loader:
+        kept = take(loader, 6)
+        copies = [tuple(t.clone() for t in batch) for batch in kept]
+        # Also keep a derived view only: it must pin its buffer just the same.
+        sliced = next(loader)[0][2:5]
+        sliced_copy = sliced.clone()
+        addresses = set()
+        for _, (data, _label) in zip(range(60), loader):
+            addresses.add(data.data_ptr())
+            del data, _label  # released: its buffer may serve a later batch
+    for batch, copy in zip(kept, copies):
+        for tensor, expected in zip(batch, copy):
+            assert torch.equal(tensor, expected)
+    assert torch.equal(sliced, sliced_copy)
+    assert not addresses & {b[0].data_ptr() for b in kept}
+    assert len(addresses) <= 8, "released buffers were not reused: %d distinct" % len(addresses)
+
+
+def test_dtype_without_a_tensor_type_is_a_clear_error() -> None:
+    def unsigned16(worker_id: int, batch_size: int) -> List[np.ndarray]:
+        return [np.zeros((4, 2), np.uint16)]
+
+    with pytest.raises(data_workers.ChunkTypeError, match="'pixels' has dtype uint16"):
+        with Loader(unsigned16, 4, 1, names=["pixels"]) as loader:
+            next(loader)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_pin_memory_hands_out_pinned_tensors() -> None:
+    with Loader(SteadyFetcher(), 8, 2, names=NAMES, pin_memory=True, timeout=10) as loader:
+        batches = take(loader, 5)
+    assert all(t.is_pinned() for batch in batches for t in batch)
+    check_tagged(as_numpy(batches), batch_size=8)
+    moved = [t.cuda(non_blocking=True) for t in batches[-1]]
+    torch.cuda.synchronize()
+    assert torch.equal(moved[0].cpu(), batches[-1][0])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_pin_memory_without_cuda_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="pin_memory=True .* torch.cuda.is_available"):
+        Loader(SteadyFetcher(), 8, names=NAMES, pin_memory=True)
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def test_fetcher_failure_is_raised_at_the_next_batch(worker_type: str) -> None:
+    loader = Loader(RandomRaiser(p=0.3), 4, 2, worker_type=worker_type, names=NAMES,
+                    timeout=10)
+    rows: List[Tuple[torch.Tensor, ...]] = []
+    with pytest.raises(data_workers.FetcherError) as info:
+        for batch in loader:
+            rows.append(batch)
+    assert info.value.input_source == "loader"
+    assert "FlakyDiskError" in str(info.value) or "FlakyDiskError" in repr(info.value.__cause__)
+    check_tagged(as_numpy(rows), batch_size=4)  # what came before the failure is intact
+    with pytest.raises(data_workers.InputClosedError, match="failed earlier") as again:
+        next(loader)
+    assert again.value.__cause__ is info.value
+    assert loader.close() is True  # raised once, by iteration; close() does not repeat it
+
+
+class FailWhenTold:
+    """Thread workers: tagged chunks of 4 rows until ``fail`` is set, then raises."""
+
+    def __init__(self, fail: threading.Event) -> None:
+        self.fail = fail
+        self.seq = 0
+
+    def __call__(self, worker_id: int, batch_size: int) -> List[np.ndarray]:
+        if self.fail.is_set():
+            raise OSError("told to fail")
+        self.seq += 4
+        return tagged_chunk(worker_id, self.seq - 4, 4)
+
+
+def test_failure_preempts_batches_already_buffered() -> None:
+    fail = threading.Event()
+    with Loader(FailWhenTold(fail), 4, 1, names=NAMES, timeout=10) as loader:
+        next(loader)
+        wait_for(lambda: loader.stats().batches_enqueued >= 3, 10, "batches waiting")
+        fail.set()
+        wait_for(lambda: loader.stats().failure is not None, 10, "the failure")
+        with pytest.raises(data_workers.FetcherError, match="told to fail"):
+            next(loader)
+
+
+def test_failure_not_seen_by_iteration_is_raised_by_close() -> None:
+    loader = Loader(RandomRaiser(p=1.0), 1, 1, names=NAMES, timeout=10)
+    next(loader)
+    wait_for(lambda: loader.stats().failure is not None, 10, "the failure")
+    with pytest.raises(data_workers.FetcherError):
+        loader.close()
+    loader.close()  # idempotent, raises nothing more
+
+
+@pytest.mark.parametrize("worker_type", WORKER_TYPES[1:])
+def test_worker_death_is_raised_at_the_next_batch(worker_type: str) -> None:
+    with Loader(SuddenDeath("sigkill", worker_to_die=1), 4, 2, worker_type=worker_type,
+                names=NAMES, timeout=10) as loader:
+        with pytest.raises(data_workers.WorkerDiedError) as info:
+            for _ in loader:
+                pass
+    assert info.value.signal_name == "SIGKILL"
+
+
+def test_a_stuck_fetcher_is_a_timeout_not_a_hang() -> None:
+    release = threading.Event()
+    loader = Loader(BlockingFetcher(release), 4, 1, names=NAMES, timeout=0.3)
+    try:
+        with pytest.raises(TimeoutError, match="no batch within timeout=0.3s"):
+            next(loader)
+    finally:
+        release.set()
+        loader.close()
+
+
+# ----------------------------------------------------------------------------- lifecycle
+
+
+def test_close_with_workers_blocked_on_a_full_pipeline_leaves_nothing(worker_type: str) -> None:
+    shm_before = shm_segments()
+    loader = Loader(SteadyFetcher(), 2, 2, worker_type=worker_type, names=NAMES,
+                    max_buffered_batches=4, timeout=10)
+    next(loader)
+    wait_for(lambda: loader.stats().chunk_queue_depth >= 4, 10, "a full chunk channel")
+    assert loader.close(timeout=5) is True
+    assert loader.stats().state == "stopped"
+    assert loader.close() is True
+    with pytest.raises(data_workers.InputClosedError, match="was closed"):
+        next(loader)
+    assert shm_segments() <= shm_before
+
+
+def test_close_before_start_and_iterating_a_closed_loader() -> None:
+    Loader(SteadyFetcher(), 2, names=NAMES).close()
+    with Loader(SteadyFetcher(), 2, names=NAMES) as loader:
+        pass
+    with pytest.raises(data_workers.InputClosedError):
+        next(loader)
+
+
+def test_a_dropped_loader_halts_its_workers() -> None:
+    loader = Loader(SteadyFetcher(), 2, 2, names=NAMES)
+    next(loader)
+    threads = [t for t in threading.enumerate() if "data_workers loader" in t.name]
+    assert threads
+    del loader
+    gc.collect()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(fetch_fun=42), TypeError, "fetch_fun must be callable"),
+    (dict(batch_size=0), ValueError, "batch_size must be a positive int"),
+    (dict(num_workers=True), ValueError, "num_workers must be a positive int"),
+    (dict(worker_type="fiber"), ValueError, "worker_type must be one of"),
+    (dict(timeout=-1), ValueError, "timeout must be a positive number"),
+    (dict(names="data"), TypeError, "names must be a non-empty list"),
+    (dict(names=None), TypeError, "pass names=.* or batch_columns"),
+    (dict(batch_columns=[0]), ValueError, "batch_columns must list one non-negative int"),
+    (dict(seed=1.5), TypeError, "seed must be an int"),
+    (dict(worker_type="process", fetch_fun=lambda w, b: None), TypeError, "must be picklable"),
+])
+def test_bad_arguments_name_the_parameter(kwargs: Any, error: type, match: str) -> None:
+    args = dict(fetch_fun=SteadyFetcher(), batch_size=4, names=NAMES)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        Loader(**args)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _source(**kwargs: Any) -> data_workers.ShardedSource:
+    rows = np.arange(200, dtype=np.int64)
+    return data_workers.ShardedSource([rows[:, None].astype(np.float32), rows], batch_size=8,
+                                      seed=7, policy="wrap", **kwargs)
+
+
+def test_state_dict_resumes_the_exact_stream(worker_type: str) -> None:
+    with Loader(_source(), 8, 2, worker_type=worker_type, deterministic=True, names=NAMES,
+                timeout=10) as loader:
+        take(loader, 20)  # crosses an epoch boundary (25 steps of 8 per epoch of 200)
+        state = loader.state_dict()
+        expected = [b[1].numpy().copy() for b in take(loader, 12)]
+    assert state["source"]["step"] == 20
+    # A new job: new source, other worker count and backend, same position.
+    with Loader(_source(), 8, 3, deterministic=True, names=NAMES, timeout=10) as resumed:
+        resumed.load_state_dict(state)
+        assert resumed.state_dict() == state
+        got = [b[1].numpy() for b in take(resumed, 12)]
+    for want, have in zip(expected, got):
+        np.testing.assert_array_equal(want, have)
+
+
+def test_state_dict_needs_a_sharded_source_deterministic_and_not_started() -> None:
+    with pytest.raises(TypeError, match="ShardedSource"):
+        Loader(SteadyFetcher(), 8, names=NAMES, deterministic=True).state_dict()
+    with pytest.raises(ValueError, match="deterministic=True"):
+        Loader(_source(), 8, names=NAMES).state_dict()
+    with pytest.raises(ValueError, match="batch_size 4 differs"):
+        Loader(_source(), 4, names=NAMES)
+    with Loader(_source(), 8, names=NAMES, deterministic=True) as loader:
+        state = loader.state_dict()
+        with pytest.raises(ValueError, match="must come from Loader.state_dict"):
+            loader.load_state_dict({"step": 3})
+        next(loader)
+        with pytest.raises(RuntimeError, match="before the first batch"):
+            loader.load_state_dict(state)
+    other = dict(state, source=dict(state["source"], seed=8))
+    with pytest.raises(ValueError, match="does not belong"):
+        Loader(_source(), 8, names=NAMES, deterministic=True).load_state_dict(other)
