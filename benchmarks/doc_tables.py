@@ -33,6 +33,8 @@ from benchmarks import _harness as h  # noqa: E402
 from benchmarks import run  # noqa: E402
 
 JSON_PATH = os.path.join(h.REPO_ROOT, "docs", "benchmarks.json")
+#: The process-workers-against-peers run (``python -m benchmarks.peers --json ...``).
+PEERS_JSON_PATH = os.path.join(h.REPO_ROOT, "docs", "peers.json")
 Doc = Dict[str, Any]  # a benchmarks.json document
 
 
@@ -95,15 +97,30 @@ def render_file(text: str, path: str, blocks: Dict[str, str]) -> str:
     return text
 
 
-def stale_files(write: bool, json_path: str = JSON_PATH, root: str = h.REPO_ROOT) -> List[str]:
+#: Blocks rendered from docs/peers.json by ``benchmarks.peers.markdown``.
+PEER_BLOCKS: Dict[str, str] = {
+    "README.md": "peers-summary",
+    os.path.join("docs", "benchmarks.md"): "peers-tables",
+}
+
+
+def stale_files(write: bool, json_path: str = JSON_PATH, root: str = h.REPO_ROOT,
+                peers_path: str = PEERS_JSON_PATH) -> List[str]:
     """Renders every block; returns the files whose blocks differ (rewritten if ``write``)."""
+    from benchmarks import peers
+
     doc, summaries = load(json_path)
+    with open(peers_path, encoding="utf-8") as f:
+        peer_table = peers.markdown(json.load(f))
     stale = []
     for rel, renderers in BLOCKS.items():
         path = os.path.join(root, rel)
         with open(path, encoding="utf-8") as f:
             old = f.read()
-        new = render_file(old, rel, {name: fn(doc, summaries) for name, fn in renderers.items()})
+        blocks = {name: fn(doc, summaries) for name, fn in renderers.items()}
+        if rel in PEER_BLOCKS:
+            blocks[PEER_BLOCKS[rel]] = peer_table
+        new = render_file(old, rel, blocks)
         if new != old:
             stale.append(rel)
             if write:

@@ -192,11 +192,50 @@ def _spread(values: List[float]) -> str:
     return "%.0f (%.0f-%.0f)" % (statistics.median(values), min(values), max(values))
 
 
+#: Goals from the process-workers issue: (workload, numerator, denominator, goal).
+GOALS = [
+    ("one_sample", "ours-process", "dataloader", 1.5),
+    ("gil_bound", "ours-process", "dataloader", 1.5),
+    ("big_batches", "ours-process", "dataloader", 1.5),
+    ("one_sample", "ours-process", "ours-thread", 0.8),
+    ("big_batches", "ours-process", "ours-thread", 0.9),
+    ("gil_bound", "ours-process", "compute_limit", 0.8),
+]
+
+
+def markdown(doc: Dict[str, Any]) -> str:
+    """The tables of one run (``--json`` output): per workload, then the goals."""
+    results = doc["results"]
+    parts = ["Run of %s: %d fresh-interpreter repeats of %.1f s windows per case, "
+             "interleaved; %s." % (doc.get("date_utc", "?"), doc["repeats"], doc["window_secs"],
+                                   doc.get("machine", "?"))]
+    for workload, cases in results.items():
+        rows = ["| case | batches/s, median (min-max) | trainer CPU ms/batch |",
+                "| --- | ---: | ---: |"]
+        for case, runs in cases.items():
+            cpu = [r["trainer_cpu_ms_per_batch"] for r in runs]
+            rows.append("| %s | %s | %s |" % (
+                case, _spread([r["batches_per_s"] for r in runs]),
+                "-" if any(c != c for c in cpu) else "%.2f" % statistics.median(cpu)))
+        parts.append("**%s**\n\n%s" % (workload, "\n".join(rows)))
+    goal_rows = ["| ratio | measured | goal | result |", "| --- | ---: | ---: | --- |"]
+    for workload, num, den, goal in GOALS:
+        if workload not in results:
+            continue
+        med = {c: statistics.median(r["batches_per_s"] for r in runs)
+               for c, runs in results[workload].items()}
+        ratio = med[num] / med[den]
+        goal_rows.append("| %s: %s / %s | %.2fx | >= %.1fx | %s |" % (
+            workload, num, den, ratio, goal, "PASS" if ratio >= goal else "MISS"))
+    parts.append("\n".join(goal_rows))
+    return "\n\n".join(parts) + "\n"
+
+
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workloads", nargs="*", default=list(CASES))
-    parser.add_argument("--json", help="write the raw results here")
+    parser.add_argument("--json", help="write the results here (docs/peers.json feeds the docs)")
     args = parser.parse_args(argv)
     repeats, secs = (2, 1.5) if args.quick else (3, 4.0)
     iterations = spin_iterations()
@@ -206,21 +245,13 @@ def main(argv: List[str]) -> int:
         for _ in range(repeats):  # interleaved, so drift hits every case alike
             for case in CASES[workload]:
                 results[workload][case].append(_child(workload, case, secs, iterations))
-    for workload, cases in results.items():
-        print("\n%s" % workload)
-        print("  %-14s %22s %24s" % ("case", "batches/s med (min-max)", "trainer CPU ms/batch"))
-        med = {c: statistics.median(r["batches_per_s"] for r in runs) for c, runs in cases.items()}
-        for case, runs in cases.items():
-            cpu = [r["trainer_cpu_ms_per_batch"] for r in runs]
-            print("  %-14s %22s %24s" % (case, _spread([r["batches_per_s"] for r in runs]),
-                                         "-" if np.isnan(cpu[0]) else "%.3f" % statistics.median(cpu)))
-        print("  process / dataloader: %.2fx" % (med["ours-process"] / med["dataloader"]))
-        print("  process / thread:     %.2fx" % (med["ours-process"] / med["ours-thread"]))
-        if "compute_limit" in med:
-            print("  process / compute limit: %.2f" % (med["ours-process"] / med["compute_limit"]))
+    doc = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "machine": "%d cores, Python %s" % (os.cpu_count() or 0, sys.version.split()[0]),
+           "repeats": repeats, "window_secs": secs, "results": results}
+    print(markdown(doc))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"repeats": repeats, "window_secs": secs, "results": results}, f, indent=1)
+            json.dump(doc, f, indent=1)
     return 0
 
 

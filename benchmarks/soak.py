@@ -238,8 +238,11 @@ def run_cycle(phase: Phase, cycle: int, sampler: Sampler,
     started = time.monotonic()
     coord.start()
     outcome = "completed"
+    # With a failure injected, consume until it surfaces (the worker it is meant
+    # for may not reach its call within the cycle's batches), within a bound.
+    limit = phase.batches_per_cycle if fail_at is None else 50 * phase.batches_per_cycle
     try:
-        for _ in range(phase.batches_per_cycle):
+        for _ in range(limit):
             try:
                 workspace.RunNet(name)
             except RuntimeError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-import pickle
 from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from caffe2.proto import caffe2_pb2
@@ -17,18 +16,17 @@ from caffe2.python import core, scope
 
 from . import _workspace_guard
 from ._args import check_int, check_positive_int, check_positive_seconds
-from ._backend import BackendSpec, FetcherBackend, FetcherHost
+from ._backend import BackendSpec
+from ._backends import WORKER_TYPES, backend_factory, check_picklable
 from ._coordinator import GlobalWorkerCoordinator, InitFun
 from ._enqueue import MAX_DEQUEUE_TIMEOUT_SECS, Caffe2Feed, caffe2_names
 from ._input import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
 from ._metrics import ExternalLogger, InputStats, Metrics
-from ._thread_workers import ThreadFetchers
 
 __all__ = ["GlobalCoordinator", "global_coordinator", "init_data_input_workers", "get_worker_ids"]
 
 logger = logging.getLogger(__name__)
 
-WORKER_TYPES = ("thread", "process")
 
 
 def get_worker_ids(num_workers: int) -> List[int]:
@@ -170,7 +168,7 @@ def _check_args(net: Any, input_blob_names: Any, fetch_fun: Any, batch_size: Any
                                                 or_none=True),
     )
     if worker_type == "process":
-        _check_process_args(fetch_fun)
+        check_picklable(fetch_fun)
     _check_no_live_twin(input_blob_names, scope.CurrentNameScope(), input_source_name)
     return checked
 
@@ -217,16 +215,6 @@ def _check_timeout(timeout: Any) -> float:
             "at most %.1f, or float('inf') to wait until a batch comes or the input stops"
             % (timeout, MAX_DEQUEUE_TIMEOUT_SECS, MAX_DEQUEUE_TIMEOUT_SECS))
     return seconds
-
-
-def _check_process_args(fetch_fun: Any) -> None:
-    try:
-        pickle.dumps(fetch_fun)
-    except Exception as exc:
-        raise TypeError(
-            "worker_type='process' sends fetch_fun to spawned worker processes, so it must be "
-            "picklable (a module-level function, or an instance of a module-level class); "
-            "%r is not: %s" % (fetch_fun, exc)) from exc
 
 
 def _check_no_live_twin(blob_names: Sequence[str], namescope: str, input_source: str) -> None:
@@ -325,18 +313,10 @@ def init_data_input_workers(
     try:
         feeder = BatchFeeder(config, worker_ids, Metrics(external_loggers), sink)
         coordinator = InputCoordinator(config, worker_ids, init_fun, feeder,
-                                       _backend_factory(worker_type, spec))
+                                       backend_factory(worker_type, spec))
         sink.add_dequeue_ops(net)
     except BaseException:
         sink.discard()
         raise
     global_coordinator.add(coordinator)
     return global_coordinator
-
-
-def _backend_factory(worker_type: str, spec: BackendSpec) -> "Callable[[FetcherHost], FetcherBackend]":
-    if worker_type == "process":
-        from ._process_workers import ProcessFetchers  # not imported by thread-only scripts
-
-        return lambda host: ProcessFetchers(host, spec)
-    return lambda host: ThreadFetchers(host, spec)

@@ -47,7 +47,10 @@ attack it answers.
 7. Every wait is woken by a close or bounded by a timeout that rechecks the
    lifecycle.  Every lock that ``stop()`` takes is reentrant, so ``stop()``
    called from a signal handler cannot deadlock on a lock the interrupted
-   frame holds (``stats()``, a channel operation, ``start()``).  start() and
+   frame holds (a channel operation, ``start()``), and ``stats()`` reads the
+   counters without a lock.  (If the handler interrupts ``check()`` or
+   ``start()`` inside the group's lock, a worker that fails meanwhile waits for
+   that lock: ``stop()`` then returns False at its deadline, never hangs.)  start() and
    stop() serialise on the group's lock: no thread starts after stop() began.
 8. Only the process that built an input touches it.  A child forked by the
    trainer inherits its objects, shared memory and exit hook; there every
@@ -59,7 +62,8 @@ attack it answers.
    looked up per batch), and ``ResetWorkspace()`` of that workspace first
    stops the inputs that live in it, with a warning naming them
    (``_workspace_guard.py``): a reset can never free blob memory an enqueuer
-   is writing to.
+   is writing to.  The reset forgets those inputs, so a failure one of them
+   had is logged (rule 2), not raised by a later ``stop()``.
 """
 
 from __future__ import annotations

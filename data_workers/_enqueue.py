@@ -274,6 +274,19 @@ class Caffe2Feed:
         arrays.clear()
         return self._push()
 
+    def _drop(self, blob: Any) -> None:
+        """Empty ``blob`` so that it holds no memory of its current tensor.
+
+        Feeding a numpy array would resize the blob's tensor in place and keep
+        its storage, and a lent batch's storage is a worker's shared memory
+        (which the next fill would then overwrite): a new, empty tensor
+        replaces the old one instead.
+        """
+        if self._lending:
+            blob.feed(_torch().empty(0))
+        else:
+            blob.feed(_EMPTY, self.device_option)
+
     def _push(self) -> bool:
         """Run the enqueue net; True if the batch went in."""
         self._net.run()
@@ -282,7 +295,7 @@ class Caffe2Feed:
             # lent one, which must be dropped now (not written into by the
             # next destinations()) so its shared memory goes back.
             for blob in self._scratch_blobs:
-                blob.feed(_EMPTY)  # lending happens on the CPU only: no device option
+                self._drop(blob)
         if not self._closed:
             # close() marks the feed closed before it closes the queue, so the
             # queue was open for this whole enqueue: it went in.  This skips
@@ -318,10 +331,19 @@ class Caffe2Feed:
         # batches (enqueue and dequeue swap them): up to C2_QUEUE_CAPACITY
         # batches per stopped input.  The closed, empty queue never touches
         # them again, so free their memory; the blobs stay (the queue points at them).
-        empty = np.zeros((0,), np.float32)
         for name in self._slot_blobs():
             if self._ws.has_blob(name):
-                self._ws.create_blob(name).feed(empty)
+                self._drop(self._ws.create_blob(name))
+        if self._lending:
+            # The net's output blobs may still hold the last batch lent from a
+            # worker's shared memory: give them a private copy of it, so the
+            # ring (and the file descriptor its mapping keeps) goes back now.
+            for name in self.outputs:
+                if self._ws.has_blob(name) and self._ws.create_blob(name).is_tensor():
+                    blob = self._ws.create_blob(name)
+                    private = np.array(blob.fetch(), copy=True)
+                    self._drop(blob)
+                    blob.feed(private)
         self._remove_objects([self.status_blob] + self.scratch)
 
     def _slot_blobs(self) -> List[str]:

@@ -26,11 +26,13 @@ a large virtual one), but a child whose size was not chosen uses only
 written cost nothing.
 
 Lending.  The parent may hand a whole-batch chunk to Caffe2 without copying
-(``_enqueue.Caffe2Feed.lend``); Caffe2 releases it several batches later, and
-releases may come out of order.  The parent therefore tracks chunks in write
-order and advances ``released`` only over a prefix of released chunks, and it
-lends a chunk only while at least two batches of the ring stay unlent, so the
-child always has room to make the batches whose enqueues make Caffe2 let go.
+(``_enqueue.Caffe2Feed.lend``); Caffe2 releases it ``LEND_LAG`` enqueues later,
+and releases may come out of order.  The parent therefore tracks chunks in
+write order and advances ``released`` only over a prefix of released chunks,
+and it lends only from a ring that always has room for the batches whose
+enqueues make Caffe2 let go (``lend``); otherwise the trainer copies.
+An op in the user's net that keeps a second reference to an input blob's
+memory past the next iteration would hold the ring up; plain Caffe2 ops copy.
 
 A chunk is written contiguously; one that does not fit before the ring's end
 starts at its beginning, and the skipped tail is counted in its span.  When
@@ -67,6 +69,10 @@ HEADER_BYTES = 64
 ALIGN = 64
 #: Batches a ring holds when its size was not chosen by the user.
 RING_BATCHES = 10
+#: Enqueues after which Caffe2 has dropped a lent batch: the queue's 4 slots,
+#: then the net's output blob hands it back to a slot, which the 5th enqueue
+#: after it swaps into the scratch blob, where it is dropped.
+LEND_LAG = 5
 #: The smallest ring a child sizes for itself.
 MIN_RING_BYTES = 64 << 20
 
@@ -219,9 +225,18 @@ class ShmArena:
                 self._header[0] += np.uint64(freed)
 
     def lend(self, span: Span, batch_bytes: int) -> bool:
-        """Record that ``span`` goes to Caffe2 uncopied, if two batches stay unlent."""
+        """Record that ``span`` goes to Caffe2 uncopied, if the ring can wait for it.
+
+        Caffe2 drops a lent batch ``LEND_LAG`` enqueues later, in the order it
+        took them, and holds at most ``LEND_LAG + 1`` of them.  The ring reuses
+        space in write order, so with every buffered chunk consumed its
+        unreleased part spans at most ``LEND_LAG + 1`` batches: a ring of
+        ``LEND_LAG + 2`` batches always has room for the next one, the child
+        always gets to write the batches whose enqueues make Caffe2 let go.  A
+        smaller ring never lends: the caller copies.
+        """
         with self._release_lock:
-            if span.released or self.lent_bytes + span.nbytes > self.capacity - 2 * batch_bytes:
+            if span.released or (LEND_LAG + 2) * batch_bytes > self.capacity:
                 return False
             span.lent = True
             self.lent_bytes += span.nbytes

@@ -35,7 +35,6 @@ protocol ] in ``_coordinator.py``.
 from __future__ import annotations
 
 import logging
-import pickle
 import threading
 import time
 import weakref
@@ -44,13 +43,13 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, S
 import torch
 
 from ._args import check_positive_int, check_positive_seconds
-from ._backend import BackendSpec, FetcherBackend, FetcherHost, FetchFun
+from ._backend import BackendSpec, FetchFun
+from ._backends import WORKER_TYPES, backend_factory, check_picklable
 from ._coordinator import GlobalWorkerCoordinator
 from ._errors import InputClosedError
 from ._input import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
 from ._lifecycle import Lifecycle
 from ._metrics import ExternalLogger, InputStats, Metrics
-from ._thread_workers import ThreadFetchers
 from ._torch_sink import TorchSink
 from .sharding import InputCheckpoint, ShardedSource
 
@@ -58,7 +57,6 @@ __all__ = ["Loader"]
 
 logger = logging.getLogger(__name__)
 
-WORKER_TYPES = ("thread", "process")
 #: Longest single wait for a batch before the loader rechecks its input.
 _POLL_SECS = 0.5
 _STATE_VERSION = 1
@@ -144,7 +142,8 @@ class Loader:
         check_positive_seconds("stall_warning_secs", stall_warning_secs, or_none=True)
         check_positive_seconds("log_interval_secs", log_interval_secs)
         if worker_type == "process":
-            _check_process_args(fetch_fun, shm_bytes_per_worker)
+            check_picklable(fetch_fun)
+            check_positive_int("shm_bytes_per_worker", shm_bytes_per_worker, or_none=True)
         self._fetch_fun_type = type(fetch_fun).__name__
         self._source = fetch_fun if isinstance(fetch_fun, ShardedSource) else None
         if self._source is not None and self._source.batch_size != batch_size:
@@ -160,14 +159,14 @@ class Loader:
         spec = BackendSpec(
             fetch_fun=fetch_fun, input_source=name, blob_names=blob_names,
             batch_columns=columns, dont_rebatch=config.dont_rebatch, seed=seed,
-            shm_bytes_per_worker=shm_bytes_per_worker)
+            shm_bytes_per_worker=shm_bytes_per_worker, deterministic=config.deterministic)
         self._config = config
         self._sink = TorchSink(blob_names, pin_memory=pin_memory)
         worker_ids = list(range(num_workers))
         feeder = BatchFeeder(config, worker_ids, Metrics(external_loggers), self._sink)
         self._input = InputCoordinator(
             config, worker_ids, None if self._source is None else self._source.init_fun,
-            feeder, _backend_factory(worker_type, spec))
+            feeder, backend_factory(worker_type, spec))
         # A registry of its own: one stop() deadline, the lazy exit hook, and
         # nothing shared with the Caffe2 inputs of the same process.
         self._group = GlobalWorkerCoordinator()
@@ -373,23 +372,3 @@ def _check_args(fetch_fun: Any, batch_size: Any, num_workers: Any, worker_type: 
         raise ValueError("pin_memory=True pins batches for copies to a CUDA device, and "
                          "torch.cuda.is_available() is False here; pass pin_memory=False")
     return blob_names, columns_t
-
-
-def _check_process_args(fetch_fun: Any, shm_bytes_per_worker: Any) -> None:
-    try:
-        pickle.dumps(fetch_fun)
-    except Exception as exc:
-        raise TypeError(
-            "worker_type='process' sends fetch_fun to spawned worker processes, so it must be "
-            "picklable (a module-level function, or an instance of a module-level class); "
-            "%r is not: %s" % (fetch_fun, exc)) from exc
-    check_positive_int("shm_bytes_per_worker", shm_bytes_per_worker, or_none=True)
-
-
-def _backend_factory(worker_type: str,
-                     spec: BackendSpec) -> Callable[[FetcherHost], FetcherBackend]:
-    if worker_type == "process":
-        from ._process_workers import ProcessFetchers  # not imported by thread-only scripts
-
-        return lambda host: ProcessFetchers(host, spec)
-    return lambda host: ThreadFetchers(host, spec)

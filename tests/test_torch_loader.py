@@ -297,7 +297,7 @@ def test_a_dropped_loader_halts_its_workers() -> None:
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(fetch_fun=42), TypeError, "fetch_fun must be callable"),
     (dict(batch_size=0), ValueError, "batch_size must be a positive int"),
-    (dict(num_workers=True), ValueError, "num_workers must be a positive int"),
+    (dict(num_workers=True), TypeError, "num_workers must be a positive int"),
     (dict(worker_type="fiber"), ValueError, "worker_type must be one of"),
     (dict(timeout=-1), ValueError, "timeout must be a positive number"),
     (dict(names="data"), TypeError, "names must be a non-empty list"),
