@@ -97,10 +97,11 @@ def render_file(text: str, path: str, blocks: Dict[str, str]) -> str:
     return text
 
 
-#: Blocks rendered from docs/peers.json by ``benchmarks.peers.markdown``.
-PEER_BLOCKS: Dict[str, str] = {
-    "README.md": "peers-summary",
-    os.path.join("docs", "benchmarks.md"): "peers-tables",
+#: Blocks rendered from docs/peers.json by ``benchmarks.peers.markdown``: the
+#: file, the block, and whether it gets every workload's table or the goals only.
+PEER_BLOCKS: Dict[str, Tuple[str, bool]] = {
+    "README.md": ("peers-summary", False),
+    os.path.join("docs", "benchmarks.md"): ("peers-tables", True),
 }
 
 
@@ -111,7 +112,7 @@ def stale_files(write: bool, json_path: str = JSON_PATH, root: str = h.REPO_ROOT
 
     doc, summaries = load(json_path)
     with open(peers_path, encoding="utf-8") as f:
-        peer_table = peers.markdown(json.load(f))
+        peer_doc = json.load(f)
     stale = []
     for rel, renderers in BLOCKS.items():
         path = os.path.join(root, rel)
@@ -119,7 +120,8 @@ def stale_files(write: bool, json_path: str = JSON_PATH, root: str = h.REPO_ROOT
             old = f.read()
         blocks = {name: fn(doc, summaries) for name, fn in renderers.items()}
         if rel in PEER_BLOCKS:
-            blocks[PEER_BLOCKS[rel]] = peer_table
+            name, tables = PEER_BLOCKS[rel]
+            blocks[name] = peers.markdown(peer_doc, tables)
         new = render_file(old, rel, blocks)
         if new != old:
             stale.append(rel)

@@ -40,6 +40,7 @@ WORKERS = 2
 BATCH = 32
 SPIN_SECS = 0.010
 BIG_SHAPE = (BATCH, 3, 224, 224)
+WARMUP_SECS = 3.0
 
 
 def spin(iterations: int) -> int:
@@ -111,8 +112,11 @@ class _Dataset:
 
 
 def _measure(step: Any, secs: float) -> Dict[str, float]:
-    deadline = time.monotonic() + min(1.0, secs)
-    while time.monotonic() < deadline:  # warm-up
+    # Warm-up: workers start, and the first uncopied batch imports torch (about
+    # a second) while the workers run ahead; measuring then would count that
+    # backlog draining.  Three seconds, and the buffers are back to steady state.
+    deadline = time.monotonic() + WARMUP_SECS
+    while time.monotonic() < deadline:
         step()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0, n = time.monotonic(), 0
@@ -192,6 +196,8 @@ def _spread(values: List[float]) -> str:
     return "%.0f (%.0f-%.0f)" % (statistics.median(values), min(values), max(values))
 
 
+#: Trainer CPU per big batch with process workers, the issue's goal.
+CPU_GOAL_MS = 0.2
 #: Goals from the process-workers issue: (workload, numerator, denominator, goal).
 GOALS = [
     ("one_sample", "ours-process", "dataloader", 1.5),
@@ -203,13 +209,13 @@ GOALS = [
 ]
 
 
-def markdown(doc: Dict[str, Any]) -> str:
-    """The tables of one run (``--json`` output): per workload, then the goals."""
+def markdown(doc: Dict[str, Any], tables: bool = True) -> str:
+    """One run (``--json`` output): its tables per workload (if ``tables``), then the goals."""
     results = doc["results"]
     parts = ["Run of %s: %d fresh-interpreter repeats of %.1f s windows per case, "
              "interleaved; %s." % (doc.get("date_utc", "?"), doc["repeats"], doc["window_secs"],
                                    doc.get("machine", "?"))]
-    for workload, cases in results.items():
+    for workload, cases in (results.items() if tables else ()):
         rows = ["| case | batches/s, median (min-max) | trainer CPU ms/batch |",
                 "| --- | ---: | ---: |"]
         for case, runs in cases.items():
@@ -227,6 +233,12 @@ def markdown(doc: Dict[str, Any]) -> str:
         ratio = med[num] / med[den]
         goal_rows.append("| %s: %s / %s | %.2fx | >= %.1fx | %s |" % (
             workload, num, den, ratio, goal, "PASS" if ratio >= goal else "MISS"))
+    if "big_batches" in results:
+        cpu = statistics.median(r["trainer_cpu_ms_per_batch"]
+                                for r in results["big_batches"]["ours-process"])
+        goal_rows.append("| big_batches: trainer CPU per batch, ours-process | %.2f ms | "
+                         "<= %.1f ms | %s |" % (cpu, CPU_GOAL_MS, "PASS" if cpu <= CPU_GOAL_MS
+                                                else "MISS"))
     parts.append("\n".join(goal_rows))
     return "\n\n".join(parts) + "\n"
 

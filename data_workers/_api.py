@@ -17,7 +17,7 @@ from caffe2.python import core, scope
 from . import _workspace_guard
 from ._args import check_int, check_positive_int, check_positive_seconds
 from ._backend import BackendSpec
-from ._backends import WORKER_TYPES, backend_factory, check_picklable
+from ._worker_types import WORKER_TYPES, backend_factory, check_picklable
 from ._coordinator import GlobalWorkerCoordinator, InitFun
 from ._enqueue import MAX_DEQUEUE_TIMEOUT_SECS, Caffe2Feed, caffe2_names
 from ._input import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator

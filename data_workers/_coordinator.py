@@ -69,6 +69,7 @@ attack it answers.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import threading
 import time
@@ -281,7 +282,10 @@ class WorkerCoordinator(WorkerCoordinatorInternals):
 def _timeout(timeout: Optional[float]) -> float:
     if timeout is None:
         return STOP_TIMEOUT_SECS
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError("timeout must be a number of seconds >= 0 or None, got %s %r"
+                        % (type(timeout).__name__, timeout))
+    if not timeout >= 0:
         raise ValueError("timeout must be a number of seconds >= 0 or None, got %r" % (timeout,))
     return float(timeout)
 

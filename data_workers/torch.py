@@ -44,7 +44,7 @@ import torch
 
 from ._args import check_positive_int, check_positive_seconds
 from ._backend import BackendSpec, FetchFun
-from ._backends import WORKER_TYPES, backend_factory, check_picklable
+from ._worker_types import WORKER_TYPES, backend_factory, check_picklable
 from ._coordinator import GlobalWorkerCoordinator
 from ._errors import InputClosedError
 from ._input import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
