@@ -34,7 +34,7 @@ setup(
         "ray": ["ray[data]==2.51.2"],
         "demo": DEMO,
         "bench": BENCH,
-        "test": ["pytest", "pytest-timeout", "hypothesis", "mypy", "build"] + DEMO + BENCH,
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "mypy", "build"] + DEMO + BENCH,
         "docs": ["mkdocs", "mkdocs-material"],
     },
     classifiers=[

@@ -146,6 +146,15 @@ class _BatchBuilder:
                 shape = list(arr.shape)
                 shape[column] = size
                 layouts.append((arr.dtype.str, tuple(shape)))
+        need = self._arena.layout_bytes(layouts)
+        if need > self._arena.capacity:
+            # Whole batches are made in the ring: one that cannot fit would wait forever.
+            raise ChunkValueError(
+                "fetcher %d of input %r: a batch of %d rows shaped like its chunks needs %d "
+                "bytes of shared memory, more than the %d bytes per worker; raise "
+                "shm_bytes_per_worker (or lower batch_size)"
+                % (self._spec.worker_id, self._spec.input_source, size, need,
+                   self._arena.capacity))
         reserved = self._arena.reserve(layouts, self._keep_going)
         if reserved is None:
             return False
@@ -166,6 +175,16 @@ class _BatchBuilder:
         self._objects = {}
         self._chunks = 0
         self._fetch_secs = 0.0
+
+
+def _add(builder: "_BatchBuilder", control: Connection, arrays: List[np.ndarray], rows: int,
+         fetch_secs: float) -> bool:
+    """``builder.add``, with a batch that cannot fit the ring reported as the error."""
+    try:
+        return builder.add(arrays, rows, fetch_secs)
+    except ChunkValueError as exc:
+        _send_error(control, exc)
+        return False
 
 
 def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: ShmArena) -> None:
@@ -192,7 +211,7 @@ def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: Sh
             return
         fetch_secs = time.monotonic() - started
         if fast is not None and builder is not None:  # the hot path: the recorded layout
-            if not builder.add(fast.arrays, fast.rows, fetch_secs):
+            if not _add(builder, control, fast.arrays, fast.rows, fetch_secs):
                 return
             continue
         if arrays is None or validator.rows_of(arrays) == 0:
@@ -203,7 +222,7 @@ def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: Sh
         rows = validator.rows_of(arrays)
         arena.size_for_batch(need if spec.dont_rebatch else
                              -(-need * arena.batch_size // max(rows, 1)))
-        if need > arena.capacity:
+        if builder is None and need > arena.capacity:
             _send_error(control, ChunkValueError(
                 "fetcher %d of input %r returned a chunk of %d bytes, more than the %d bytes "
                 "of shared memory per worker; return smaller chunks or raise "
@@ -216,7 +235,7 @@ def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: Sh
             except Exception as exc:
                 _send_error(control, exc)
                 return
-            if not builder.add(arrays, rows, fetch_secs):
+            if not _add(builder, control, arrays, rows, fetch_secs):
                 return
             continue
         written = arena.write(numeric, keep_going)

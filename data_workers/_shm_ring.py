@@ -147,6 +147,11 @@ class ShmArena:
     def chunk_bytes(self, arrays: Sequence[np.ndarray]) -> int:
         return sum(_aligned(a.nbytes) for a in arrays)
 
+    def layout_bytes(self, layouts: Sequence[Tuple[str, Tuple[int, ...]]]) -> int:
+        """Ring bytes arrays of these ``(dtype, shape)``\ s take, alignment included."""
+        return sum(_aligned(math.prod(shape) * np.dtype(dtype).itemsize)
+                   for dtype, shape in layouts)
+
     def reserve(self, layouts: Sequence[Tuple[str, Tuple[int, ...]]],
                 keep_waiting: Callable[[], bool]) -> Optional[Tuple[int, List[ArrayLayout]]]:
         """Claim contiguous ring space for arrays of these ``(dtype, shape)``\ s.
@@ -159,6 +164,8 @@ class ShmArena:
         """
         sizes = [math.prod(shape) * np.dtype(dtype).itemsize for dtype, shape in layouts]
         need = sum(_aligned(n) for n in sizes)
+        if need > self.capacity:  # an empty ring takes anything: keep callers honest
+            raise ValueError("%d bytes can never fit a ring of %d" % (need, self.capacity))
         pos = self.written % self.capacity
         pad = self.capacity - pos if pos + need > self.capacity else 0
         span = pad + need

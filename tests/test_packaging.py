@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 import subprocess
+import sysconfig
 import sys
 import traceback
 from importlib import metadata
@@ -47,8 +48,12 @@ def test_environment_is_the_lock():
     for name in ("pip", "setuptools", "wheel", "torch", "numpy", "mkdocs"):
         assert name in pins, f"{name} is not pinned in requirements.txt"
     assert int(pins["setuptools"].split(".")[0]) < 81
+    # The environment's own site-packages only: once torch imported pkg_resources,
+    # setuptools' _vendor folder is on sys.path too, with older copies of
+    # packaging, tomli, wheel and zipp.
+    site_packages = sysconfig.get_paths()["purelib"]
     installed = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version
-                 for d in metadata.distributions()}
+                 for d in metadata.distributions(path=[site_packages])}
     wrong = {n: (v, installed.get(n)) for n, v in pins.items() if installed.get(n) != v}
     assert not wrong, f"locked vs installed (run `make env`): {wrong}"
     extra = set(installed) - set(pins) - {"data-workers"}

@@ -105,10 +105,15 @@ def test_deterministic_stream_is_a_function_of_fetcher_outputs(ws, worker_type):
         np.testing.assert_array_equal(label, np.array([r[1] for r in want]))
 
 
-def test_chunk_larger_than_shared_memory_is_a_clear_error(ws):
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_chunk_larger_than_shared_memory_is_a_clear_error(ws, deterministic):
+    """Whole batches are made in the ring by default (a batch of 32 rows of 520
+    bytes cannot fit 4 KiB); deterministic mode sends chunks (one of 8+ such
+    rows cannot).  Either way: a clear error, never a stall."""
     net = make_net()
     coord = init_tagged(net, worker_type="process", num_worker_threads=1,
-                        shm_bytes_per_worker=1024, fetch_fun=TaggedFetcher(max_rows=200),
+                        shm_bytes_per_worker=4096, deterministic=deterministic,
+                        fetch_fun=TaggedFetcher(max_rows=200, width=64, seed=3),
                         timeout=600)
     coord.start()
     _wait_failure(coord)
