@@ -138,23 +138,33 @@ class _BatchBuilder:
                 self._send(span, layouts)
         return True
 
-    def _open_batch(self, arrays: List[np.ndarray]) -> bool:
-        size = self._arena.batch_size
+    def _layouts(self, arrays: List[np.ndarray], size: int) -> List[Tuple[str, Tuple[int, ...]]]:
+        """``(dtype, shape)`` of each ring array of a batch of ``size`` rows like ``arrays``."""
         layouts = []
         for arr, column in zip(arrays, self._spec.batch_columns):
             if arr.dtype.kind != "O":
                 shape = list(arr.shape)
                 shape[column] = size
                 layouts.append((arr.dtype.str, tuple(shape)))
-        need = self._arena.layout_bytes(layouts)
+        return layouts
+
+    def check_fits(self, arrays: List[np.ndarray]) -> None:
+        """Raise ChunkValueError if a batch of rows like ``arrays`` cannot fit the ring."""
+        size = self._arena.batch_size
+        need = self._arena.layout_bytes(self._layouts(arrays, size))
         if need > self._arena.capacity:
             # Whole batches are made in the ring: one that cannot fit would wait forever.
             raise ChunkValueError(
                 "fetcher %d of input %r: a batch of %d rows shaped like its chunks needs %d "
-                "bytes of shared memory, more than the %d bytes per worker; raise "
+                "bytes, more than the %d bytes of shared memory per worker; raise "
                 "shm_bytes_per_worker (or lower batch_size)"
                 % (self._spec.worker_id, self._spec.input_source, size, need,
                    self._arena.capacity))
+
+    def _open_batch(self, arrays: List[np.ndarray]) -> bool:
+        self.check_fits(arrays)  # the batch size may have changed since the first chunk
+        size = self._arena.batch_size
+        layouts = self._layouts(arrays, size)
         reserved = self._arena.reserve(layouts, self._keep_going)
         if reserved is None:
             return False
@@ -232,6 +242,7 @@ def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: Sh
         if builder is not None:
             try:  # every check, the layout too: rows are copied into a batch here
                 validator.check(spec.worker_id, arrays, arena.batch_size)
+                builder.check_fits(arrays)
             except Exception as exc:
                 _send_error(control, exc)
                 return

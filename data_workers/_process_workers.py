@@ -211,7 +211,7 @@ class _ProcessWorker:
         if need > self.arena.capacity:
             raise ChunkValueError(
                 "fetcher %d of input %r: a batch of %d rows shaped like its chunk needs %d "
-                "bytes of shared memory, more than the %d bytes per worker; raise "
+                "bytes, more than the %d bytes of shared memory per worker; raise "
                 "shm_bytes_per_worker (or lower batch_size)"
                 % (self.worker_id, self.owner.host.name, batch_size, need, self.arena.capacity))
 

@@ -46,6 +46,7 @@ pytestmark = [
     # Upstream's enqueuer thread dies with an unhandled exception on a chunk
     # Caffe2 cannot hold: that is the upstream behaviour the table records.
     pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning"),
+    pytest.mark.xdist_group("boundary"),  # one upstream run for every row
 ]
 
 #: Dequeue timeout of upstream rows expected to fail: how long their net waits for nothing.

@@ -152,9 +152,9 @@ def test_rejected_forms_raise_documented_error(worker_type, kind):
     assert "fetcher %d of input 'train'" % info.value.worker_id in msg
     if words is not None:
         assert words in msg, msg
-    elif worker_type == "process":  # the arena is the first limit a process worker meets
-        assert "shared memory per worker" in msg, msg
-    else:
+    else:  # the memory budget is the first limit, also for process workers, which
+        # check it before cutting rows into their ring (the ring's own limit:
+        # test_process_chunk_over_arena)
         assert "memory budget" in msg, msg
     # Nothing was materialised: no out-of-memory kill, no big allocation.
     assert psutil.Process().memory_info().rss - rss_before < 200 << 20

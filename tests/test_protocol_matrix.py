@@ -65,7 +65,8 @@ from protocol_fetchers import (FETCHER_FAULTS, LOGGER_FAULTS, PROCESS_ONLY_FAULT
                                InjectedError, MatrixFetcher, MatrixLogger, announce,
                                wait_file)
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("ws", "no_shm_leak")]
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("ws", "no_shm_leak"),
+              pytest.mark.xdist_group("protocol_matrix")]  # its figures print once
 
 FAULTS = FETCHER_FAULTS + LOGGER_FAULTS
 POINTS = ("init_fun", "first_fetch", "mid_run", "during_stop", "during_reset")

@@ -26,7 +26,8 @@ import data_workers
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 requires_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray[data] is not installed")
 
-pytestmark = pytest.mark.timeout(240)
+# One worker runs the module: its fixture starts one Ray cluster for all tests.
+pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("ray")]
 
 workspace.GlobalInit(["caffe2", "--caffe2_log_level=3"])
 

@@ -23,7 +23,8 @@ import torch
 
 import data_workers
 from data_workers.torch import Loader
-from fault_fetchers import BlockingFetcher, RandomRaiser, SteadyFetcher, SuddenDeath, tagged_chunk
+from fault_fetchers import (BlockingFetcher, FlakyDiskError, RandomRaiser, SteadyFetcher, SuddenDeath,
+                            tagged_chunk)
 from fault_util import WORKER_TYPES, shm_segments, wait_for
 from util import check_tagged
 
@@ -227,9 +228,26 @@ def test_failure_preempts_batches_already_buffered() -> None:
             next(loader)
 
 
+class _FailsAfterFirstBatch:
+    """One good row, then waits for ``go`` and raises: the consumer has its batch first."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.calls = 0
+
+    def __call__(self, worker_id: int, batch_size: int) -> List[np.ndarray]:
+        self.calls += 1
+        if self.calls > 1:
+            self.go.wait(10)
+            raise FlakyDiskError("sector 1 of shard %d unreadable" % worker_id)
+        return tagged_chunk(worker_id, 0, 1)
+
+
 def test_failure_not_seen_by_iteration_is_raised_by_close() -> None:
-    loader = Loader(RandomRaiser(p=1.0), 1, 1, names=NAMES, timeout=10)
+    fetch = _FailsAfterFirstBatch()
+    loader = Loader(fetch, 1, 1, names=NAMES, timeout=10)
     next(loader)
+    fetch.go.set()
     wait_for(lambda: loader.stats().failure is not None, 10, "the failure")
     with pytest.raises(data_workers.FetcherError):
         loader.close()
