@@ -204,13 +204,16 @@ def test_fetcher_failure_is_raised_at_the_next_batch(worker_type: str) -> None:
 
 
 class FailWhenTold:
-    """Thread workers: tagged chunks of 4 rows until ``fail`` is set, then raises."""
+    """Thread workers: eight tagged chunks of 4 rows, then waits for ``fail`` and
+    raises (it never blocks on a full pipeline, where it could not see ``fail``)."""
 
     def __init__(self, fail: threading.Event) -> None:
         self.fail = fail
         self.seq = 0
 
     def __call__(self, worker_id: int, batch_size: int) -> List[np.ndarray]:
+        if self.seq >= 32:
+            self.fail.wait(10)
         if self.fail.is_set():
             raise OSError("told to fail")
         self.seq += 4
