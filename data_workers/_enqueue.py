@@ -107,15 +107,22 @@ _LENDABLE = frozenset(np.dtype(t) for t in (
     np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8, np.uint8, np.bool_))
 
 
+_torch_module: Any = None
+
+
 def _torch() -> Any:
     """torch, imported on first use: only lent batches need it (``Blob.feed`` takes a
-    torch tensor over shared memory without copying it)."""
-    with warnings.catch_warnings():
-        # torch 1.10 imports pkg_resources, which warns on current setuptools.
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import torch
-    return torch
+    torch tensor over shared memory without copying it).  Cached: lending calls it
+    on every batch, and ``catch_warnings`` is neither free nor thread-safe."""
+    global _torch_module
+    if _torch_module is None:
+        with warnings.catch_warnings():
+            # torch 1.10 imports pkg_resources, which warns on current setuptools.
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import torch
+        _torch_module = torch
+    return _torch_module
 
 
 def is_gpu(device_option: caffe2_pb2.DeviceOption) -> bool:
