@@ -15,7 +15,7 @@ from caffe2.proto import caffe2_pb2
 from caffe2.python import core, scope
 
 from . import _workspace_guard
-from ._args import check_int, check_positive_int, check_positive_seconds
+from ._args import check_batch_columns, check_int, check_positive_int, check_positive_seconds
 from ._backend import BackendSpec
 from ._worker_types import WORKER_TYPES, backend_factory, check_picklable
 from ._coordinator import GlobalWorkerCoordinator, InitFun
@@ -158,7 +158,7 @@ def _check_args(net: Any, input_blob_names: Any, fetch_fun: Any, batch_size: Any
         batch_size=check_positive_int("batch_size", batch_size),
         num_worker_threads=check_positive_int("num_worker_threads", num_worker_threads),
         max_buffered_batches=check_positive_int("max_buffered_batches", max_buffered_batches),
-        batch_columns=_check_batch_columns(batch_columns, input_blob_names),
+        batch_columns=check_batch_columns(batch_columns, input_blob_names),
         timeout=_check_timeout(timeout),
         seed=None if seed is None else check_int("seed", seed),
         log_interval_secs=check_positive_seconds("log_interval_secs", log_interval_secs),
@@ -183,20 +183,6 @@ def _check_blob_names(blob_names: Sequence[str]) -> None:
             raise ValueError("input_blob_names names blob %r twice (%r); one input feeds each "
                              "blob once" % (name, list(blob_names)))
         seen.add(name)
-
-
-def _check_batch_columns(batch_columns: Any, blob_names: Sequence[str]) -> List[int]:
-    if batch_columns is None:
-        return [0] * len(blob_names)
-    if isinstance(batch_columns, (str, bytes)) or not isinstance(batch_columns, Iterable):
-        raise TypeError("batch_columns must be None or a list of one non-negative int per blob "
-                        "%s, got %r" % (list(blob_names), batch_columns))
-    columns = [check_int("batch_columns[%d]" % i, c, minimum=0)
-               for i, c in enumerate(batch_columns)]
-    if len(columns) != len(blob_names):
-        raise ValueError("batch_columns must list one non-negative int per blob %s, got %r"
-                         % (list(blob_names), batch_columns))
-    return columns
 
 
 def _check_timeout(timeout: Any) -> float:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import Any, Literal, Optional, overload
+from typing import Any, Iterable, List, Literal, Optional, Sequence, overload
 
-__all__ = ["check_int", "check_positive_int", "check_positive_seconds"]
+__all__ = ["check_int", "check_positive_int", "check_positive_seconds", "check_batch_columns"]
 
 
 def check_int(name: str, value: Any, *, minimum: Optional[int] = None) -> int:
@@ -103,3 +103,23 @@ def _is_integral(value: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+def check_batch_columns(batch_columns: Any, blob_names: Sequence[str]) -> List[int]:
+    """One batch column per blob, as plain ``int`` s (all 0 if ``batch_columns`` is None).
+
+    Raises:
+        TypeError: not a list of integral numbers.
+        ValueError: a negative column, or not one per blob.
+    """
+    if batch_columns is None:
+        return [0] * len(blob_names)
+    if isinstance(batch_columns, (str, bytes)) or not isinstance(batch_columns, Iterable):
+        raise TypeError("batch_columns must be None or a list of one non-negative int per blob "
+                        "%s, got %r" % (list(blob_names), batch_columns))
+    columns = [check_int("batch_columns[%d]" % i, c, minimum=0)
+               for i, c in enumerate(batch_columns)]
+    if len(columns) != len(blob_names):
+        raise ValueError("batch_columns must list one non-negative int per blob %s, got %r"
+                         % (list(blob_names), batch_columns))
+    return columns

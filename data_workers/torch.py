@@ -38,11 +38,11 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import torch
 
-from ._args import check_positive_int, check_positive_seconds
+from ._args import check_batch_columns, check_int, check_positive_int, check_positive_seconds
 from ._backend import BackendSpec, FetchFun
 from ._worker_types import WORKER_TYPES, backend_factory, check_picklable
 from ._coordinator import GlobalWorkerCoordinator
@@ -136,14 +136,18 @@ class Loader:
         external_loggers: Optional[Iterable[ExternalLogger]] = None,
         log_interval_secs: float = LOG_INT_SECS,
     ) -> None:
-        blob_names, columns = _check_args(
+        args = _check_args(
             fetch_fun, batch_size, num_workers, worker_type, seed, batch_columns,
             max_buffered_batches, timeout, pin_memory, names, name)
-        check_positive_seconds("stall_warning_secs", stall_warning_secs, or_none=True)
-        check_positive_seconds("log_interval_secs", log_interval_secs)
+        batch_size, num_workers, seed = args.batch_size, args.num_workers, args.seed
+        blob_names, columns = args.blob_names, args.batch_columns
+        stall_warning_secs = check_positive_seconds("stall_warning_secs", stall_warning_secs,
+                                                    or_none=True)
+        log_interval_secs = check_positive_seconds("log_interval_secs", log_interval_secs)
         if worker_type == "process":
             check_picklable(fetch_fun)
-            check_positive_int("shm_bytes_per_worker", shm_bytes_per_worker, or_none=True)
+            shm_bytes_per_worker = check_positive_int("shm_bytes_per_worker",
+                                                      shm_bytes_per_worker, or_none=True)
         self._fetch_fun_type = type(fetch_fun).__name__
         self._source = fetch_fun if isinstance(fetch_fun, ShardedSource) else None
         if self._source is not None and self._source.batch_size != batch_size:
@@ -152,8 +156,8 @@ class Loader:
         config = InputConfig(
             blob_names=blob_names, batch_size=batch_size, input_source=name, namescope="",
             device_option=None, num_workers=num_workers,
-            max_buffered_batches=max_buffered_batches, dont_rebatch=bool(dont_rebatch),
-            batch_columns=columns, timeout=float(timeout), worker_type=worker_type,
+            max_buffered_batches=args.max_buffered_batches, dont_rebatch=bool(dont_rebatch),
+            batch_columns=columns, timeout=args.timeout, worker_type=worker_type,
             deterministic=bool(deterministic), seed=seed, log_interval_secs=log_interval_secs,
             shm_bytes_per_worker=shm_bytes_per_worker, stall_warning_secs=stall_warning_secs)
         spec = BackendSpec(
@@ -332,43 +336,55 @@ class Loader:
         return self._source
 
 
+class _Checked(NamedTuple):
+    """The Loader's arguments, checked and normalised (``np.int64(32)`` -> ``32``)."""
+
+    batch_size: int
+    num_workers: int
+    max_buffered_batches: int
+    timeout: float
+    seed: Optional[int]
+    blob_names: Tuple[str, ...]
+    batch_columns: Tuple[int, ...]
+
+
 def _check_args(fetch_fun: Any, batch_size: Any, num_workers: Any, worker_type: Any, seed: Any,
                 batch_columns: Any, max_buffered_batches: Any, timeout: Any, pin_memory: Any,
-                names: Any, name: Any) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
+                names: Any, name: Any) -> _Checked:
+    """Every check of ``Loader``, with the rules of ``_args.py`` shared with the Caffe2 input."""
     if not callable(fetch_fun):
         raise TypeError("fetch_fun must be callable as fetch_fun(worker_id, batch_size), got %r"
                         % (fetch_fun,))
-    check_positive_int("batch_size", batch_size)
-    check_positive_int("num_workers", num_workers)
-    check_positive_int("max_buffered_batches", max_buffered_batches)
-    check_positive_seconds("timeout", timeout)
     if worker_type not in WORKER_TYPES:
         raise ValueError("worker_type must be one of %s, got %r" % (WORKER_TYPES, worker_type))
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError("seed must be an int or None, got %r" % (seed,))
     if not isinstance(name, str) or not name:
         raise TypeError("name must be a non-empty str, got %r" % (name,))
     if names is not None and (isinstance(names, str) or not isinstance(names, (list, tuple))
                               or not names or not all(isinstance(n, str) for n in names)):
         raise TypeError("names must be a non-empty list of str, one per array fetch_fun "
                         "returns, got %r" % (names,))
-    if batch_columns is not None:
-        columns = list(batch_columns)
-        if not columns or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
-                                  for c in columns) \
-                or (names is not None and len(columns) != len(names)):
-            raise ValueError("batch_columns must list one non-negative int per array%s, got %r"
-                             % (" %s" % (list(names),) if names is not None else "", batch_columns))
     if names is None and batch_columns is None:
         raise TypeError("Loader needs to know how many arrays fetch_fun returns: pass "
                         "names=[...] (one per array, e.g. the Caffe2 input_blob_names) or "
                         "batch_columns=[...]")
-    blob_names = tuple(names) if names is not None else tuple(
-        "array%d" % i for i in range(len(batch_columns)))
-    columns_t = tuple(batch_columns) if batch_columns is not None else (0,) * len(blob_names)
+    if names is not None:
+        blob_names = tuple(names)
+    else:
+        count = len(batch_columns) if isinstance(batch_columns, (list, tuple)) else 0
+        blob_names = tuple("array%d" % i for i in range(count))
+    columns = check_batch_columns(batch_columns, blob_names)
+    if not columns:
+        raise ValueError("batch_columns must list one non-negative int per array, got %r"
+                         % (batch_columns,))
     if not isinstance(pin_memory, bool):
         raise TypeError("pin_memory must be a bool, got %r" % (pin_memory,))
     if pin_memory and not torch.cuda.is_available():
         raise ValueError("pin_memory=True pins batches for copies to a CUDA device, and "
                          "torch.cuda.is_available() is False here; pass pin_memory=False")
-    return blob_names, columns_t
+    return _Checked(
+        batch_size=check_positive_int("batch_size", batch_size),
+        num_workers=check_positive_int("num_workers", num_workers),
+        max_buffered_batches=check_positive_int("max_buffered_batches", max_buffered_batches),
+        timeout=check_positive_seconds("timeout", timeout),
+        seed=None if seed is None else check_int("seed", seed),
+        blob_names=blob_names, batch_columns=tuple(columns))
