@@ -25,7 +25,7 @@ class Chunk:
     #: hand the shared-memory space back to the child).
     release: Optional[Callable[[], None]] = None
     #: Process workers: asks whether this chunk, a whole batch in shared
-    #: memory, may go to the sink uncopied (records the loan if so).
+    #: memory, may go to the sink uncopied.
     lend: Optional[Callable[[], bool]] = None
 
     def done(self) -> None:

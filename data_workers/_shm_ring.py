@@ -87,12 +87,11 @@ def _aligned(n: int) -> int:
 class Span:
     """One chunk's ring bytes, tracked by the parent until released."""
 
-    __slots__ = ("nbytes", "released", "lent")
+    __slots__ = ("nbytes", "released")
 
     def __init__(self, nbytes: int) -> None:
         self.nbytes = nbytes
         self.released = False
-        self.lent = False
 
 
 class ShmArena:
@@ -126,7 +125,6 @@ class ShmArena:
         # thread release (reentrant: NOTE [ Shutdown and error protocol ], rule 7).
         self._release_lock = threading.RLock()
         self._spans: Deque[Span] = collections.deque()  # parent: in write order
-        self.lent_bytes = 0
         self._ring = np.frombuffer(self._map, np.uint8, size, HEADER_BYTES)
         self.written = 0  # child side: total bytes handed out, padding included
         if fixed:
@@ -223,8 +221,6 @@ class ShmArena:
             if span.released:
                 return
             span.released = True
-            if span.lent:
-                self.lent_bytes -= span.nbytes
             freed = 0
             while self._spans and self._spans[0].released:
                 freed += self._spans.popleft().nbytes
@@ -232,7 +228,7 @@ class ShmArena:
                 self._header[0] += np.uint64(freed)
 
     def lend(self, span: Span, batch_bytes: int) -> bool:
-        """Record that ``span`` goes to Caffe2 uncopied, if the ring can wait for it.
+        """Whether ``span`` may go to Caffe2 uncopied: the ring can wait for it.
 
         Caffe2 drops a lent batch ``LEND_LAG`` enqueues later, in the order it
         took them, and holds at most ``LEND_LAG + 1`` of them.  The ring reuses
@@ -242,12 +238,7 @@ class ShmArena:
         always gets to write the batches whose enqueues make Caffe2 let go.  A
         smaller ring never lends: the caller copies.
         """
-        with self._release_lock:
-            if span.released or (LEND_LAG + 2) * batch_bytes > self.capacity:
-                return False
-            span.lent = True
-            self.lent_bytes += span.nbytes
-            return True
+        return not span.released and (LEND_LAG + 2) * batch_bytes <= self.capacity
 
     # -- control block ----------------------------------------------------------
     def request_stop(self) -> None:
