@@ -85,6 +85,35 @@ def _send_error(conn: Connection, exc: BaseException) -> None:
     conn.send(("error", blob, type(exc).__name__, str(exc), tb))
 
 
+def _batch_layouts(arrays: Sequence[np.ndarray], columns: Sequence[int],
+                   size: int) -> List[Tuple[str, Tuple[int, ...]]]:
+    """``(dtype, shape)`` of each ring array of a batch of ``size`` rows like ``arrays``."""
+    layouts = []
+    for arr, column in zip(arrays, columns):
+        if arr.dtype.kind != "O":
+            shape = list(arr.shape)
+            shape[column] = size
+            layouts.append((arr.dtype.str, tuple(shape)))
+    return layouts
+
+
+def check_batch_fits(spec: ChildSpec, arena: ShmArena, arrays: Sequence[np.ndarray]) -> None:
+    """Raise ChunkValueError if a batch of rows like ``arrays`` cannot fit the ring.
+
+    Whole batches are made in the ring, or (chunk mode) the trainer's
+    re-batcher holds every row of a batch there before copying it out: a batch
+    that cannot fit would wait forever.
+    """
+    size = arena.batch_size
+    need = arena.layout_bytes(_batch_layouts(arrays, spec.batch_columns, size))
+    if need > arena.capacity:
+        raise ChunkValueError(
+            "fetcher %d of input %r: a batch of %d rows shaped like its chunks needs %d "
+            "bytes, more than the %d bytes of shared memory per worker; raise "
+            "shm_bytes_per_worker (or lower batch_size)"
+            % (spec.worker_id, spec.input_source, size, need, arena.capacity))
+
+
 class _BatchBuilder:
     """Cuts this worker's chunks into whole batches, written straight into the ring.
 
@@ -138,33 +167,11 @@ class _BatchBuilder:
                 self._send(span, layouts)
         return True
 
-    def _layouts(self, arrays: List[np.ndarray], size: int) -> List[Tuple[str, Tuple[int, ...]]]:
-        """``(dtype, shape)`` of each ring array of a batch of ``size`` rows like ``arrays``."""
-        layouts = []
-        for arr, column in zip(arrays, self._spec.batch_columns):
-            if arr.dtype.kind != "O":
-                shape = list(arr.shape)
-                shape[column] = size
-                layouts.append((arr.dtype.str, tuple(shape)))
-        return layouts
-
-    def check_fits(self, arrays: List[np.ndarray]) -> None:
-        """Raise ChunkValueError if a batch of rows like ``arrays`` cannot fit the ring."""
-        size = self._arena.batch_size
-        need = self._arena.layout_bytes(self._layouts(arrays, size))
-        if need > self._arena.capacity:
-            # Whole batches are made in the ring: one that cannot fit would wait forever.
-            raise ChunkValueError(
-                "fetcher %d of input %r: a batch of %d rows shaped like its chunks needs %d "
-                "bytes, more than the %d bytes of shared memory per worker; raise "
-                "shm_bytes_per_worker (or lower batch_size)"
-                % (self._spec.worker_id, self._spec.input_source, size, need,
-                   self._arena.capacity))
-
     def _open_batch(self, arrays: List[np.ndarray]) -> bool:
-        self.check_fits(arrays)  # the batch size may have changed since the first chunk
+        # The batch size may have changed since the first chunk.
+        check_batch_fits(self._spec, self._arena, arrays)
         size = self._arena.batch_size
-        layouts = self._layouts(arrays, size)
+        layouts = _batch_layouts(arrays, self._spec.batch_columns, size)
         reserved = self._arena.reserve(layouts, self._keep_going)
         if reserved is None:
             return False
@@ -239,13 +246,14 @@ def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: Sh
                 "shm_bytes_per_worker" % (spec.worker_id, spec.input_source, need,
                                           arena.capacity)))
             return
+        try:  # every check, the layout too; then whether a batch of such rows fits
+            validator.check(spec.worker_id, arrays, arena.batch_size)
+            if not spec.dont_rebatch:
+                check_batch_fits(spec, arena, arrays)
+        except Exception as exc:
+            _send_error(control, exc)
+            return
         if builder is not None:
-            try:  # every check, the layout too: rows are copied into a batch here
-                validator.check(spec.worker_id, arrays, arena.batch_size)
-                builder.check_fits(arrays)
-            except Exception as exc:
-                _send_error(control, exc)
-                return
             if not _add(builder, control, arrays, rows, fetch_secs):
                 return
             continue

@@ -49,9 +49,9 @@ from multiprocessing.connection import Connection
 from typing import Any, Dict, List, Optional, Tuple
 
 from ._backend import BackendSpec, FetcherBackend, FetcherHost
-from ._errors import ChunkValueError, DataInputError, FetcherError, PipelineError, RemoteTraceback, WorkerDiedError
+from ._errors import DataInputError, FetcherError, PipelineError, RemoteTraceback, WorkerDiedError
 from ._process_child import IN_WORKER_ENV, ChildSpec
-from ._shm_ring import ALIGN, ShmArena
+from ._shm_ring import ShmArena
 from ._threads import join_threads
 
 __all__ = ["ProcessFetchers", "DEFAULT_SHM_BYTES_PER_WORKER"]
@@ -181,10 +181,8 @@ class _ProcessWorker:
                       for i in range(len(layouts) + len(objects))]
             arena = self.arena
             token = arena.track(span)
-            try:
+            try:  # the child checked the batch fits its ring (check_batch_fits)
                 chunk = host.accept(self.worker_id, arrays, chunks)
-                if chunk is not None:
-                    self._check_batch_fits(chunk.arrays, chunk.rows)
             except BaseException:
                 arena.release(token)
                 raise
@@ -199,21 +197,6 @@ class _ProcessWorker:
             host.metrics.put_metric("fetcher_time", message[1])
             return host.put(None, self.worker_id)
         raise PipelineError("unknown data message from worker %d: %r" % (self.worker_id, kind))
-
-    def _check_batch_fits(self, arrays: List[Any], rows: int) -> None:
-        """A batch must fit in one ring: the re-batcher holds all of its rows
-        there before copying them out, so a bigger one would stall for good."""
-        spec = self.spec
-        if spec.dont_rebatch:
-            return  # each chunk is a batch; the child refuses one over capacity
-        batch_size = self.owner.host.batch_size
-        need = sum(-(-a.nbytes * batch_size // rows) + ALIGN for a in arrays if a.dtype.kind != "O")
-        if need > self.arena.capacity:
-            raise ChunkValueError(
-                "fetcher %d of input %r: a batch of %d rows shaped like its chunk needs %d "
-                "bytes, more than the %d bytes of shared memory per worker; raise "
-                "shm_bytes_per_worker (or lower batch_size)"
-                % (self.worker_id, self.owner.host.name, batch_size, need, self.arena.capacity))
 
     # -- control messages (process watcher thread) -------------------------------
     def read_control(self) -> Optional[DataInputError]:
