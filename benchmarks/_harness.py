@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -146,7 +146,7 @@ def _shm_names() -> set:
         return set()
 
 
-def _tail(path: str, limit: int = 3000) -> str:
+def log_tail(path: str, limit: int = 3000) -> str:
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -196,6 +196,69 @@ def wait_quiet(max_wait_s: float, threshold: float = 0.15) -> Optional[float]:
     return load
 
 
+def run_isolated(args: Sequence[str], *, log_path: str, timeout_s: float,
+                 env: Optional[Mapping[str, str]] = None) -> Tuple[subprocess.Popen[bytes], bool]:
+    """Run ``python ARGS`` from the repository root in its own session, output to a log.
+
+    On timeout, or when the runner itself is interrupted, the child's whole process
+    group (its worker processes included) is terminated, then killed.
+
+    Args:
+        args: arguments after the interpreter, e.g. ``["-m", "benchmarks._child", ...]``.
+        log_path: file that receives the child's stdout and stderr.
+        timeout_s: wall-clock limit.
+        env: the child's environment (default: ours, with the repository first on
+            ``PYTHONPATH``).
+
+    Returns:
+        The finished process (``returncode`` set; members of its process group may
+        outlive it, see ``reap_leftovers``) and whether it was killed for the timeout.
+    """
+    if env is None:
+        env = child_env()
+    timed_out = False
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=REPO_ROOT,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc.pid)
+            proc.wait()
+        except BaseException:  # Ctrl-C / SIGTERM of the runner: take the case down too
+            _kill_group(proc.pid)
+            raise
+    return proc, timed_out
+
+
+def reap_leftovers(pgid: int) -> bool:
+    """After a child exited: True if something it started outlived it (a worker
+    process that stop() did not reap); that something is given a moment, then killed."""
+    if not _group_alive(pgid):
+        return False
+    time.sleep(1.0)
+    if not _group_alive(pgid):
+        return False
+    _kill_group(pgid)
+    return True
+
+
+def child_env() -> Dict[str, str]:
+    """Our environment with the repository first on ``PYTHONPATH``, output unbuffered."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def run_case(case: Case, *, ours_module: str, workdir: str, index: int) -> Result:
     """Run one case in a fresh interpreter and return its result record.
 
@@ -224,32 +287,12 @@ def run_case(case: Case, *, ours_module: str, workdir: str, index: int) -> Resul
     }
     with open(spec_path, "w") as f:
         json.dump(spec, f)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
     shm_before = _shm_names()
     busy0, kids0 = _busy_cpu_s(), _children_cpu_s()
     t0 = time.perf_counter()
-    timed_out = False
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks._child", spec_path, out_path],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            rc: Optional[int] = proc.wait(timeout=case.timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc.pid)
-            rc = proc.wait()
-        except BaseException:  # Ctrl-C / SIGTERM of the runner: take the case down too
-            _kill_group(proc.pid)
-            raise
+    proc, timed_out = run_isolated(["-m", "benchmarks._child", spec_path, out_path],
+                                   log_path=log_path, timeout_s=case.timeout_s)
+    rc: Optional[int] = proc.returncode
     wall = time.perf_counter() - t0
     busy1, kids1 = _busy_cpu_s(), _children_cpu_s()
     foreign = None
@@ -258,14 +301,7 @@ def run_case(case: Case, *, ours_module: str, workdir: str, index: int) -> Resul
         # of all CPUs over the case's wall time (the parent only waits).
         foreign = max(0.0, (busy1 - busy0 - (kids1 - kids0)) / (wall * (os.cpu_count() or 1)))
 
-    leaked = False
-    if not timed_out and _group_alive(proc.pid):
-        # Something the child started outlived it (a worker process that stop()
-        # did not reap). Give it a moment, then report and remove it.
-        time.sleep(1.0)
-        if _group_alive(proc.pid):
-            leaked = True
-            _kill_group(proc.pid)
+    leaked = not timed_out and reap_leftovers(proc.pid)
 
     result: Result = {}
     if os.path.exists(out_path):
@@ -300,7 +336,7 @@ def run_case(case: Case, *, ours_module: str, workdir: str, index: int) -> Resul
         else:
             result["error"] = f"child exited with status {rc}"
     if "error" in result or "warning" in result:
-        result["log_tail"] = _tail(log_path)
+        result["log_tail"] = log_tail(log_path)
     return result
 
 
@@ -950,13 +986,18 @@ def targets_table(targets: Sequence[Target]) -> List[List[str]]:
     ]
 
 
-def write_chart(panels: Sequence[tuple], path: str, subtitle: str) -> None:
+CHART_TITLE = "data_workers vs caffe2.python.data_workers (same run)"
+
+
+def write_chart(panels: Sequence[tuple], path: str, subtitle: str,
+                title: str = CHART_TITLE) -> None:
     """One PNG, one panel per workload.
 
     Args:
-        panels: ``(plot_fn, summary)`` pairs; ``plot_fn(ax, summary)`` draws one panel.
+        panels: ``(plot_fn, data)`` pairs; ``plot_fn(ax, data)`` draws one panel.
         path: PNG file to write.
         subtitle: printed under the figure title (machine, date).
+        title: the figure's title.
     """
     import matplotlib
 
@@ -975,7 +1016,7 @@ def write_chart(panels: Sequence[tuple], path: str, subtitle: str) -> None:
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle("data_workers vs caffe2.python.data_workers (same run)\n" + subtitle, fontsize=11)
+    fig.suptitle(title + "\n" + subtitle, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -992,13 +1033,25 @@ def bar_panel(
     title: str,
     ylabel: str,
     fmt: str = "{:,.0f}",
+    spans: Optional[Sequence[Optional[Tuple[float, float]]]] = None,
 ) -> None:
+    """Bars labelled with their values; ``spans`` (min, max) per bar draws whiskers
+    and adds the range to the label."""
     xs = list(range(len(labels)))
     heights = [v if v is not None else 0.0 for v in values]
+    spans = list(spans) if spans is not None else [None] * len(xs)
     bars = ax.bar(xs, heights, color=colors)
-    for b, v in zip(bars, values):
+    for x, v, span in zip(xs, values, spans):
+        if v is not None and span is not None:
+            ax.errorbar([x], [v], yerr=[[v - span[0]], [span[1] - v]], fmt="none",
+                        ecolor="k", elinewidth=1, capsize=4)
+    for b, v, span in zip(bars, values, spans):
         text = "failed" if v is None else fmt.format(v)
-        ax.annotate(text, (b.get_x() + b.get_width() / 2, b.get_height()),
+        top = b.get_height()
+        if v is not None and span is not None:
+            text += "\n(" + fmt.format(span[0]) + "-" + fmt.format(span[1]) + ")"
+            top = max(top, span[1])
+        ax.annotate(text, (b.get_x() + b.get_width() / 2, top),
                     ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, fontsize=8)
