@@ -17,10 +17,13 @@ counts batches over ``window`` seconds.  The reported ratio is ours / DataLoader
 per repeat: median and min-max over repeats.  Time to the first batch (worker
 start-up: spawn for ours, fork for DataLoader's default) is reported separately.
 
-Standalone and not part of ``benchmarks.run`` (yet)::
+Part of ``benchmarks.run`` (``make bench``), which runs this module in a fresh
+interpreter, writes ``torch_loader.json``, and renders its table into docs/torch.md
+(``benchmarks.doc_tables``)::
 
-    python -m benchmarks.torch_loader --quick          # ~30 s
-    python -m benchmarks.torch_loader --json out.json  # full: ~2 min
+    python -m benchmarks.run --only torch              # full: 5 repeats x 3 s, ~2 min
+    python -m benchmarks.run --only torch --quick      # 3 repeats x 1 s, ~30 s
+    python -m benchmarks.torch_loader --json out.json  # the run itself, as benchmarks.run starts it
 
 Module level imports stay light (stdlib + numpy): spawned workers import this
 module to unpickle the fetchers.
@@ -179,18 +182,20 @@ def measure_side(side: str, workload: str, spin_iterations: int, warmup_s: float
 
 
 def run(quick: bool, repeats: Optional[int] = None, window_s: Optional[float] = None,
-        log: Callable[[str], None] = print) -> Dict[str, Any]:
+        log: Callable[[str], None] = print, warmup_s: Optional[float] = None) -> Dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)  # the consumer does no math; keep the cores for workers
     repeats = repeats or (3 if quick else 5)
     window_s = window_s or (1.0 if quick else 3.0)
-    warmup_s = min(1.0, window_s / 2)
+    warmup_s = min(1.0, window_s / 2) if warmup_s is None else warmup_s
     spin_iterations = calibrate(GIL_FETCH_S)
     spin_s = statistics.median(_timed(spin, spin_iterations) for _ in range(5))
     results: Dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "load_avg_start": os.getloadavg()[0]},
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "mode": "quick" if quick else "full",
         "settings": {"batch": BATCH, "workers": WORKERS, "repeats": repeats,
                      "window_s": window_s, "warmup_s": warmup_s,
                      "gil_fetch_s": GIL_FETCH_S, "spin_iterations": spin_iterations,
@@ -248,14 +253,54 @@ def report(results: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+TITLES = {"one_sample": "one sample per call", "gil_bound": "GIL-bound"}
+
+
+def markdown(results: Dict[str, Any]) -> str:
+    """One run (``torch_loader.json``) as Markdown: the run line, then one table."""
+    s, m = results["settings"], results["machine"]
+    mode = ", %s mode" % results["mode"] if results.get("mode", "full") != "full" else ""
+    lines = [
+        "Run of %s%s: %d %s of %.1f s windows (after %.1f s of warm-up), a fresh "
+        "loader per side and repeat, sides alternating; GIL-bound fetch %.1f ms "
+        "(calibrated; median %.1f ms just after); %s CPUs, load average %.1f -> %.1f, "
+        "Python %s, torch %s." % (
+            results.get("date_utc", "?"), mode, s["repeats"],
+            "repeat" if s["repeats"] == 1 else "repeats", s["window_s"], s["warmup_s"],
+            s["gil_fetch_s"] * 1e3, s["spin_s"] * 1e3, m["cpus"], m["load_avg_start"],
+            m["load_avg_end"], m["python"], m["torch"]),
+        "",
+        "| workload | ours batches/s | DataLoader batches/s | ours / DataLoader "
+        "| first batch, ours / DataLoader |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, w in results["workloads"].items():
+        def rates(side: str) -> str:
+            v = [r["batches_per_s"] for r in w["runs"][side]]
+            return "%.0f (%.0f-%.0f)" % (statistics.median(v), min(v), max(v))
+
+        def first(side: str) -> float:
+            return statistics.median(r["first_batch_s"] for r in w["runs"][side])
+
+        lines.append("| %s | %s | %s | %.2fx (%.2f-%.2f) | %.2f s / %.2f s |" % (
+            TITLES.get(name, name), rates("ours"), rates("dataloader"), w["ratio_median"],
+            w["ratio_min"], w["ratio_max"], first("ours"), first("dataloader")))
+    lines.append("")
+    lines.append("Batches/s and ratios: median (min-max) over the repeats; a ratio pairs "
+                 "the two sides of one repeat.")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats of 1 s windows")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--window", type=float, default=None, help="seconds per window")
+    parser.add_argument("--warmup", type=float, default=None,
+                        help="seconds of warm-up per loader (default: half the window, <= 1)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    results = run(args.quick, args.repeats, args.window)
+    results = run(args.quick, args.repeats, args.window, warmup_s=args.warmup)
     print(report(results))
     if args.json:
         with open(args.json, "w") as f:
