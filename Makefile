@@ -6,6 +6,7 @@
 #   make lock        re-resolve requirements.in into requirements.txt (keeps current
 #                    pins where they still fit; `make lock UPGRADE=1` takes the newest)
 #   make docs        regenerate the benchmark tables, then build the site (strict)
+#   make bench       measure every benchmark suite into docs/ (~12 min), then the tables
 #   make dist-check  build sdist + wheel, install the wheel into a fresh venv, run it
 SHELL := /bin/bash
 VENV := .venv
@@ -41,8 +42,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Every suite (upstream vs ours, peers, torch Loader) into docs/, then the docs'
+# tables from the new JSON files; a failed case stops before the tables.
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --out docs
+	$(PY) -m benchmarks.doc_tables
 
 # Resolves with uv (pinned here, installed into .cache/) against PyPI, for
 # CPython 3.9 on Linux; writes every package, transitive ones and
