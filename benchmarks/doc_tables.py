@@ -1,4 +1,4 @@
-"""Writes the benchmark tables of the docs from the committed ``docs/benchmarks.json``.
+"""Writes the benchmark tables of the docs from the committed JSON files in ``docs/``.
 
 Usage::
 
@@ -6,9 +6,13 @@ Usage::
     .venv/bin/python -m benchmarks.doc_tables --check   # exit 1 if any block is stale
 
 (``make docs-tables``; ``make docs`` runs it before building the site, and
-``tests/test_docs.py`` runs the check.) The tables come from the run's cases through
-``benchmarks.run.summarize``, the same summaries ``benchmarks.run`` draws the chart
-(``docs/benchmarks.png``) from, so a figure in the docs is never typed by hand.
+``tests/test_docs.py`` runs the check; ``make bench`` runs it after measuring.) The
+upstream-vs-ours tables come from the run's cases through ``benchmarks.run.summarize``,
+the same summaries ``benchmarks.run`` draws the chart (``docs/benchmarks.png``) from;
+the peers tables from ``docs/peers.json`` through ``benchmarks.peers.markdown`` (the
+chart ``docs/peers.png`` is drawn from the same file); the torch Loader table from
+``docs/torch_loader.json`` through ``benchmarks.torch_loader.markdown``. A figure in
+the docs is never typed by hand.
 
 Each generated block sits between two markers in a Markdown file::
 
@@ -33,8 +37,10 @@ from benchmarks import _harness as h  # noqa: E402
 from benchmarks import run  # noqa: E402
 
 JSON_PATH = os.path.join(h.REPO_ROOT, "docs", "benchmarks.json")
-#: The process-workers-against-peers run (``python -m benchmarks.peers --json ...``).
+#: The process-workers-against-peers run (``python -m benchmarks.run --only peers``).
 PEERS_JSON_PATH = os.path.join(h.REPO_ROOT, "docs", "peers.json")
+#: The torch Loader against DataLoader run (``benchmarks.torch_loader``).
+TORCH_JSON_PATH = os.path.join(h.REPO_ROOT, "docs", "torch_loader.json")
 Doc = Dict[str, Any]  # a benchmarks.json document
 
 
@@ -98,30 +104,43 @@ def render_file(text: str, path: str, blocks: Dict[str, str]) -> str:
 
 
 #: Blocks rendered from docs/peers.json by ``benchmarks.peers.markdown``: the
-#: file, the block, and whether it gets every workload's table or the goals only.
+#: file, the block, and whether it gets every workload's table (with the trainer's
+#: CPU) or one table of batches/s; both end with the goals.
 PEER_BLOCKS: Dict[str, Tuple[str, bool]] = {
     "README.md": ("peers-summary", False),
     os.path.join("docs", "benchmarks.md"): ("peers-tables", True),
 }
+#: Blocks rendered from docs/torch_loader.json by ``benchmarks.torch_loader.markdown``.
+TORCH_BLOCKS: Dict[str, str] = {
+    os.path.join("docs", "torch.md"): "torch-loader-tables",
+}
+
+
+def _read_json(path: str) -> Doc:
+    with open(path, encoding="utf-8") as f:
+        doc: Doc = json.load(f)
+    return doc
 
 
 def stale_files(write: bool, json_path: str = JSON_PATH, root: str = h.REPO_ROOT,
-                peers_path: str = PEERS_JSON_PATH) -> List[str]:
+                peers_path: str = PEERS_JSON_PATH,
+                torch_path: str = TORCH_JSON_PATH) -> List[str]:
     """Renders every block; returns the files whose blocks differ (rewritten if ``write``)."""
-    from benchmarks import peers
+    from benchmarks import peers, torch_loader
 
     doc, summaries = load(json_path)
-    with open(peers_path, encoding="utf-8") as f:
-        peer_doc = json.load(f)
+    peer_doc, torch_doc = _read_json(peers_path), _read_json(torch_path)
     stale = []
-    for rel, renderers in BLOCKS.items():
+    for rel in [*BLOCKS, *(r for r in TORCH_BLOCKS if r not in BLOCKS)]:
         path = os.path.join(root, rel)
         with open(path, encoding="utf-8") as f:
             old = f.read()
-        blocks = {name: fn(doc, summaries) for name, fn in renderers.items()}
+        blocks = {name: fn(doc, summaries) for name, fn in BLOCKS.get(rel, {}).items()}
         if rel in PEER_BLOCKS:
             name, tables = PEER_BLOCKS[rel]
             blocks[name] = peers.markdown(peer_doc, tables)
+        if rel in TORCH_BLOCKS:
+            blocks[TORCH_BLOCKS[rel]] = torch_loader.markdown(torch_doc)
         new = render_file(old, rel, blocks)
         if new != old:
             stale.append(rel)
@@ -133,7 +152,7 @@ def stale_files(write: bool, json_path: str = JSON_PATH, root: str = h.REPO_ROOT
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.doc_tables",
-                                description="Benchmark tables of the docs, from benchmarks.json.")
+                                description="Benchmark tables of the docs, from the JSON files in docs/.")
     p.add_argument("--check", action="store_true",
                    help="change nothing; exit 1 if a generated block is out of date")
     args = p.parse_args(argv)
