@@ -13,6 +13,8 @@ The pipeline of one input (one ``init_data_input_workers`` call)::
     ChunkValidator                     types, row counts, dtypes, shapes -> precise errors
             v
     ChunkChannel                       bounded; FIFO, or round-robin when deterministic
+            |                          (process workers that send whole batches skip
+            |                          it: the enqueuer reads their sockets itself)
             v
     Rebatcher                          exact batch_size rows along each batch column,
             |                          copied once, straight into Caffe2 blob memory

@@ -7,6 +7,9 @@ may use of its input (``FetcherHost``); ``_thread_workers.py`` and
 backend through these methods alone, in the order of
 NOTE [ Shutdown and error protocol ] (``_coordinator.py``)::
 
+    batch_source()          once, when the input is built: None (the backend's
+                            threads put chunks into the input's channel) or a
+                            source the enqueuer reads chunks from itself
     start()                 once, from the coordinator's start()
     halt()                  never blocks, idempotent, safe from a signal handler
     join(deadline, t0)      bounded by the one deadline of the whole stop()
@@ -27,7 +30,7 @@ from ._chunk import Chunk
 from ._errors import DataInputError
 from ._metrics import Metrics
 
-__all__ = ["FetcherHost", "FetcherBackend", "BackendSpec", "FetchFun"]
+__all__ = ["FetcherHost", "FetcherBackend", "BackendSpec", "ChunkSource", "FetchFun"]
 
 FetchFun = Callable[[int, int], Any]
 
@@ -47,6 +50,26 @@ class BackendSpec:
     shm_bytes_per_worker: Optional[int]
     #: One chunk from each worker in turn (the channel's order).
     deterministic: bool = False
+
+
+class ChunkSource(Protocol):
+    """What the enqueuer takes chunks from: the input's channel (``_channel.py``),
+    or a backend that hands whole batches over itself (``FetcherBackend.batch_source``)."""
+
+    def get_ready(self, timeout: Optional[float] = None, want_rows: int = 1) -> List[Chunk]:
+        """Chunks ready now, waiting up to ``timeout`` for one; empty once closed."""
+
+    def close(self) -> None:
+        """Wake a waiting ``get_ready``; it returns empty from now on.  Never blocks."""
+
+    def drain(self) -> List[Chunk]:
+        """Remove and return what is still buffered (the owner releases it)."""
+
+    def depth(self) -> int:
+        """Chunks buffered; lock-free (``stats()`` and a signal handler read it)."""
+
+    def waiting_for(self) -> Optional[int]:
+        """The worker whose chunk must come next, if only one will do."""
 
 
 class FetcherHost(Protocol):
@@ -114,6 +137,16 @@ class FetcherBackend(abc.ABC):
     def pids(self) -> List[Optional[int]]:
         """Process ids of the workers, for messages (empty for threads)."""
         return []
+
+    def batch_source(self) -> Optional[ChunkSource]:
+        """Where the enqueuer reads chunks itself, instead of the host's channel.
+
+        Asked once, before ``threads`` is read and before ``start()``.  A
+        backend that returns a source gets its chunks to the enqueuer through
+        it alone: it starts no thread that puts into the host.  None (the
+        default): the backend's threads ``put`` into the host.
+        """
+        return None
 
     @abc.abstractmethod
     def locations(self, only: Optional[int] = None) -> str:

@@ -35,7 +35,7 @@ import math
 import threading
 import warnings
 import weakref
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from caffe2.proto import caffe2_pb2
@@ -129,6 +129,40 @@ def is_gpu(device_option: caffe2_pb2.DeviceOption) -> bool:
     return bool(core.IsGPUDeviceType(device_option.device_type))
 
 
+#: Weak references to lent arrays Caffe2 has not dropped yet (``_Lease``).
+_LIVE_LEASE_REFS: Dict[int, Any] = {}
+
+
+class _Lease:
+    """One lent batch: calls ``release`` once Caffe2 has dropped all its arrays.
+
+    A weak reference with a callback per array, kept in a module-level dict
+    until it fires, so that no garbage collection can drop it first
+    (``weakref.finalize`` does the same with more bookkeeping, and this runs
+    on every batch).  The last callback may run on any thread that drops a
+    tensor, hence the lock.
+    """
+
+    __slots__ = ("_left", "_release", "_lock")
+
+    def __init__(self, arrays: int, release: Callable[[], None]) -> None:
+        self._left = arrays
+        self._release = release
+        self._lock = threading.Lock()
+
+    def watch(self, arr: np.ndarray) -> None:
+        ref = weakref.ref(arr, self._dropped)
+        _LIVE_LEASE_REFS[id(ref)] = ref
+
+    def _dropped(self, ref: Any) -> None:
+        _LIVE_LEASE_REFS.pop(id(ref), None)
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._release()
+
+
 class Caffe2Feed:
     """Creates and drives the Caffe2 objects of one input (a ``BatchSink``, ``_sink.py``).
 
@@ -155,7 +189,7 @@ class Caffe2Feed:
         self.net_name = self.names.net
         self.input_source = input_source
         self._host_staging = is_gpu(device_option)
-        #: Set at the first lent batch (see ``_push``).
+        #: Set at the first lent batch (see ``destinations``).
         self._lending = False
         # Reentrant: NOTE [ Shutdown and error protocol ], rule 7 (_coordinator.py).
         self._close_lock = threading.RLock()
@@ -220,6 +254,12 @@ class Caffe2Feed:
 
         On the CPU path these are views of the scratch blobs' own memory.
         """
+        if self._lending:
+            # A scratch blob may hold a lent batch the queue swapped back: its
+            # tensor must not be resized and written into (nor fed over: a
+            # fed array keeps the blob's storage).  Replace it first.
+            for blob in self._scratch_blobs:
+                self._drop(blob)
         dests = []
         for blob, (shape, dtype) in zip(self._scratch_blobs, layout):
             c2type = _DTYPES.get(dtype)  # dtype is an np.dtype already: no conversion
@@ -260,24 +300,23 @@ class Caffe2Feed:
         Each array becomes a torch tensor over the same memory, fed to a scratch
         blob; Caffe2 keeps it through the queue and the net's output blob and
         drops it several batches later.  ``release`` runs when every array of
-        the batch has been dropped.
+        the batch has been dropped.  The queue swaps an older batch back into
+        each scratch blob; the next lend replaces it, and a copied batch drops
+        it first (``destinations``), which is why ``LEND_LAG`` counts one
+        enqueue past the swap.
         """
         torch = _torch()
-        left = [len(arrays)]
-        lock = threading.Lock()
-
-        def one_dropped() -> None:
-            with lock:
-                left[0] -= 1
-                last = left[0] == 0
-            if last:
-                release()
-
+        handle_of = torch._C._tensor_impl_raw_handle
+        lease = _Lease(len(arrays), release)
         self._lending = True
         for blob, arr in zip(self._scratch_blobs, arrays):
-            weakref.finalize(arr, one_dropped).atexit = False
-            blob.feed(torch.from_numpy(arr))
-            del arr  # the tensor holds the only reference now
+            lease.watch(arr)
+            tensor = torch.from_numpy(arr)
+            # What Blob.feed(tensor) does, less its type checks (this runs on
+            # every batch): the blob takes its own reference to the tensor,
+            # which must be alive during the call (a temporary's handle is not).
+            blob._wrap_tensor_impl(handle_of(tensor))
+            del arr, tensor  # the blob holds the only reference now
         arrays.clear()
         return self._push()
 
@@ -297,12 +336,6 @@ class Caffe2Feed:
     def _push(self) -> bool:
         """Run the enqueue net; True if the batch went in."""
         self._net.run()
-        if self._lending:
-            # The swap brought back a batch the net is done with; it may be a
-            # lent one, which must be dropped now (not written into by the
-            # next destinations()) so its shared memory goes back.
-            for blob in self._scratch_blobs:
-                self._drop(blob)
         if not self._closed:
             # close() marks the feed closed before it closes the queue, so the
             # queue was open for this whole enqueue: it went in.  This skips

@@ -4,6 +4,8 @@ Threads of one input (the whole pipeline is drawn once, in ``data_workers/__init
 
     fetcher threads, or receiver threads of worker processes
         --put()--> ChunkChannel --get_ready()--> enqueuer thread: Rebatcher -> sink
+    or, when worker processes send whole batches (``FetcherBackend.batch_source``):
+        worker sockets --get_ready()--> enqueuer thread: Rebatcher -> sink
     flusher thread: every log_interval_secs, metrics to the external loggers
     watchdog thread (optional): one warning when no batch moves
 
@@ -22,7 +24,7 @@ import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence
 
-from ._backend import FetcherBackend, FetcherHost
+from ._backend import ChunkSource, FetcherBackend, FetcherHost
 from ._channel import ChunkChannel, FifoChannel, RoundRobinChannel
 from ._chunk import Chunk
 from ._compat import BatchFeederInternals
@@ -73,7 +75,8 @@ class BatchFeeder(State, BatchFeederInternals):
     """The re-batch/enqueue stage of one input (upstream's ``BatchFeeder`` role).
 
     Fetchers ``put`` their output here; the enqueuer thread calls ``pump`` in
-    a loop, which moves chunks from the channel through the re-batcher into the sink.
+    a loop, which moves chunks from its source (the channel, or the backend's
+    ``batch_source``) through the re-batcher into the sink.
     """
 
     def __init__(self, config: InputConfig, worker_ids: Sequence[int], metrics: Metrics,
@@ -97,6 +100,9 @@ class BatchFeeder(State, BatchFeederInternals):
             self.channel = RoundRobinChannel(worker_ids, per_worker)
         else:
             self.channel = FifoChannel(config.max_buffered_batches)
+        #: Where the enqueuer takes chunks from: the channel, unless the backend
+        #: hands batches over itself (``read_from``).
+        self.source: ChunkSource = self.channel
         self.sink = sink
         self._lender = sink if isinstance(sink, LendingSink) else None
         self._last_log = time.monotonic()
@@ -104,6 +110,10 @@ class BatchFeeder(State, BatchFeederInternals):
         #: monotonic time the enqueuer began pushing a batch it has not pushed
         #: yet (the sink is full), else None; read by the stall watchdog.
         self.enqueue_blocked_since: Optional[float] = None
+
+    def read_from(self, source: ChunkSource) -> None:
+        """Take chunks from ``source`` instead of the channel (before start)."""
+        self.source = source
 
     # -- State ------------------------------------------------------------
     def start(self) -> None:
@@ -114,6 +124,8 @@ class BatchFeeder(State, BatchFeederInternals):
         """Halt, downstream first; never blocks (NOTE [ Shutdown and error protocol ])."""
         self.sink.close()
         self.channel.close()
+        if self.source is not self.channel:
+            self.source.close()
 
     def cleanup(self) -> None:
         """Release what is still buffered, and what the sink holds."""
@@ -123,6 +135,8 @@ class BatchFeeder(State, BatchFeederInternals):
     def release_buffers(self, include_rebatcher: bool = True) -> None:
         """Give back the memory of chunks that will never be batched (on stop)."""
         left = self.channel.drain()
+        if self.source is not self.channel:
+            left += self.source.drain()
         dropped = sum(c.rows for c in left)
         for chunk in left:
             chunk.done()
@@ -174,16 +188,17 @@ class BatchFeeder(State, BatchFeederInternals):
     # -- enqueuer side ----------------------------------------------------
     def pump(self, coordinator: WorkerCoordinator) -> None:
         """One step of the enqueuer: push one batch if the buffered rows make one,
-        else take from the channel only the chunks the next batch needs.
+        else take from the source only the chunks the next batch needs.
 
         Taking no more than needed keeps the stated memory bound: at most
         ``max_buffered_batches`` chunks in the channel plus the chunks of the
-        batch being cut.
+        batch being cut.  (A backend's own source is bounded by its workers'
+        shared memory instead: they wait for ring space.)
         """
         rows = self.rebatcher.next_batch_rows()
         if rows is None:
             need = 1 if self.config.dont_rebatch else self.batch_size - self.rebatcher.rows_buffered
-            for chunk in self.channel.get_ready(timeout=_POLL_SECS, want_rows=need):
+            for chunk in self.source.get_ready(timeout=_POLL_SECS, want_rows=need):
                 self.rebatcher.add(chunk)
             return
         started = time.monotonic()
@@ -219,7 +234,7 @@ class BatchFeeder(State, BatchFeederInternals):
         delta = now - self._last_log
         rows = self.counters.snapshot().rows_enqueued
         per_sec = int((rows - self._logged_rows) / delta) if delta > 0 else 0
-        depth = self.channel.depth()
+        depth = self.source.depth()
         logger.info("%s/%s: %d inputs/sec, %d chunks queued",
                     self.input_source, self.namescope, per_sec, depth)
         self.metrics.put_metric("inputs_per_sec", per_sec, False)
@@ -240,7 +255,8 @@ def enqueuer(coordinator: WorkerCoordinator, batch_feeder: BatchFeeder) -> None:
         while coordinator.is_active():
             batch_feeder.pump(coordinator)
     except DataInputError as e:
-        coordinator.fail(e.where(batch_feeder.input_source, None))
+        # A backend's batch source names the worker whose message failed.
+        coordinator.fail(e.where(batch_feeder.input_source, e.worker_id))
     except BaseException as e:  # noqa: B902 - a thread has nobody to raise to
         err = PipelineError("re-batching/enqueue of input %r failed: %s: %s"
                             % (batch_feeder.input_source, type(e).__name__, e))
@@ -274,6 +290,9 @@ class InputCoordinator(WorkerCoordinator):
             self.watchdog = StallWatchdog(
                 prefix, self.name, self.probe, self._fetcher_locations, config.stall_warning_secs)
         self.backend: FetcherBackend = make_backend(self)
+        source = self.backend.batch_source()
+        if source is not None:
+            feeder.read_from(source)
         self.threads = list(self.backend.threads) + [self.enqueuer_thread]
 
     # -- FetcherHost ------------------------------------------------------
@@ -352,8 +371,8 @@ class InputCoordinator(WorkerCoordinator):
             enqueue_blocked_since=feeder.enqueue_blocked_since,
             rows_buffered=feeder.rebatcher.rows_buffered,
             batch_size=feeder.batch_size,
-            chunks_queued=feeder.channel.depth(),
-            waiting_for=feeder.channel.waiting_for(),
+            chunks_queued=feeder.source.depth(),
+            waiting_for=feeder.source.waiting_for(),
             input_source=self.config.input_source,
             namescope=self.config.namescope)
 
@@ -376,7 +395,7 @@ class InputCoordinator(WorkerCoordinator):
             batches_enqueued=counters.batches_enqueued,
             rows_enqueued=counters.rows_enqueued,
             batches_lent=counters.batches_lent,
-            chunk_queue_depth=self.feeder.channel.depth(),
+            chunk_queue_depth=self.feeder.source.depth(),
             rows_buffered=self.feeder.rebatcher.rows_buffered,
             max_buffered_batches=self.config.max_buffered_batches,
             inputs_per_sec=counters.inputs_per_sec,

@@ -188,6 +188,7 @@ class _BatchBuilder:
         objects = {i: np.concatenate(parts, axis=self._spec.batch_columns[i])
                    for i, parts in self._objects.items()}
         self._conn.send(("chunk", span, layouts, objects, self._fetch_secs, self._chunks))
+        self._arena.count_sent()
         self._open = None
         self._objects = {}
         self._chunks = 0
@@ -233,6 +234,7 @@ def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: Sh
             continue
         if arrays is None or validator.rows_of(arrays) == 0:
             conn.send(("skip", fetch_secs))
+            arena.count_sent()
             continue
         numeric: List[np.ndarray] = [a for a in arrays if a.dtype.kind != "O"]
         need = arena.chunk_bytes(numeric)
@@ -263,6 +265,7 @@ def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: Sh
         span, layouts = written
         objects = {i: a for i, a in enumerate(arrays) if a.dtype.kind == "O"}
         conn.send(("chunk", span, layouts, objects, fetch_secs, 1))
+        arena.count_sent()
 
 
 def _exit_when_trainer_dies(conn: Connection, arena: ShmArena) -> None:

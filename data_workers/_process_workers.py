@@ -22,10 +22,14 @@ training script's ``__main__`` is imported in each child (guard it with
 
 Threads in the trainer, per input::
 
-    receiver thread per worker   data socket -> validate -> channel (may block: full)
+    whole batches (the default)  no thread of ours: the input's enqueuer reads the
+                                 data sockets itself (``_BatchReader``), validates
+                                 and hands each batch to the sink
+    chunks (deterministic,       a receiver thread per worker: data socket ->
+      dont_rebatch)              validate -> channel (may block: full)
     one process watcher          control sockets (ready, errors) + each process's
                                  pidfd: a death or an error is reported within
-                                 _WATCH_SECS, however full the channel is
+                                 _WATCH_SECS, however full the pipeline is
 
 Shutdown: NOTE [ Shutdown and error protocol ] in ``_coordinator.py``.
 """
@@ -41,14 +45,16 @@ import random
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ._backend import BackendSpec, FetcherBackend, FetcherHost
+from ._backend import BackendSpec, ChunkSource, FetcherBackend, FetcherHost
+from ._chunk import Chunk
 from ._errors import DataInputError, FetcherError, PipelineError, RemoteTraceback, WorkerDiedError
 from ._process_child import IN_WORKER_ENV, ChildSpec
 from ._shm_ring import ShmArena
@@ -87,6 +93,83 @@ def _pidfd(pid: int) -> Optional[int]:
         return None  # kernel < 5.3 or not Linux: the watcher polls instead
 
 
+class _DataSocket:
+    """The trainer's end of a worker's data socket: every message waiting, in one read.
+
+    The child writes with ``Connection.send`` (multiprocessing's framing: a
+    4-byte big-endian length, or -1 and an 8-byte length, then the pickle).
+    ``Connection.recv`` makes two reads per message, and each read lets go of
+    the GIL and takes it back; in a trainer whose main thread runs the net,
+    each of those can be a thread switch.  One ``recv_into`` per wake-up reads
+    whatever has arrived, often several batches' messages.
+    """
+
+    _HEADER = struct.Struct("!i")
+    _LONG_HEADER = struct.Struct("!Q")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray(1 << 16)
+        self._start = 0  # first unparsed byte
+        self._end = 0  # end of the bytes read
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def read(self) -> List[Any]:
+        """The messages that have arrived (possibly none yet: a partial one).
+
+        Blocks until something can be read.  Raises EOFError once the child
+        closed its end, OSError if the socket failed.
+        """
+        if self._end == len(self._buf):
+            self._make_room(len(self._buf) - self._start + 1)
+        with memoryview(self._buf) as whole, whole[self._end:] as free:
+            n = self._sock.recv_into(free)
+        if n == 0:
+            raise EOFError("the worker closed its data socket")
+        self._end += n
+        return self._messages()
+
+    def _messages(self) -> List[Any]:
+        out = []
+        buf = self._buf
+        while True:
+            start, available = self._start, self._end - self._start
+            if available < 4:
+                break
+            (size,) = self._HEADER.unpack_from(buf, start)
+            head = 4
+            if size == -1:
+                if available < 12:
+                    break
+                (size,) = self._LONG_HEADER.unpack_from(buf, start + 4)
+                head = 12
+            if available < head + size:
+                self._make_room(head + size)
+                break
+            with memoryview(buf) as whole, whole[start + head:start + head + size] as frame:
+                out.append(pickle.loads(frame))
+            self._start = start + head + size
+        if self._start == self._end:
+            self._start = self._end = 0
+        return out
+
+    def _make_room(self, frame_bytes: int) -> None:
+        """Move the unparsed bytes to the front, growing the buffer to hold ``frame_bytes``."""
+        pending = self._buf[self._start:self._end]
+        size = len(self._buf)
+        while size < frame_bytes + 1:
+            size *= 2
+        if size != len(self._buf):
+            self._buf = bytearray(size)
+        self._buf[:len(pending)] = pending
+        self._start, self._end = 0, len(pending)
+
+
 class _ProcessWorker:
     """One worker process, its arena, its two sockets and its receiver thread."""
 
@@ -106,9 +189,11 @@ class _ProcessWorker:
         self.ended = False
         #: Set when stop() had to terminate or kill it.
         self.ended_by_us = False
+        #: Data messages read (the child counts those it sent in the arena).
+        self.received = 0
         #: An error read off the control socket by join_process, for end_failure.
         self.reported: Optional[DataInputError] = None
-        self.conn: Optional[Connection] = None
+        self.conn: Optional[_DataSocket] = None
         self.control: Optional[Connection] = None
         self.thread = threading.Thread(
             target=self._receive, daemon=True,
@@ -138,11 +223,14 @@ class _ProcessWorker:
             theirs.close()  # the child has its copies
             ctl_theirs.close()
         self.pidfd = _pidfd(self.process.pid)
-        self.conn = Connection(ours.detach())
+        self.conn = _DataSocket(ours)
         self.control = Connection(ctl_ours.detach())
         self.control.send(preparation)
         self.control.send_bytes(spec_bytes)
-        self.thread.start()
+        if self.owner.reader is None:
+            self.thread.start()
+        else:
+            self.owner.reader.wake()  # the enqueuer starts reading this socket
 
     # -- receiver thread ----------------------------------------------------
     def _receive(self) -> None:
@@ -157,11 +245,12 @@ class _ProcessWorker:
                 if not poller.poll(_POLL_SECS * 1000):
                     continue
                 try:
-                    message = conn.recv()
+                    messages = conn.read()
                 except (EOFError, OSError):
                     return  # the child is gone: the process watcher reports it
-                if not self._handle(message):
-                    return
+                for message in messages:
+                    if not self._handle(message):
+                        return
         except DataInputError as failure:
             host.fail(failure.where(host.name, self.worker_id))
         except BaseException as exc:  # noqa: B902 - a thread has nobody to raise to
@@ -172,31 +261,43 @@ class _ProcessWorker:
 
     def _handle(self, message: Tuple[Any, ...]) -> bool:
         host = self.owner.host
-        kind = message[0]
-        if kind == "chunk":
-            _, span, layouts, objects, fetch_secs, chunks = message
-            host.metrics.put_metric("fetcher_time", fetch_secs)
-            views = self.arena.views(layouts)
-            arrays = [objects[i] if i in objects else views.pop(0)
-                      for i in range(len(layouts) + len(objects))]
-            arena = self.arena
-            token = arena.track(span)
-            try:  # the child checked the batch fits its ring (check_batch_fits)
-                chunk = host.accept(self.worker_id, arrays, chunks)
-            except BaseException:
-                arena.release(token)
-                raise
-            if chunk is None:
-                arena.release(token)
-                return True
-            chunk.release = lambda: arena.release(token)
-            # Caffe2 may take it uncopied if it is a whole batch (see _shm_ring.py).
-            chunk.lend = lambda: arena.lend(token, span)
-            return host.put_chunk(chunk)
-        if kind == "skip":
+        if message[0] == "skip":
             host.metrics.put_metric("fetcher_time", message[1])
             return host.put(None, self.worker_id)
-        raise PipelineError("unknown data message from worker %d: %r" % (self.worker_id, kind))
+        chunk = self.chunk_of(message)
+        return True if chunk is None else host.put_chunk(chunk)
+
+    def chunk_of(self, message: Tuple[Any, ...]) -> Optional[Chunk]:
+        """The accepted chunk a data message describes; None if there is none
+        (a skip, counted).  Raises Chunk*Error for output the host refuses."""
+        host = self.owner.host
+        self.received += 1
+        kind = message[0]
+        if kind == "skip":
+            host.metrics.put_metric("fetcher_time", message[1])
+            host.accept(self.worker_id, None)  # counts and logs the skip
+            return None
+        if kind != "chunk":
+            raise PipelineError("unknown data message from worker %d: %r" % (self.worker_id, kind))
+        _, span, layouts, objects, fetch_secs, chunks = message
+        host.metrics.put_metric("fetcher_time", fetch_secs)
+        views = self.arena.views(layouts)
+        arrays = [objects[i] if i in objects else views.pop(0)
+                  for i in range(len(layouts) + len(objects))]
+        arena = self.arena
+        token = arena.track(span)
+        try:  # the child checked the batch fits its ring (check_batch_fits)
+            chunk = host.accept(self.worker_id, arrays, chunks)
+        except BaseException:
+            arena.release(token)
+            raise
+        if chunk is None:
+            arena.release(token)
+            return None
+        chunk.release = lambda: arena.release(token)
+        # Caffe2 may take it uncopied if it is a whole batch (see _shm_ring.py).
+        chunk.lend = lambda: arena.lend(token, span)
+        return chunk
 
     # -- control messages (process watcher thread) -------------------------------
     def read_control(self) -> Optional[DataInputError]:
@@ -295,6 +396,142 @@ class _ProcessWorker:
         self.arena.close()
 
 
+class _BatchReader(ChunkSource):
+    """The enqueuer's chunk source when every worker sends whole batches.
+
+    The enqueuer polls the workers' data sockets itself and takes each batch
+    straight to the sink: no receiver thread and no channel in between.  A
+    batch then costs the trainer one thread wake-up instead of three, and the
+    GIL hand-offs that came with them (``benchmarks/peers.py``, trainer CPU
+    per batch).  Memory stays bounded: a worker whose batches are not read
+    waits for ring space.  Worker order is kept: one socket per worker, read
+    in order.
+
+    A wake-up pipe makes ``halt()`` and the start of each worker end a
+    waiting poll at once.  The lock is held while sockets are read, so that
+    ``join`` closes them only when no read is in progress (reentrant: NOTE
+    [ Shutdown and error protocol ], rule 7, ``_coordinator.py``).
+    """
+
+    def __init__(self, owner: "ProcessFetchers") -> None:
+        self._owner = owner
+        self._lock = threading.RLock()
+        self._closed = False
+        self._poller = select.poll()
+        self._by_fd: Dict[int, _ProcessWorker] = {}
+        self._registered: Set[int] = set()  # worker ids, read or gone
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poller.register(self._wake_r, select.POLLIN)
+
+    def wake(self) -> None:
+        """End a waiting ``get_ready``.  Never blocks; safe from a signal handler."""
+        fd = self._wake_w
+        if fd < 0:
+            return
+        try:
+            os.write(fd, b"!")
+        except OSError:
+            pass  # the pipe is full (a wake-up is pending anyway) or closed
+
+    def _register_new(self) -> None:
+        for w in self._owner.workers:
+            conn = w.conn
+            if conn is not None and w.worker_id not in self._registered:
+                self._registered.add(w.worker_id)
+                self._by_fd[conn.fileno()] = w
+                self._poller.register(conn.fileno(), select.POLLIN)
+
+    def get_ready(self, timeout: Optional[float] = None, want_rows: int = 1) -> List[Chunk]:
+        """Read what has arrived from each worker whose socket is readable."""
+        with self._lock:
+            if self._closed or self._owner.halted:
+                return []
+            if len(self._registered) < len(self._owner.workers):
+                self._register_new()
+            events = self._poller.poll(None if timeout is None else timeout * 1000)
+            chunks: List[Chunk] = []
+            try:
+                for fd, _ in events:
+                    worker = self._by_fd.get(fd)
+                    if worker is None:  # the wake-up pipe
+                        self._drain_wake()
+                        continue
+                    if self._owner.halted:
+                        break
+                    self._read(fd, worker, chunks)
+            except BaseException:
+                for chunk in chunks:
+                    chunk.done()
+                raise
+            return chunks
+
+    def _read(self, fd: int, worker: "_ProcessWorker", chunks: List[Chunk]) -> None:
+        """Append the chunks of ``worker``'s messages that have arrived to ``chunks``."""
+        conn = worker.conn
+        try:
+            if conn is None:
+                raise EOFError
+            messages = conn.read()
+        except (EOFError, OSError):
+            # The child is gone: the process watcher reports it.
+            self._poller.unregister(fd)
+            del self._by_fd[fd]
+            return
+        host = self._owner.host
+        try:
+            for message in messages:
+                chunk = worker.chunk_of(message)
+                if chunk is not None:
+                    chunks.append(chunk)
+        except DataInputError as failure:
+            raise failure.where(host.name, worker.worker_id)
+        except Exception as exc:
+            wrapped = PipelineError("receiving from fetcher %d of input %r failed: %s: %s"
+                                    % (worker.worker_id, host.name, type(exc).__name__, exc))
+            raise wrapped.where(host.name, worker.worker_id) from exc
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 64):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        self.wake()
+
+    def drain(self) -> List[Chunk]:
+        return []  # nothing is buffered here: unread batches stay in the rings
+
+    def depth(self) -> int:
+        """Batches the workers have sent that the enqueuer has not read yet."""
+        return sum(max(0, w.arena.sent - w.received) for w in self._owner.workers)
+
+    def waiting_for(self) -> Optional[int]:
+        return None
+
+    def shut(self, deadline: float) -> bool:
+        """Stop reading for good once no read is in progress (by ``deadline``).
+
+        Returns:
+            True if the sockets may be closed now.
+        """
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return False
+        try:
+            self._closed = True
+            return True
+        finally:
+            self._lock.release()
+
+    def close_fds(self) -> None:
+        fds = (self._wake_r, self._wake_w)
+        self._wake_r = self._wake_w = -1  # wake() checks first: the numbers may be reused
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
+
 class ProcessFetchers(FetcherBackend):
     """The process backend of one input: a worker process per worker id."""
 
@@ -304,6 +541,10 @@ class ProcessFetchers(FetcherBackend):
         host.add_batch_size_hook(self._set_batch_size)
         base_seed = spec.seed if spec.seed is not None else random.SystemRandom().randrange(2 ** 31)
         capacity = spec.shm_bytes_per_worker or DEFAULT_SHM_BYTES_PER_WORKER
+        assemble = not (spec.deterministic or spec.dont_rebatch)
+        #: Set when the host reads whole batches from the sockets itself (batch_source).
+        self.reader: Optional[_BatchReader] = None
+        self._assemble = assemble
         self.workers: List[_ProcessWorker] = []
         try:
             for index, wid in enumerate(host.worker_ids):
@@ -312,13 +553,24 @@ class ProcessFetchers(FetcherBackend):
                     blob_names=tuple(spec.blob_names), batch_columns=tuple(spec.batch_columns),
                     dont_rebatch=spec.dont_rebatch, input_source=spec.input_source,
                     capacity=capacity, fixed_capacity=spec.shm_bytes_per_worker is not None,
-                    assemble_batches=not (spec.deterministic or spec.dont_rebatch))))
+                    assemble_batches=assemble)))
         except BaseException:
             self.close()  # arenas made so far
             raise
-        self.threads = [w.thread for w in self.workers]
+        self.threads: List[threading.Thread] = [w.thread for w in self.workers]
         self._watcher = threading.Thread(
             target=self._watch, daemon=True, name="data_workers %s process watcher" % spec.input_source)
+
+    def batch_source(self) -> Optional[ChunkSource]:
+        """Whole batches (the default order): the enqueuer reads the sockets itself.
+
+        Chunk mode (``deterministic``, ``dont_rebatch``) keeps a receiver per
+        worker feeding the channel, whose order and bound those modes need.
+        """
+        if self._assemble and self.reader is None:
+            self.reader = _BatchReader(self)
+            self.threads = []
+        return self.reader
 
     def _set_batch_size(self, batch_size: int) -> None:
         for w in self.workers:
@@ -382,14 +634,17 @@ class ProcessFetchers(FetcherBackend):
         self.halted = True
         for w in self.workers:
             w.arena.request_stop()
+        if self.reader is not None:
+            self.reader.wake()
 
     def join(self, deadline: float, started: float) -> bool:
         # Receivers first (they end within _POLL_SECS of halt()), then close
         # our data socket ends: a child blocked sending to a full socket gets
         # EPIPE and exits instead of waiting for a reader that is gone.
         ok = join_threads(self.threads + [self._watcher], deadline, self.host.name, started)
+        readers_done = self.reader is None or self.reader.shut(deadline)
         for w in self.workers:
-            if not w.thread.is_alive() and w.conn is not None:
+            if readers_done and not w.thread.is_alive() and w.conn is not None:
                 w.conn.close()
                 w.conn = None
         for w in self.workers:
@@ -408,3 +663,5 @@ class ProcessFetchers(FetcherBackend):
         """Close sockets and arenas; the coordinator released every chunk first."""
         for w in self.workers:
             w.close()
+        if self.reader is not None:
+            self.reader.close_fds()

@@ -18,6 +18,8 @@ Layout (the header doubles as the control block)::
     [24:32)   exit: nonzero once the child ended because it was asked to (child writes)
     [32:40)   capacity: the ring bytes in use, set by the child from its first
               chunk (at most the mapped size; 0 until then)
+    [40:48)   sent: data messages the child has sent (child writes); the
+              parent's count of those it read gives the batches waiting
     [64:...)  the ring, up to the mapped size
 
 Sizing.  The memfd is mapped at its full size (a fixed size the user chose, or
@@ -59,7 +61,7 @@ import mmap
 import os
 import threading
 import time
-from typing import Callable, Deque, List, Optional, Sequence, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -71,13 +73,18 @@ ALIGN = 64
 RING_BATCHES = 10
 #: Enqueues after which Caffe2 has dropped a lent batch: the queue's 4 slots,
 #: then the net's output blob hands it back to a slot, which the 5th enqueue
-#: after it swaps into the scratch blob, where it is dropped.
-LEND_LAG = 5
+#: after it swaps into a scratch blob, where the 6th replaces it
+#: (``_enqueue.Caffe2Feed.lend``).
+LEND_LAG = 6
 #: The smallest ring a child sizes for itself.
 MIN_RING_BYTES = 64 << 20
 
 #: (dtype string, shape, byte offset in the ring) of one array in a chunk.
 ArrayLayout = Tuple[str, Tuple[int, ...], int]
+
+
+#: numpy dtypes by their string, for ``views`` (which runs on every batch).
+_DTYPES: Dict[str, np.dtype] = {}
 
 
 def _aligned(n: int) -> int:
@@ -119,7 +126,8 @@ class ShmArena:
             if created:  # e.g. mmap's ENOMEM: no ring, and no fd left behind
                 os.close(fd)
             raise
-        self._header = np.frombuffer(self._map, np.uint64, 5, 0)
+        # uint64 fields as Python ints: cheaper per access than numpy scalars.
+        self._header: memoryview = memoryview(self._map)[:48].cast("Q")
         self._owner_pid = os.getpid()
         # The enqueuer, a receiver, Caffe2's release callbacks and the stopping
         # thread release (reentrant: NOTE [ Shutdown and error protocol ], rule 7).
@@ -169,7 +177,7 @@ class ShmArena:
         span = pad + need
         pause = 0.0002
         while True:
-            in_use = self.written - int(self._header[0])
+            in_use = self.written - self._header[0]
             if in_use == 0 or self.capacity - in_use >= span:
                 break
             if not keep_waiting():
@@ -197,11 +205,16 @@ class ShmArena:
     # -- both sides -------------------------------------------------------
     def views(self, layouts: Sequence[ArrayLayout]) -> List[np.ndarray]:
         """Numpy arrays over the ring memory described by ``layouts`` (no copy)."""
-        out = []
+        ring = self._ring
+        out: List[np.ndarray] = []
         for dtype_str, shape, offset in layouts:
-            dtype = np.dtype(dtype_str)
-            nbytes = math.prod(shape) * dtype.itemsize
-            out.append(self._ring[offset:offset + nbytes].view(dtype).reshape(shape))
+            dtype = _DTYPES.get(dtype_str)
+            if dtype is None:
+                dtype = _DTYPES[dtype_str] = np.dtype(dtype_str)
+            if offset < 0 or offset + math.prod(shape) * dtype.itemsize > len(ring):
+                raise ValueError("array %s %s at %d is outside a ring of %d bytes"
+                                 % (dtype_str, shape, offset, len(ring)))
+            out.append(np.ndarray(shape, dtype, ring, offset))
         return out
 
     # -- parent side ------------------------------------------------------
@@ -225,7 +238,7 @@ class ShmArena:
             while self._spans and self._spans[0].released:
                 freed += self._spans.popleft().nbytes
             if freed and self._owned():
-                self._header[0] += np.uint64(freed)
+                self._header[0] += freed
 
     def lend(self, span: Span, batch_bytes: int) -> bool:
         """Whether ``span`` may go to Caffe2 uncopied: the ring can wait for it.
@@ -254,6 +267,16 @@ class ShmArena:
     def exited_when_asked(self) -> bool:
         """Parent side: the child recorded that it ended because it was asked to."""
         return self._header is not None and bool(self._header[3])
+
+    def count_sent(self) -> None:
+        """Child side: one more data message sent."""
+        self._header[5] += 1
+
+    @property
+    def sent(self) -> int:
+        """Data messages the child has sent so far."""
+        header = self._header
+        return 0 if header is None else int(header[5])
 
     @property
     def stop_requested(self) -> bool:
