@@ -21,9 +21,9 @@ not part of ``benchmarks.run``::
     python -m benchmarks.worker_start --torch-first
     python -m benchmarks.worker_start --repeats 1 --json out.json
 
-The ``data_workers`` measured is whichever the script imports: the current
-``PYTHONPATH``, so ``PYTHONPATH=/path/to/other/checkout`` measures another version
-with the same script (the result records which one).
+The ``data_workers`` measured is this checkout's, unless ``PYTHONPATH`` names another
+one: ``PYTHONPATH=/path/to/other/checkout python -m benchmarks.worker_start`` measures
+that version with the same script (the output says which one ran).
 """
 
 from __future__ import annotations
@@ -52,7 +52,11 @@ def run_once(workers: int, torch_first: bool, timeout_s: float) -> Dict[str, Any
     with tempfile.TemporaryDirectory(prefix="dw_worker_start_") as tmp:
         out = os.path.join(tmp, "result.json")
         cmd = [sys.executable, SCRIPT, str(workers), out] + (["torch-first"] if torch_first else [])
-        result = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout_s)
+        # This checkout's data_workers, unless PYTHONPATH names another one first.
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), h.REPO_ROOT) if p)
+        result = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True,
+                                timeout=timeout_s)
         if result.returncode != 0 or not os.path.exists(out):
             raise RuntimeError("%s failed with exit status %d:\n%s"
                                % (SCRIPT, result.returncode, result.stderr[-3000:]))
