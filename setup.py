@@ -27,6 +27,8 @@ setup(
         "protobuf<4",
         "future",
         "six",
+        # process workers send fetch_fun by value (lambdas, closures, the script's own)
+        "cloudpickle>=3.0",
         # torch 1.10.2 imports pkg_resources at start-up; setuptools 81 removed it.
         "setuptools<81",
     ],

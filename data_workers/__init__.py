@@ -7,7 +7,7 @@ Change one import line::
 
 The pipeline of one input (one ``init_data_input_workers`` call)::
 
-    fetch_fun(worker_id, batch_size)   N fetchers: threads, or spawned processes
+    fetch_fun(worker_id, batch_size)   N fetchers: threads, or worker processes
             |                          returning arrays through shared memory
             v
     ChunkValidator                     types, row counts, dtypes, shapes -> precise errors

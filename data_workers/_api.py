@@ -251,7 +251,11 @@ def init_data_input_workers(
 
     Args:
         worker_type: ``"thread"`` (default) or ``"process"``: fetchers run in
-            spawned worker processes and return arrays through shared memory.
+            worker processes and return arrays through shared memory.
+            ``fetch_fun`` is sent to them with cloudpickle: lambdas, closures and
+            the training script's own functions and classes work (the script
+            needs no ``__main__`` guard), with the globals they use copied into
+            each worker; it must not hold locks, open files and the like.
         deterministic: take one chunk from each worker in turn (worker-id order),
             so the batch stream depends on the fetchers' outputs alone.
         seed: the i-th process worker of this input seeds ``random`` and numpy

@@ -1,12 +1,18 @@
-"""The program a worker process runs: call fetch_fun, write arrays to the ring, report.
+"""The program a worker process runs: load fetch_fun, call it, write arrays to the ring, report.
 
 Started by ``_process_workers.py`` as ``python -m data_workers._process_child
 DATA_FD CONTROL_FD ARENA_FD PARENT_PID DEATH_SIGNAL`` (see there for why not
-``multiprocessing``).  The trainer first sends multiprocessing's spawn
-preparation data on the control socket (so functions defined in the training
-script's ``__main__`` unpickle here as they would under spawn), then the
-pickled ``ChildSpec``.  From then on every outcome is a message.  Data, on
-the data socket (it may lag behind a full channel)::
+``multiprocessing``).  The trainer first sends, on the control socket::
+
+    (ChildImports, ChildSpec)    where the trainer finds its modules; this worker's settings
+    fetch_fun                    cloudpickled bytes
+
+The worker takes the trainer's ``sys.path``, working directory and ``argv``,
+then unpickles ``fetch_fun``: what the training script (``__main__``) defines,
+lambdas and closures come by value with the globals they use; what an
+importable module defines comes by reference and is imported here.  The
+training script itself is never imported.  From then on every outcome is a
+message.  Data, on the data socket (it may lag behind a full channel)::
 
     ("chunk", span, layouts, objects, fetch_secs, n)  arrays are in the ring: a chunk,
                                                       or a whole batch made of n chunks
@@ -15,10 +21,13 @@ the data socket (it may lag behind a full channel)::
 Control, on the control socket (read at once by the trainer's process watcher)::
 
     ("ready",)                                      set up; fetch_fun runs from now on
-    ("error", pickled_exc, type_name, text, tb)     fetch_fun or validation failed
+    ("error", pickled_exc, type_name, text, tb)     loading fetch_fun, fetch_fun or
+                                                    validation failed
 
-A child that dies without an "error" message (killed, segfault, ``os._exit``)
-is noticed by the trainer watching the process itself.  The trainer asks the
+An error is cloudpickled too, so an exception class of the training script
+comes back as that very class (cloudpickle keeps the identity of a class it
+sent by value).  A child that dies without an "error" message (killed,
+segfault, ``os._exit``) is noticed by the trainer watching the process itself.  The trainer asks the
 child to stop through the arena's control block, and the child records there
 that it ended because it was asked to.  A child whose trainer is gone notices
 that its parent changed, or gets EPIPE, and exits; if fetch_fun is busy, a
@@ -31,7 +40,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import multiprocessing.spawn
 import os
 import pickle
 import random
@@ -45,24 +53,47 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import cloudpickle
 import numpy as np
 
 from ._errors import ChunkValueError
 from ._shm_ring import ShmArena
 from ._validate import ChunkValidator
 
-__all__ = ["ChildSpec", "child_main", "IN_WORKER_ENV"]
+__all__ = ["ChildImports", "ChildSpec", "child_main", "IN_WORKER_ENV"]
 
 #: Set in every worker process.
 IN_WORKER_ENV = "DATA_WORKERS_IN_WORKER_PROCESS"
 
 
 @dataclasses.dataclass(frozen=True)
+class ChildImports:
+    """Where the trainer finds its modules, taken at ``start()``.
+
+    The worker imports the modules ``fetch_fun`` refers to by reference from
+    there, as the trainer would; ``argv`` is for modules that read it when imported.
+    """
+
+    sys_path: Tuple[str, ...]
+    cwd: str
+    argv: Tuple[str, ...]
+
+    @classmethod
+    def of_this_process(cls) -> "ChildImports":
+        return cls(sys_path=tuple(sys.path), cwd=os.getcwd(), argv=tuple(sys.argv))
+
+    def adopt(self) -> None:
+        """Make this process look for modules where the trainer does."""
+        os.chdir(self.cwd)
+        sys.path[:] = list(self.sys_path)
+        sys.argv[:] = list(self.argv)
+
+
+@dataclasses.dataclass(frozen=True)
 class ChildSpec:
-    """What a worker process needs to know; pickled once at start."""
+    """What a worker process needs to know besides ``fetch_fun``; plain data."""
 
     worker_id: int
-    fetch_fun: Callable[[int, int], Any]
     seed: int
     blob_names: Sequence[str]
     batch_columns: Sequence[int]
@@ -78,7 +109,7 @@ class ChildSpec:
 
 def _send_error(conn: Connection, exc: BaseException) -> None:
     try:
-        blob: Optional[bytes] = pickle.dumps(exc)
+        blob: Optional[bytes] = cloudpickle.dumps(exc)
     except Exception:
         blob = None
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -205,7 +236,29 @@ def _add(builder: "_BatchBuilder", control: Connection, arrays: List[np.ndarray]
         return False
 
 
-def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: ShmArena) -> None:
+def load_fetch_fun(blob: bytes) -> Callable[[int, int], Any]:
+    """Unpickle ``fetch_fun`` (after ``ChildImports.adopt``).
+
+    Raises:
+        RuntimeError: saying it was loading fetch_fun that failed, and what to do;
+            the original exception is its ``__cause__``.
+    """
+    try:
+        fetch_fun: Callable[[int, int], Any] = pickle.loads(blob)
+    except Exception as exc:
+        hint = ""
+        if isinstance(exc, (ImportError, AttributeError)):
+            hint = ("; fetch_fun refers to something of an importable module by name, which "
+                    "the worker imports with the trainer's sys.path and working directory: "
+                    "make the module importable there, or have it sent by value with "
+                    "cloudpickle.register_pickle_by_value(module) before start()")
+        raise RuntimeError("unpickling fetch_fun in the worker process failed: %s: %s%s"
+                           % (type(exc).__name__, exc, hint)) from exc
+    return fetch_fun
+
+
+def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Connection,
+               control: Connection, arena: ShmArena) -> None:
     """The fetch loop of one worker process."""
     random.seed(spec.seed)
     np.random.seed(spec.seed % (2 ** 32))
@@ -220,7 +273,7 @@ def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: Sh
     while keep_going():
         started = time.monotonic()
         try:
-            output = spec.fetch_fun(spec.worker_id, arena.batch_size)
+            output = fetch_fun(spec.worker_id, arena.batch_size)
             fast = None if builder is None else validator.check_fast(
                 spec.worker_id, output, arena.batch_size)
             arrays = None if fast is not None else validator.check_structure(spec.worker_id, output)
@@ -271,7 +324,7 @@ def child_main(spec: ChildSpec, conn: Connection, control: Connection, arena: Sh
 def _exit_when_trainer_dies(conn: Connection, arena: ShmArena) -> None:
     """Daemon thread: end this process if the trainer dies without stopping it.
 
-    The trainer sends nothing after the spec, so the control socket turns readable only
+    The trainer sends nothing after fetch_fun, so the control socket turns readable only
     at end-of-file: the trainer closed it (after asking us to stop: the fetch
     loop ends by itself) or died -- SIGKILL, the OOM killer, a crash -- while
     fetch_fun was busy, which the fetch loop cannot notice until fetch_fun
@@ -309,24 +362,25 @@ def main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     data_fd, control_fd, arena_fd, parent, death_signal = (int(a) for a in argv[:5])
     _die_with_parent(parent, death_signal)
-    # Marks this interpreter as a worker: a training script without a
-    # ``__main__`` guard would otherwise start workers again while we import it.
+    # Marks this interpreter as a worker: a module fetch_fun imports here that
+    # starts process workers when imported would otherwise start them again.
     os.environ[IN_WORKER_ENV] = "1"
     conn = Connection(socket.socket(fileno=data_fd).detach())
     control = Connection(socket.socket(fileno=control_fd).detach())
     arena: Optional[ShmArena] = None
     try:
         try:
-            multiprocessing.spawn.prepare(control.recv())
-            spec: ChildSpec = pickle.loads(control.recv_bytes())
-        except Exception as exc:  # e.g. fetch_fun's module does not import here
+            imports, spec = control.recv()
+            imports.adopt()
+            fetch_fun = load_fetch_fun(control.recv_bytes())
+        except Exception as exc:  # e.g. a module fetch_fun refers to does not import here
             _send_error(control, exc)
             return 1
         arena = ShmArena(spec.capacity, fd=arena_fd, fixed=spec.fixed_capacity)
         threading.Thread(target=_exit_when_trainer_dies, args=(control, arena), daemon=True,
                          name="exit when the trainer dies").start()
         control.send(("ready",))
-        child_main(spec, conn, control, arena)
+        child_main(spec, fetch_fun, conn, control, arena)
     except (BrokenPipeError, ConnectionResetError, EOFError):
         pass  # the trainer went away or closed our socket after asking us to stop
     finally:

@@ -6,19 +6,25 @@ Arrays come back through a shared-memory ring per worker (``_shm_ring.py``);
 only a few bytes of metadata cross the socket.
 
 How workers start, and why: each is a fresh interpreter (``subprocess``,
-``python -m data_workers._process_child``), i.e. *spawn* semantics.  The
-trainer already runs Caffe2 and our own threads when workers start; ``fork``
-would copy their locked mutexes and half-initialised thread pools into the
-child, where they can deadlock.  ``multiprocessing``'s spawn and forkserver
-start methods are safe but leave a helper process (the resource tracker, or
-the fork server) running after ``stop()``.  Launching the interpreter
-ourselves, with the sockets and the arena's memfd passed as inherited file
-descriptors, leaves nothing behind.  We reuse multiprocessing's spawn
-*preparation* (``multiprocessing.spawn.get_preparation_data``/``prepare``), so
-the rules users know from spawn hold: ``fetch_fun`` must be picklable (a
-module-level function, or an instance of a module-level class), and the
-training script's ``__main__`` is imported in each child (guard it with
-``if __name__ == "__main__":``).
+``python -m data_workers._process_child``).  The trainer already runs Caffe2
+and our own threads when workers start; ``fork`` would copy their locked
+mutexes and half-initialised thread pools into the child, where they can
+deadlock.  ``multiprocessing``'s spawn and forkserver start methods are safe
+but leave a helper process (the resource tracker, or the fork server) running
+after ``stop()``.  Launching the interpreter ourselves, with the sockets and
+the arena's memfd passed as inherited file descriptors, leaves nothing behind.
+
+How ``fetch_fun`` gets there: pickled with cloudpickle, once per ``start()``,
+the same bytes for every worker (as Ray, Dask and joblib send functions).
+What the training script (``__main__``) defines -- functions, classes --,
+lambdas and closures go by value, with the globals they use; what an
+importable module defines goes by reference (``module.name``) and the worker
+imports that module, from the trainer's ``sys.path`` and working directory
+(``ChildImports``).  So a worker never imports the training script: it needs
+no ``if __name__ == "__main__":`` guard, and a worker imports only what
+``fetch_fun`` uses (not Caffe2, unless ``fetch_fun`` does).  The price of by
+value: every global ``fetch_fun`` uses is copied, at ``start()``, into every
+worker (``tests/test_process_main.py``).
 
 Threads in the trainer, per input::
 
@@ -38,7 +44,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing.connection
-import multiprocessing.spawn
 import os
 import pickle
 import random
@@ -56,9 +61,10 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 from ._backend import BackendSpec, ChunkSource, FetcherBackend, FetcherHost
 from ._chunk import Chunk
 from ._errors import DataInputError, FetcherError, PipelineError, RemoteTraceback, WorkerDiedError
-from ._process_child import IN_WORKER_ENV, ChildSpec
+from ._process_child import IN_WORKER_ENV, ChildImports, ChildSpec
 from ._shm_ring import ShmArena
 from ._threads import join_threads
+from ._worker_types import pickle_fetch_fun
 
 __all__ = ["ProcessFetchers", "DEFAULT_SHM_BYTES_PER_WORKER"]
 
@@ -203,7 +209,8 @@ class _ProcessWorker:
     def pid(self) -> Optional[int]:
         return None if self.process is None else self.process.pid
 
-    def start(self, preparation: Dict[str, Any], spec_bytes: bytes) -> None:
+    def launch(self) -> None:
+        """Start the process; it sets itself up while the others are launched."""
         ours, theirs = socket.socketpair()
         ctl_ours, ctl_theirs = socket.socketpair()
         # The kernel kills the worker when the thread that spawned it dies: only
@@ -225,8 +232,20 @@ class _ProcessWorker:
         self.pidfd = _pidfd(self.process.pid)
         self.conn = _DataSocket(ours)
         self.control = Connection(ctl_ours.detach())
-        self.control.send(preparation)
-        self.control.send_bytes(spec_bytes)
+
+    def send(self, imports: ChildImports, fetch_fun: bytes) -> None:
+        """Send what the process needs (blocks while it reads a large fetch_fun)."""
+        if self.control is None:
+            return
+        try:
+            self.control.send((imports, self.spec))
+            self.control.send_bytes(fetch_fun)
+        except (BrokenPipeError, ConnectionResetError):
+            # It died while starting (or reading): the process watcher
+            # reports how, which says more than a broken pipe raised here.
+            logger.debug("fetcher %d (pid %s) of input %r is gone before it got fetch_fun",
+                         self.worker_id, self.pid, self.owner.host.name)
+            return
         if self.owner.reader is None:
             self.thread.start()
         else:
@@ -363,8 +382,8 @@ class _ProcessWorker:
             # would make a worker busy in fetch_fun look like one still starting.
             self.reported = self.reported or self.read_control()
         if not self.ready and process.poll() is None:
-            # Still starting (importing the training script): nothing of the
-            # user's runs yet, so ending it now loses nothing.
+            # Still starting (loading fetch_fun, importing the modules it refers
+            # to): fetch_fun has not run yet, so ending it now loses nothing.
             self.ended_by_us = True
             process.terminate()
         try:
@@ -538,6 +557,7 @@ class ProcessFetchers(FetcherBackend):
     def __init__(self, host: FetcherHost, spec: BackendSpec) -> None:
         self.host = host
         self.halted = False
+        self.fetch_fun = spec.fetch_fun
         host.add_batch_size_hook(self._set_batch_size)
         base_seed = spec.seed if spec.seed is not None else random.SystemRandom().randrange(2 ** 31)
         capacity = spec.shm_bytes_per_worker or DEFAULT_SHM_BYTES_PER_WORKER
@@ -549,7 +569,7 @@ class ProcessFetchers(FetcherBackend):
         try:
             for index, wid in enumerate(host.worker_ids):
                 self.workers.append(_ProcessWorker(self, wid, ChildSpec(
-                    worker_id=wid, fetch_fun=spec.fetch_fun, seed=base_seed + index,
+                    worker_id=wid, seed=base_seed + index,
                     blob_names=tuple(spec.blob_names), batch_columns=tuple(spec.batch_columns),
                     dont_rebatch=spec.dont_rebatch, input_source=spec.input_source,
                     capacity=capacity, fixed_capacity=spec.shm_bytes_per_worker is not None,
@@ -586,20 +606,29 @@ class ProcessFetchers(FetcherBackend):
 
     def start(self) -> None:
         if os.environ.get(IN_WORKER_ENV):
+            # A safety net: a worker never runs the training script, but a module
+            # fetch_fun refers to by reference is imported in the worker.
             raise RuntimeError(
-                "process workers were started inside a worker process, most likely because the "
-                "training script starts them at import time: put its entry point under "
-                "'if __name__ == \"__main__\":' (worker processes import the script, as with "
-                "multiprocessing's spawn)")
-        preparation = multiprocessing.spawn.get_preparation_data(self.host.name)
-        # The authkey only matters to multiprocessing's own managers and
-        # refuses to be pickled outside a multiprocessing spawn.
-        preparation.pop("authkey", None)
-        # The coordinator's lock is held (rule 7): a stop() waits for this loop.
+                "input %r would start process workers inside a worker process: fetch_fun "
+                "starts them, or a module it uses starts them when imported; start process "
+                "workers from the training script only" % self.host.name)
+        # Pickled now, not at init: fetch_fun may have changed since (a
+        # ShardedSource restored from a checkpoint).  Once for all workers.
+        fetch_fun = pickle_fetch_fun(self.fetch_fun)
+        logger.debug("input %r: fetch_fun pickles to %d bytes, sent to each of %d workers",
+                     self.host.name, len(fetch_fun), len(self.workers))
+        imports = ChildImports.of_this_process()
+        # The coordinator's lock is held (rule 7): a stop() waits for these loops.
+        # Every process first, so that they start up side by side, then what
+        # each needs: a send blocks until its worker reads a large fetch_fun.
         for w in self.workers:
             if self.halted:  # a failure of an earlier worker: spawn no more
                 break
-            w.start(preparation, pickle.dumps(w.spec))
+            w.launch()
+        for w in self.workers:
+            if self.halted:
+                break
+            w.send(imports, fetch_fun)
         self._watcher.start()
 
     # -- the process watcher ---------------------------------------------------

@@ -90,8 +90,10 @@ class Loader:
             worker ids bound at start and makes ``state_dict()`` available.
         batch_size: rows per batch.
         num_workers: fetcher threads or processes.
-        worker_type: ``"thread"`` or ``"process"`` (spawned processes, arrays
-            through shared memory; ``fetch_fun`` must be picklable).
+        worker_type: ``"thread"`` or ``"process"`` (worker processes, arrays
+            through shared memory; ``fetch_fun`` is sent to them with cloudpickle,
+            so lambdas and closures work, and it must not hold locks, open files
+            and the like).
         deterministic: take one chunk from each worker in turn, so the batch
             stream depends on the fetchers' outputs alone; needed for
             ``state_dict()``.

@@ -6,9 +6,9 @@ augmenting them in Python, which is the work `data_workers` exists to take off t
 training loop.
 
 This module deliberately imports only numpy and Pillow (scikit-learn only inside
-`prepare_digits_png`, and never Caffe2): with ``worker_type="process"`` every spawned
-worker unpickles a `DigitsFetcher`, which imports this module in the child, and that
-should stay cheap.
+`prepare_digits_png`, and never Caffe2): with ``worker_type="process"`` every worker
+process unpickles a `DigitsFetcher` by reference, which imports this module there (and
+nothing of the training script), and that should stay cheap.
 
 Data flow::
 
@@ -167,9 +167,10 @@ class DigitsFetcher:
     re-batching is exercised. Each worker walks the samples in its own shuffled order,
     epoch after epoch.
 
-    It is an instance of a module-level class holding only plain data, so it pickles,
-    which ``worker_type="process"`` requires. With thread workers one instance is shared
-    by all of an input's threads, hence the per-worker-id state below.
+    It holds only plain data, so it pickles, which ``worker_type="process"`` requires;
+    process workers get its class by reference, importing this module. With thread
+    workers one instance is shared by all of an input's threads, hence the per-worker-id
+    state below.
 
     Usage::
 

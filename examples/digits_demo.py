@@ -13,14 +13,15 @@ What it shows, end to end on CPU:
 * the library's metrics going to an external logger, a tqdm bar, and a chart.
 
 Run it as a file (``python examples/digits_demo.py``): process workers unpickle the
-fetcher by importing `digits_data`, which lives next to this script, and a spawned child
-finds it because the script's folder is on ``sys.path``.
+fetcher by importing `digits_data`, which lives next to this script, and a worker
+finds it because it gets the trainer's ``sys.path``, where the script's folder is.
 
 Exit status: 0 when the held-out accuracy reaches ``--min-accuracy``, 1 below it.
 """
 
-# Only the standard library at module level: every process worker re-imports this
-# script (spawn semantics), and the training code below is imported inside main().
+# Only the standard library at module level, and the training code is imported inside
+# main(): --help and argument errors answer at once.  (Process workers never import
+# this script: they import `digits_data` to unpickle the fetcher.)
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--worker-type", choices=("thread", "process"), default="process",
-                        help="run fetchers in threads or in spawned processes")
+                        help="run fetchers in threads or in worker processes")
     parser.add_argument("--workers", type=int, default=2,
                         help="training fetch workers per device")
     parser.add_argument("--val-workers", type=int, default=1,

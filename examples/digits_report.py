@@ -99,8 +99,7 @@ def write_chart(
 
     ``history`` times must come from ``recorder.elapsed()``, so both share an origin.
     """
-    # Imported here, not at the top: process workers re-import the training script and
-    # what it imports, and none of them needs matplotlib.
+    # Imported here, not at the top: only the chart needs matplotlib.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

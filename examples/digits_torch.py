@@ -20,8 +20,9 @@ Run it as a file (``python examples/digits_torch.py``); exit status 0 when the
 held-out accuracy reaches ``--min-accuracy``, else 1.
 """
 
-# Only the standard library at module level: process workers re-import this script
-# (spawn semantics) and need neither torch nor the model to run DigitsFetcher.
+# Only the standard library at module level, and torch and the model are imported inside
+# main(): --help and argument errors answer at once.  (Process workers never import
+# this script: they import `digits_data` to unpickle DigitsFetcher, and never torch.)
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--worker-type", choices=("thread", "process"), default="process",
-                        help="run fetchers in threads or in spawned processes")
+                        help="run fetchers in threads or in worker processes")
     parser.add_argument("--workers", type=int, default=2, help="training fetch workers")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="images per step (the Caffe2 demo: 32 on each of 2 devices)")

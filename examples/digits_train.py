@@ -1,8 +1,8 @@
 """The digits demo's training run: inputs, nets, the loop, the evaluation, the chart.
 
 `digits_demo.py` is the command line around `run`; it imports this module only inside
-``main()``, because process workers re-import the training script in every child and
-they need none of Caffe2's model code, tqdm or matplotlib.
+``main()``, so that its command line answers before Caffe2's model code, tqdm and
+matplotlib are imported.
 
 Inputs (one `init_data_input_workers` call per source and device, made inside the
 scope that `data_parallel_model` opens for that device)::

@@ -2,12 +2,13 @@
 
 `text_features.HashedBagOfWords` does all its work in Python bytecode. With
 ``worker_type="thread"`` its workers take turns on the GIL, so adding workers adds
-little; with ``worker_type="process"`` each worker is a spawned process with its own
+little; with ``worker_type="process"`` each worker is a process with its own
 interpreter and the work spreads over the cores. The script runs the same input both
 ways and prints the rows per second the net received.
 
-For process workers the fetcher must pickle: it is an instance of a module-level class,
-defined in a module the child can import (next to this script, on ``sys.path``).
+For process workers the fetcher must pickle: it is an instance of a class of its own
+module, `text_features` (next to this script, on ``sys.path``), which each worker
+imports to unpickle it; a worker imports nothing of this script.
 
 Run: ``python examples/process_workers.py [--fast] [--workers N]``
 """

@@ -5,8 +5,9 @@ hashed bag-of-words vector, word by word, in Python, the kind of feature extract
 that does not release the GIL. Threads cannot run such fetchers in parallel with each
 other (or with the training loop); processes can.
 
-It lives in its own small module, apart from the script that uses it, so that a spawned
-worker process can import it by name to unpickle the fetcher.
+It lives in its own small module, apart from the script that uses it: a worker process
+imports it by name to unpickle the fetcher (a class of the script itself would be sent
+by value instead, which works too).
 """
 
 from __future__ import annotations

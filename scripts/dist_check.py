@@ -101,14 +101,15 @@ def dist_check(work: str) -> None:
     with open(os.path.join(vsite, "zz_project_env.pth"), "w") as f:
         f.write("\n".join(deps) + "\n")
 
-    # 3. The wheel, and nothing else.
+    # 3. The wheel, and nothing else.  Without PYTHONPATH: pip would take a checkout on
+    # it for data_workers already installed, and install nothing.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     run([sys.executable, "-m", "pip", "--disable-pip-version-check", "--python", vpy,
-         "install", "--quiet", "--no-deps", "--no-index", wheel])
+         "install", "--quiet", "--no-deps", "--no-index", wheel], env=env)
 
     # 4. Use it from outside the repository.
     outside = os.path.join(work, "cwd")
     os.makedirs(outside)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     run([vpy, "-c", IMPORT_CHECK, venv], cwd=outside, env=env)
     run([vpy, os.path.join(ROOT, "examples", "minimal.py")], cwd=outside, env=env)
     print(f"dist-check passed in {time.monotonic() - t0:.1f} s: {sdists[0]}, {wheels[0]}")

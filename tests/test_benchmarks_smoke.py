@@ -120,3 +120,16 @@ def test_peers_tables_show_a_failed_case():
     text = peers.markdown(doc, tables=False)
     assert "| one_sample | 100 (100-100) | 100 (100-100) | failed |" in text
     assert "| one_sample: ours-process / dataloader | - | >= 1.5x | N/A |" in text
+
+
+@pytest.mark.timeout(120)
+def test_worker_start_benchmark_runs(tmp_path):
+    out = tmp_path / "worker_start.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker_start", "--repeats", "1", "--workers", "2",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "workers' USS, total MB" in result.stdout
+    record = json.loads(out.read_text())["records"][0]
+    assert len(record["worker_uss"]) == 2 and record["first_batch_s"] > 0

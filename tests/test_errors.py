@@ -213,6 +213,11 @@ def test_none_and_empty_chunks_are_skipped_and_counted(ws, caplog):
     assert any("returned None; skipped" in r.getMessage() for r in caplog.records)
 
 
+def _closure_over_a_lock():
+    lock = threading.Lock()
+    return lambda worker_id, batch_size: lock
+
+
 @pytest.mark.parametrize("kwargs,fragment", [
     (dict(batch_size=0), "batch_size must be a positive int"),
     (dict(num_worker_threads=0), "num_worker_threads"),
@@ -224,7 +229,8 @@ def test_none_and_empty_chunks_are_skipped_and_counted(ws, caplog):
     (dict(fetch_fun=None), "fetch_fun must be callable"),
     (dict(init_fun=5), "init_fun must be None or callable"),
     (dict(input_source_name=3), "input_source_name must be a str"),
-    (dict(worker_type="process", fetch_fun=lambda w, b: None), "must be picklable"),
+    (dict(worker_type="process", fetch_fun=_closure_over_a_lock()),
+     r"fetch_fun .*cannot pickle '_thread.lock' object"),
 ])
 def test_invalid_arguments_rejected_at_init(ws, kwargs, fragment):
     args = dict(net=make_net(), input_blob_names=["data", "label"],

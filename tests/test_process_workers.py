@@ -136,43 +136,6 @@ def _returns_list_for_label(worker_id, batch_size):
     return [np.zeros((4, 3)), [0, 1, 2, 3]]
 
 
-UNGUARDED_SCRIPT = '''
-import numpy as np
-from caffe2.python import core, workspace
-workspace.GlobalInit(["caffe2", "--caffe2_log_level=3"])
-import data_workers
-
-def fetch(worker_id, batch_size):
-    return [np.zeros((4, 3)), np.zeros((4,), np.int32)]
-
-net = core.Net("n")
-coord = data_workers.init_data_input_workers(net, ["data", "label"], fetch, 4, 1,
-                                             worker_type="process", timeout=5)
-coord.start()  # no __main__ guard: each worker imports this file again
-workspace.CreateNet(net)
-try:
-    workspace.RunNet("n")
-except RuntimeError:
-    pass
-try:
-    coord.stop()
-except data_workers.FetcherError as err:
-    print("FetcherError:", err)
-'''
-
-
-def test_script_without_main_guard_gets_a_clear_error_not_a_fork_bomb(tmp_path):
-    import subprocess
-    import sys
-
-    script = tmp_path / "unguarded.py"
-    script.write_text(UNGUARDED_SCRIPT)
-    result = subprocess.run([sys.executable, str(script)], cwd=str(tmp_path),
-                            capture_output=True, text=True, timeout=90)
-    assert "FetcherError:" in result.stdout, result.stdout + result.stderr
-    assert "if __name__ == \"__main__\":" in result.stdout
-
-
 class _WholeBatches:
     """Tagged rows, one whole batch of ``rows`` rows (about 64 KiB) per call."""
 

@@ -57,20 +57,20 @@ def test_no_caffe2_module_and_the_exit_hook_stops_a_loader_nobody_closed(tmp_pat
     script.write_text(textwrap.dedent("""
         import sys
 
-        if __name__ == "__main__":  # worker processes re-import this file: keep them light
-            import data_workers.torch
-            from fault_fetchers import SteadyFetcher
+        # No __main__ guard: process workers never import this file.
+        import data_workers.torch
+        from fault_fetchers import SteadyFetcher
 
-            with data_workers.torch.Loader(SteadyFetcher(), 4, names=["d", "l"]) as loader:
-                for _, (data, label) in zip(range(5), loader):
-                    assert data.shape == (4, 3)
-            loader = data_workers.torch.Loader(SteadyFetcher(), 4, 2, worker_type="process",
-                                               names=["d", "l"])
-            next(loader)
-            loaded = sorted(m for m in sys.modules if m.startswith("caffe2"))
-            if loaded:
-                sys.exit("caffe2 modules loaded: %s" % loaded)
-            print(" ".join(str(p) for p in loader.stats().worker_pids))
+        with data_workers.torch.Loader(SteadyFetcher(), 4, names=["d", "l"]) as loader:
+            for _, (data, label) in zip(range(5), loader):
+                assert data.shape == (4, 3)
+        loader = data_workers.torch.Loader(SteadyFetcher(), 4, 2, worker_type="process",
+                                           names=["d", "l"])
+        next(loader)
+        loaded = sorted(m for m in sys.modules if m.startswith("caffe2"))
+        if loaded:
+            sys.exit("caffe2 modules loaded: %s" % loaded)
+        print(" ".join(str(p) for p in loader.stats().worker_pids))
     """))
     env = {"PYTHONPATH": "%s:%s" % (REPO_ROOT, TESTS), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
@@ -111,6 +111,27 @@ def test_deterministic_stream_is_the_round_robin_of_fetcher_outputs(worker_type:
         for worker_id in range(3):
             chunks.append(reference(worker_id, 8)[0])
     np.testing.assert_array_equal(got, np.concatenate(chunks)[:len(got)])
+
+
+def test_a_lambda_feeds_process_workers_which_do_not_import_torch() -> None:
+    """The lambda goes by value with what it uses (numpy, sys), not this module (torch)."""
+    seq: dict = {}
+
+    def tagged(worker_id: int) -> List[np.ndarray]:
+        start = seq.get(worker_id, 0)
+        seq[worker_id] = start + 4
+        data = np.zeros((4, 3))
+        data[:, 0] = worker_id
+        data[:, 1] = np.arange(start, start + 4)
+        data[:, 2] = "torch" in sys.modules
+        return [data, np.arange(start, start + 4).astype(np.int32)]
+
+    with Loader(lambda w, b: tagged(w), 8, 2, worker_type="process", names=NAMES,
+                timeout=10) as loader:
+        batches = as_numpy(take(loader, 30))
+    assert sum(check_tagged([[d[:, :2], label] for d, label in batches], batch_size=8).values()) \
+        == 30 * 8
+    assert not any(d[:, 2].any() for d, _ in batches), "a worker imported torch"
 
 
 def test_batch_columns_and_dont_rebatch() -> None:
@@ -315,6 +336,11 @@ def test_a_dropped_loader_halts_its_workers() -> None:
     assert not any(t.is_alive() for t in threads)
 
 
+def _closure_over_a_lock() -> Any:
+    lock = threading.Lock()
+    return lambda worker_id, batch_size: lock
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(fetch_fun=42), TypeError, "fetch_fun must be callable"),
     (dict(batch_size=0), ValueError, "batch_size must be a positive int"),
@@ -325,7 +351,8 @@ def test_a_dropped_loader_halts_its_workers() -> None:
     (dict(names=None), TypeError, "pass names=.* or batch_columns"),
     (dict(batch_columns=[0]), ValueError, "batch_columns must list one non-negative int"),
     (dict(seed=1.5), TypeError, "seed must be an int"),
-    (dict(worker_type="process", fetch_fun=lambda w, b: None), TypeError, "must be picklable"),
+    (dict(worker_type="process", fetch_fun=_closure_over_a_lock()), TypeError,
+     r"fetch_fun .*cannot pickle '_thread.lock' object"),
 ])
 def test_bad_arguments_name_the_parameter(kwargs: Any, error: type, match: str) -> None:
     args = dict(fetch_fun=SteadyFetcher(), batch_size=4, names=NAMES)
