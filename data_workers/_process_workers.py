@@ -554,6 +554,8 @@ class _BatchReader(ChunkSource):
 class ProcessFetchers(FetcherBackend):
     """The process backend of one input: a worker process per worker id."""
 
+    shares_memory = True
+
     def __init__(self, host: FetcherHost, spec: BackendSpec) -> None:
         self.host = host
         self.halted = False
