@@ -262,8 +262,9 @@ def init_data_input_workers(
             with ``seed + i`` (default: a random base seed), so a run is
             reproducible whatever global worker ids it gets.
         log_interval_secs: seconds between inputs/sec logs and external-logger flushes.
-        shm_bytes_per_worker: shared memory per process worker (default 64 MiB);
-            a chunk larger than this is a ``ChunkValueError``.
+        shm_bytes_per_worker: the ring of shared memory per process worker, in
+            bytes (default: sized at the first chunk to ten batches, at least
+            64 MiB); a batch that cannot fit is a ``ChunkValueError``.
         stall_warning_secs: if set, log one warning naming the stuck stage (and,
             for thread workers, the fetchers' stacks) when no batch has moved
             for this many seconds; see ``data_workers/_watchdog.py``.
