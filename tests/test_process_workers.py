@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
+from multiprocessing.connection import Connection
 
 import numpy as np
 import pytest
@@ -182,3 +185,50 @@ def test_whole_batches_lent_to_caffe2_arrive_intact(ws, ring_batches):
         assert stats.batches_lent > 0.9 * stats.batches_enqueued
     else:
         assert stats.batches_lent == 0
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_whole_batches_are_read_by_the_enqueuer_without_receiver_threads(ws, deterministic):
+    """Whole batches (the default) go from the workers' sockets to the enqueuer with no
+    receiver thread between; chunk mode (deterministic) keeps one per worker.  Either
+    way every row arrives exactly once."""
+    net = make_net("reader%s" % deterministic)
+    coord = init_tagged(net, worker_type="process", num_worker_threads=2,
+                        deterministic=deterministic)
+    coord.start()
+    check_tagged(run_and_collect(net, 6))
+    receivers = [t.name for t in threading.enumerate() if "receiver" in t.name]
+    assert len(receivers) == (2 if deterministic else 0), receivers
+    assert coord.stop() is True
+
+
+def test_data_socket_reads_every_message_whatever_the_reads_cut():
+    """The trainer's end of a data socket parses multiprocessing's framing itself, one
+    read per wake-up: messages cut across reads, several in one read, and frames
+    larger than its buffer all come out whole and in order."""
+    from data_workers._process_workers import _DataSocket
+
+    ours, theirs = socket.socketpair()
+    sender = Connection(theirs.detach())
+    reader = _DataSocket(ours)
+    messages = [("chunk", i, "x" * (i * 997)) for i in range(120)]
+    messages.append(("big", np.arange(300000)))  # 2.4 MB: many reads, buffer grows
+
+    def send() -> None:
+        for message in messages:
+            sender.send(message)
+        sender.close()
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    got: list = []
+    try:
+        with pytest.raises(EOFError):
+            while True:
+                got.extend(reader.read())
+    finally:
+        thread.join()
+        reader.close()
+    assert [m[:2] for m in got[:-1]] == [m[:2] for m in messages[:-1]]
+    assert [m[2] for m in got[:-1]] == [m[2] for m in messages[:-1]]
+    np.testing.assert_array_equal(got[-1][1], messages[-1][1])
