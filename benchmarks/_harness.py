@@ -673,6 +673,37 @@ def spin(iterations: int) -> int:
     return acc
 
 
+def calibrate_spin(target_s: float) -> Dict[str, float]:
+    """Iterations of ``spin`` that take ``target_s`` here, uncontended.
+
+    Scales by the *fastest* of several runs: on a shared VM other programs only
+    ever make a run slower, so the minimum is the stable estimate (a median
+    taken while the machine is busy calibrates far too few iterations). Spins
+    ~1 s first: the first milliseconds of a fresh process run at another speed.
+
+    Returns:
+        ``spin_iterations``; ``spin_s`` (median) and ``spin_min_s`` of 15 runs.
+    """
+    t_end = time.perf_counter() + 1.0
+    n = 20000
+    while time.perf_counter() < t_end:
+        spin(n)
+    for _ in range(4):
+        samples = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            spin(n)
+            samples.append(time.perf_counter() - t0)
+        n = max(1000, int(n * target_s / min(samples)))
+    samples = []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        spin(n)
+        samples.append(time.perf_counter() - t0)
+    return {"spin_iterations": n, "spin_s": statistics.median(samples),
+            "spin_min_s": min(samples)}
+
+
 def cpu_probe(iterations: int = 50000, repeats: int = 5) -> float:
     """Nanoseconds per ``spin`` iteration now (median): this VM's CPU speed drifts
     by up to 2x over seconds, so every case records it before and after."""

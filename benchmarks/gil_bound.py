@@ -13,8 +13,6 @@ upstream's best thread count.
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
@@ -31,34 +29,8 @@ spin = h.spin
 
 
 def calibrate(target_s: float = FETCH_S) -> Dict[str, float]:
-    """Iterations of ``spin`` that take ``target_s`` here, uncontended.
-
-    Scales by the *fastest* of several runs: on a shared VM other programs only
-    ever make a run slower, so the minimum is the stable estimate (a median
-    taken while the machine is busy calibrates far too few iterations). Spins
-    ~1 s first: the first milliseconds of a fresh process run at another speed.
-
-    Returns:
-        ``spin_iterations``; ``spin_s`` (median) and ``spin_min_s`` of 15 runs.
-    """
-    t_end = time.perf_counter() + 1.0
-    n = 20000
-    while time.perf_counter() < t_end:
-        spin(n)
-    for _ in range(4):
-        samples = []
-        for _ in range(7):
-            t0 = time.perf_counter()
-            spin(n)
-            samples.append(time.perf_counter() - t0)
-        n = max(1000, int(n * target_s / min(samples)))
-    samples = []
-    for _ in range(15):
-        t0 = time.perf_counter()
-        spin(n)
-        samples.append(time.perf_counter() - t0)
-    return {"spin_iterations": n, "spin_s": statistics.median(samples),
-            "spin_min_s": min(samples)}
+    """``_harness.calibrate_spin`` for this workload's ~5 ms fetch."""
+    return h.calibrate_spin(target_s)
 
 
 class BusyFetcher:

@@ -55,21 +55,7 @@ SPIN_SECS = 0.010
 BIG_SHAPE = (BATCH, 3, 224, 224)
 
 
-def spin(iterations: int) -> int:
-    """Pure Python, holding the GIL throughout."""
-    total = 0
-    for i in range(iterations):
-        total += i * i % 7
-    return total
-
-
-def spin_iterations(target: float = SPIN_SECS) -> int:
-    n = 20000
-    for _ in range(5):
-        t0 = time.perf_counter()
-        spin(n)
-        n = max(1000, int(n * target / (time.perf_counter() - t0)))
-    return n
+spin = h.spin
 
 
 class OneSample:
@@ -282,7 +268,7 @@ def run(timing: Timing, *, workloads: Sequence[str] = tuple(CASES), mode: str = 
         ``error`` and ``log_tail`` instead when the case failed).
     """
     t_begin = time.monotonic()
-    iterations = spin_iterations()
+    iterations = int(h.calibrate_spin(SPIN_SECS)["spin_iterations"])
     results: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
     total = sum(len(CASES[w]) for w in workloads) * timing.repeats
     done = 0

@@ -38,9 +38,14 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+if __package__ in (None, ""):  # `python benchmarks/torch_loader.py`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import _harness as h  # noqa: E402
 
 BATCH = 32
 WIDTH = 64
@@ -48,28 +53,7 @@ WORKERS = 2
 GIL_FETCH_S = 0.010
 
 
-def spin(iterations: int) -> int:
-    """Pure-Python busy loop; holds the GIL the whole time."""
-    acc = 0
-    for i in range(iterations):
-        acc ^= i
-    return acc
-
-
-def calibrate(target_s: float) -> int:
-    """Iterations of ``spin`` taking ``target_s`` here (fastest of several runs:
-    on a shared machine other programs only ever make a run slower)."""
-    n = 20000
-    for _ in range(4):
-        best = min(_timed(spin, n) for _ in range(5))
-        n = max(1000, int(n * target_s / best))
-    return n
-
-
-def _timed(fun: Callable[[int], Any], arg: int) -> float:
-    t0 = time.perf_counter()
-    fun(arg)
-    return time.perf_counter() - t0
+spin = h.spin
 
 
 # ----------------------------------------------------------------------------- fetchers
@@ -189,8 +173,9 @@ def run(quick: bool, repeats: Optional[int] = None, window_s: Optional[float] = 
     repeats = repeats or (3 if quick else 5)
     window_s = window_s or (1.0 if quick else 3.0)
     warmup_s = min(1.0, window_s / 2) if warmup_s is None else warmup_s
-    spin_iterations = calibrate(GIL_FETCH_S)
-    spin_s = statistics.median(_timed(spin, spin_iterations) for _ in range(5))
+    calibration = h.calibrate_spin(GIL_FETCH_S)
+    spin_iterations = int(calibration["spin_iterations"])
+    spin_s = calibration["spin_s"]
     results: Dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "load_avg_start": os.getloadavg()[0]},
@@ -225,6 +210,19 @@ def run(quick: bool, repeats: Optional[int] = None, window_s: Optional[float] = 
     return results
 
 
+def _side_figures(workload: Dict[str, Any]) -> Tuple[Callable[[str], str], Callable[[str], float]]:
+    """For one workload of a run: each side's batches/s as "median (min-max)", and
+    its median time to the first batch."""
+    def rates(side: str) -> str:
+        v = [r["batches_per_s"] for r in workload["runs"][side]]
+        return "%.0f (%.0f-%.0f)" % (statistics.median(v), min(v), max(v))
+
+    def first(side: str) -> float:
+        return statistics.median(r["first_batch_s"] for r in workload["runs"][side])
+
+    return rates, first
+
+
 def report(results: Dict[str, Any]) -> str:
     s = results["settings"]
     lines = [
@@ -236,13 +234,7 @@ def report(results: Dict[str, Any]) -> str:
                                         "ratio median (min-max)", "first batch ours/DL"),
     ]
     for name, w in results["workloads"].items():
-        def rates(side: str) -> str:
-            v = [r["batches_per_s"] for r in w["runs"][side]]
-            return "%.0f (%.0f-%.0f)" % (statistics.median(v), min(v), max(v))
-
-        def first(side: str) -> float:
-            return statistics.median(r["first_batch_s"] for r in w["runs"][side])
-
+        rates, first = _side_figures(w)
         lines.append("%-12s %-22s %-22s %-20s %.2f s / %.2f s" % (
             name, rates("ours"), rates("dataloader"),
             "%.2fx (%.2f-%.2f)" % (w["ratio_median"], w["ratio_min"], w["ratio_max"]),
@@ -275,13 +267,7 @@ def markdown(results: Dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name, w in results["workloads"].items():
-        def rates(side: str) -> str:
-            v = [r["batches_per_s"] for r in w["runs"][side]]
-            return "%.0f (%.0f-%.0f)" % (statistics.median(v), min(v), max(v))
-
-        def first(side: str) -> float:
-            return statistics.median(r["first_batch_s"] for r in w["runs"][side])
-
+        rates, first = _side_figures(w)
         lines.append("| %s | %s | %s | %.2fx (%.2f-%.2f) | %.2f s / %.2f s |" % (
             TITLES.get(name, name), rates("ours"), rates("dataloader"), w["ratio_median"],
             w["ratio_min"], w["ratio_max"], first("ours"), first("dataloader")))
