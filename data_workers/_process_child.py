@@ -116,6 +116,12 @@ def _send_error(conn: Connection, exc: BaseException) -> None:
     conn.send(("error", blob, type(exc).__name__, str(exc), tb))
 
 
+def _send_data(conn: Connection, arena: ShmArena, message: Tuple[Any, ...]) -> None:
+    """Send a data message, and count it in the arena (the trainer's queue depth)."""
+    conn.send(message)
+    arena.count_sent()
+
+
 def _batch_layouts(arrays: Sequence[np.ndarray], columns: Sequence[int],
                    size: int) -> List[Tuple[str, Tuple[int, ...]]]:
     """``(dtype, shape)`` of each ring array of a batch of ``size`` rows like ``arrays``."""
@@ -218,8 +224,8 @@ class _BatchBuilder:
     def _send(self, span: int, layouts: List[Any]) -> None:
         objects = {i: np.concatenate(parts, axis=self._spec.batch_columns[i])
                    for i, parts in self._objects.items()}
-        self._conn.send(("chunk", span, layouts, objects, self._fetch_secs, self._chunks))
-        self._arena.count_sent()
+        _send_data(self._conn, self._arena,
+                   ("chunk", span, layouts, objects, self._fetch_secs, self._chunks))
         self._open = None
         self._objects = {}
         self._chunks = 0
@@ -286,8 +292,7 @@ def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Conn
                 return
             continue
         if arrays is None or validator.rows_of(arrays) == 0:
-            conn.send(("skip", fetch_secs))
-            arena.count_sent()
+            _send_data(conn, arena, ("skip", fetch_secs))
             continue
         numeric: List[np.ndarray] = [a for a in arrays if a.dtype.kind != "O"]
         need = arena.chunk_bytes(numeric)
@@ -317,8 +322,7 @@ def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Conn
             return
         span, layouts = written
         objects = {i: a for i, a in enumerate(arrays) if a.dtype.kind == "O"}
-        conn.send(("chunk", span, layouts, objects, fetch_secs, 1))
-        arena.count_sent()
+        _send_data(conn, arena, ("chunk", span, layouts, objects, fetch_secs, 1))
 
 
 def _exit_when_trainer_dies(conn: Connection, arena: ShmArena) -> None:

@@ -517,6 +517,7 @@ class _BatchReader(ChunkSource):
             pass
 
     def close(self) -> None:
+        self._closed = True  # a plain store: safe from a signal handler
         self.wake()
 
     def drain(self) -> List[Chunk]:
