@@ -124,9 +124,9 @@ class Timing:
     window_s: float
 
 
-# Full warm-up: workers start and fill their buffers ahead of the net; measuring
-# then would count that backlog draining.  After three seconds the buffers are
-# back to steady state.
+# Full warm-up: workers start, and the first uncopied batch imports torch (about a
+# second) while the workers run ahead; measuring then would count that backlog
+# draining.  After three seconds the buffers are back to steady state.
 FULL_TIMING = Timing(repeats=3, warmup_s=3.0, window_s=4.0)
 QUICK_TIMING = Timing(repeats=1, warmup_s=1.0, window_s=1.0)  # a smoke run: wiring, not figures
 CASE_TIMEOUT_S = 300.0

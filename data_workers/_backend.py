@@ -113,8 +113,6 @@ class FetcherBackend(abc.ABC):
 
     #: Threads the backend runs in the trainer (upstream's ``coordinator._workers``).
     threads: List[threading.Thread]
-    #: Chunks point into memory a ``LendingSink`` may borrow (``Chunk.lend``).
-    shares_memory: bool = False
 
     @abc.abstractmethod
     def start(self) -> None:

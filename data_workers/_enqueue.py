@@ -191,8 +191,6 @@ class Caffe2Feed:
         self._host_staging = is_gpu(device_option)
         #: Set at the first lent batch (see ``destinations``).
         self._lending = False
-        #: torch did not import (``prepare_lending``): nothing is lent.
-        self._no_torch = False
         # Reentrant: NOTE [ Shutdown and error protocol ], rule 7 (_coordinator.py).
         self._close_lock = threading.RLock()
         self._closed = False
@@ -292,22 +290,9 @@ class Caffe2Feed:
                 blob.feed(dest, self.device_option)
         return self._push()
 
-    def prepare_lending(self) -> None:
-        """Import torch now (a second or two), while the workers start up,
-        rather than at the first batch lent."""
-        if self._host_staging or self._no_torch:
-            return
-        try:
-            _torch()
-        except Exception:  # noqa: B902 - then every batch is copied instead
-            self._no_torch = True
-            logger.warning("input %r: importing torch failed, so batches from worker "
-                           "processes are copied, not lent", self.input_source, exc_info=True)
-
     def can_lend(self, arrays: Sequence[np.ndarray]) -> bool:
         """CPU scope and Caffe2 dtypes only: a GPU batch is staged and copied anyway."""
-        return (not self._host_staging and not self._no_torch
-                and all(a.dtype in _LENDABLE for a in arrays))
+        return not self._host_staging and all(a.dtype in _LENDABLE for a in arrays)
 
     def lend(self, arrays: List[np.ndarray], release: Callable[[], None]) -> bool:
         """Enqueue shared-memory arrays uncopied (``_sink.LendingSink``).

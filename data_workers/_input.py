@@ -178,11 +178,6 @@ class BatchFeeder(State, BatchFeederInternals):
             return False
         return True
 
-    def prepare_lending(self) -> None:
-        """The backend shares its memory: let a lending sink get ready (``start()``)."""
-        if self._lender is not None:
-            self._lender.prepare_lending()
-
     def set_batch_size(self, batch_size: int) -> None:
         """Change the batch size; applies from the next batch, no row is lost."""
         self.batch_size = batch_size
@@ -326,8 +321,6 @@ class InputCoordinator(WorkerCoordinator):
         self.enqueuer_thread.start()
         self.flusher_thread.start()
         self.backend.start()
-        if self.backend.shares_memory:
-            self.feeder.prepare_lending()  # overlaps the workers' own start-up
         if self.watchdog is not None:
             self.watchdog.start()
 

@@ -555,8 +555,6 @@ class _BatchReader(ChunkSource):
 class ProcessFetchers(FetcherBackend):
     """The process backend of one input: a worker process per worker id."""
 
-    shares_memory = True
-
     def __init__(self, host: FetcherHost, spec: BackendSpec) -> None:
         self.host = host
         self.halted = False

@@ -49,11 +49,6 @@ class LendingSink(BatchSink, Protocol):
     several batches later and out of order (``_shm_ring.py``, "Lending").
     """
 
-    def prepare_lending(self) -> None:
-        """Called by ``start()`` when the backend's chunks may be lent, after
-        the workers were started: slow set-up belongs here, not in the first
-        ``lend``."""
-
     def can_lend(self, arrays: Sequence[np.ndarray]) -> bool:
         """True if ``lend`` would take these arrays (device and dtypes allow it)."""
 
