@@ -206,6 +206,10 @@ def start_ray(temp_dir: str) -> tuple[Any, float]:
         address="local", num_cpus=os.cpu_count() or 2, object_store_memory=256 * 1024 * 1024,
         include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
         log_to_driver=False, configure_logging=False,
+        # Process workers run at the trainer's priority; Ray's default is nice 15
+        # (docs/ray.md): the same priority for both, or the trainer's own CPU use
+        # would count against Ray alone.
+        _system_config={"worker_niceness": 0},
     )
     ray.data.DataContext.get_current().enable_progress_bars = False
     return ray, time.monotonic() - t0

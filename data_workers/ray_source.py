@@ -64,6 +64,9 @@ logger = logging.getLogger(__name__)
 
 #: How long an exhausted source waits before returning None again (no busy loop).
 _EXHAUSTED_WAIT_S = 1.0
+#: How long ``close()`` waits for a fetcher's call into Ray's iterator to return before
+#: leaving the iterator to that fetcher to close (Ray may not answer for minutes).
+_CLOSE_WAIT_S = 0.5
 
 
 class RayDataExhausted(RuntimeError):
@@ -168,7 +171,10 @@ class RayDataSource:
         self._prefetch = prefetch_batches
         self._dtypes = dict(dtypes or {})
         # Serialises next() on the generator: several fetcher threads may share a source,
-        # and a generator raises "already executing" if entered twice.
+        # and a generator raises "already executing" if entered twice.  Held across the
+        # call into Ray, which may block for as long as Ray takes: nothing else waits
+        # on it without a bound (the counters are read without it; close() waits
+        # _CLOSE_WAIT_S at most).
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._batches: Iterator[dict[str, np.ndarray]] | None = None
@@ -211,14 +217,12 @@ class RayDataSource:
     @property
     def rows_delivered(self) -> int:
         """Rows returned to fetchers so far."""
-        with self._lock:
-            return self._rows
+        return self._rows  # one int read: never waits for a fetcher inside Ray
 
     @property
     def epoch(self) -> int:
         """Current epoch (0-based)."""
-        with self._lock:
-            return self._epoch
+        return self._epoch
 
     def _new_epoch(self) -> Iterator[dict[str, np.ndarray]]:
         return iter(
@@ -247,7 +251,6 @@ class RayDataSource:
                     self._batches = self._new_epoch()
                 try:
                     batch = next(self._batches)
-                    break
                 except self._task_error as exc:
                     text = str(exc)
                     raise RayDataError(_user_error_line(text), text) from exc
@@ -257,6 +260,12 @@ class RayDataSource:
                     if self._num_epochs is not None and self._epoch >= self._num_epochs:
                         self._exhausted = True
                         logger.info("Ray data source finished %d epoch(s), %d rows", self._epoch, self._rows)
+                    continue
+                if self._closed.is_set():
+                    # close() gave up waiting for this call: the iterator is ours to close.
+                    self._close_iterator()
+                    continue
+                break
             missing = [c for c in self._columns if c not in batch]
             if missing:
                 raise KeyError(
@@ -328,11 +337,28 @@ class RayDataSource:
         )
 
     def close(self) -> None:
-        """Release the iterator. Call after the input is stopped; idempotent."""
+        """Release the iterator. Call after the input is stopped; idempotent; never blocks
+        for long.
+
+        A fetcher thread may still be inside Ray's iterator (``stop()`` gave up on it:
+        Ray had not answered).  Then close() waits ``_CLOSE_WAIT_S`` at most and leaves
+        the iterator to that thread, which closes it when Ray answers and returns no
+        more batches.
+        """
         self._closed.set()
-        with self._lock:
-            gen, self._batches = self._batches, None
-            self._exhausted = True
+        if not self._lock.acquire(timeout=_CLOSE_WAIT_S):
+            logger.warning("RayDataSource.close(): a fetcher is still waiting on Ray's "
+                           "iterator; it closes the iterator when Ray answers")
+            return
+        try:
+            self._close_iterator()
+        finally:
+            self._lock.release()
+
+    def _close_iterator(self) -> None:
+        """Close the current epoch's iterator and refuse further batches (lock held)."""
+        gen, self._batches = self._batches, None
+        self._exhausted = True
         close: Callable[[], None] | None = getattr(gen, "close", None)
         if close is not None:
             close()

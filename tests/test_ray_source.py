@@ -70,6 +70,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         _temp_dir=str(temp),
         log_to_driver=False,
         configure_logging=False,
+        # Ray runs its workers at nice 15: beside two busy loops the split test took
+        # 162 s instead of 7 s (docs/ray.md, "Ray's workers yield the CPU").
+        _system_config={"worker_niceness": 0},
     )
     # Ray workers cannot import this test module: ship its functions by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -246,6 +249,45 @@ def test_failure_in_a_ray_task_reaches_the_training_loop(
     assert cause.user_error == "ValueError: corrupt record 37"
     assert "ValueError: corrupt record 37" in str(err)
     assert isinstance(cause.__cause__, ray_cluster.exceptions.RayTaskError)
+
+
+#: How long the slow dataset's one task sleeps: a fetcher waits inside Ray meanwhile.
+SLOW_TASK_SECS = 8.0
+
+
+def _slow_preprocess(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    time.sleep(SLOW_TASK_SECS)
+    return _preprocess(batch)
+
+
+@requires_ray
+def test_close_does_not_wait_for_a_fetcher_inside_ray(
+    ray_cluster: Any, fresh_workspace: None
+) -> None:
+    """stop() gives up on a fetcher that Ray keeps waiting; close() must not hang on it,
+    and the fetcher ends by itself once Ray answers, delivering nothing more."""
+    from data_workers.ray_source import RayDataSource
+
+    ds = ray_cluster.data.range(16, override_num_blocks=1).map_batches(_slow_preprocess)
+    source = RayDataSource(ds, ["id", "x"], batch_size=8)
+    net = core.Net("ray_slow")
+    coord = source.attach(net, ["id", "x"], input_source_name="ray_slow",
+                          timeout=DEQUEUE_TIMEOUT_SECS)
+    workspace.CreateNet(net, overwrite=True)
+    coord.start()
+    fetcher = next(t for t in _ours() if t.name.startswith("data_workers ray_slow fetcher"))
+    deadline = time.monotonic() + DEQUEUE_TIMEOUT_SECS
+    while not source._lock.locked():  # the fetcher's call is in Ray: the task sleeps
+        assert time.monotonic() < deadline, "the fetcher never called the source"
+        time.sleep(0.01)
+    assert not coord.stop(timeout=0.5)  # the fetcher could not be joined
+    assert fetcher.is_alive() and source.rows_delivered == 0  # read without waiting
+    source.close()
+    assert fetcher.is_alive(), "close() waited for Ray to answer the fetcher"
+    fetcher.join(SLOW_TASK_SECS + DEQUEUE_TIMEOUT_SECS)
+    assert not fetcher.is_alive()
+    assert source.rows_delivered == 0  # the batch Ray answered with went nowhere
+    assert coord.stop()  # the second stop() finishes the job
 
 
 @requires_ray
