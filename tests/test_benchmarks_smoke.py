@@ -133,3 +133,17 @@ def test_worker_start_benchmark_runs(tmp_path):
     assert "workers' USS, total MB" in result.stdout
     record = json.loads(out.read_text())["records"][0]
     assert len(record["worker_uss"]) == 2 and record["first_batch_s"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_trainer_floor_runs(tmp_path):
+    out = tmp_path / "floor.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.trainer_floor", "--repeats", "1", "--rounds", "5",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=50)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(out.read_text())["us_per_round"]
+    assert set(figures) == {"warm", "cold"}
+    assert all(len(runs) == 1 and runs[0] > 0 for runs in figures.values())
+    assert "cold/warm" in result.stdout
