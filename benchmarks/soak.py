@@ -106,10 +106,10 @@ class Phase:
 def plan(quick: bool) -> List[Phase]:
     if quick:
         return [
-            Phase("small", "thread", 4, 8, (), cycles=5, batches_per_cycle=4000),
-            Phase("small", "process", 4, 8, (), cycles=5, batches_per_cycle=2000),
-            Phase("large", "thread", 32, 32, (3, 64, 64), cycles=4, batches_per_cycle=100),
-            Phase("large", "process", 32, 32, (3, 64, 64), cycles=4, batches_per_cycle=60),
+            Phase("small", "thread", 4, 8, (), cycles=4, batches_per_cycle=2000),
+            Phase("small", "process", 4, 8, (), cycles=4, batches_per_cycle=1000),
+            Phase("large", "thread", 32, 32, (3, 64, 64), cycles=4, batches_per_cycle=60),
+            Phase("large", "process", 32, 32, (3, 64, 64), cycles=4, batches_per_cycle=40),
         ]
     return [
         # Cycles with an injected failure end about half-way: nominal counts are

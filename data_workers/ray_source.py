@@ -245,6 +245,10 @@ class RayDataSource:
         """
         with self._lock:
             while True:
+                if self._closed.is_set() and not self._exhausted:
+                    # close() gave up waiting for a call into Ray: the iterator is ours
+                    # to close, and what Ray answered goes nowhere.
+                    self._close_iterator()
                 if self._exhausted:
                     raise RayDataExhausted(f"Ray data source exhausted after {self._epoch} epoch(s)")
                 if self._batches is None:
@@ -262,9 +266,7 @@ class RayDataSource:
                         logger.info("Ray data source finished %d epoch(s), %d rows", self._epoch, self._rows)
                     continue
                 if self._closed.is_set():
-                    # close() gave up waiting for this call: the iterator is ours to close.
-                    self._close_iterator()
-                    continue
+                    continue  # close() came while Ray answered: the top of the loop closes
                 break
             missing = [c for c in self._columns if c not in batch]
             if missing:

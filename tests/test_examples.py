@@ -7,7 +7,10 @@ interpreter, because that is the case where spawned workers must find `digits_da
 through the script's folder.
 
 These tests run against this repository's `data_workers`, never the upstream
-`caffe2.python.data_workers`.
+`caffe2.python.data_workers`. The in-process digits runs share one PNG cache per test
+worker (writing the 1,797 PNGs costs about 3 s of CPU), and run on one worker
+(``DIGITS``) so that they make it once; the child-interpreter run and
+``test_digits_fetcher_pickles_and_returns_varying_chunks`` write their own.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +33,18 @@ for path in (str(REPO_ROOT), str(EXAMPLES)):
         sys.path.insert(0, path)
 
 import data_workers  # noqa: E402  (needs REPO_ROOT on sys.path)
+
+
+#: The tests that share the ``digits_png`` cache: one test worker runs them all.
+DIGITS = pytest.mark.xdist_group("digits")
+
+
+@pytest.fixture(scope="session")
+def digits_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A digits PNG cache made once per test worker (the demos reuse a complete one)."""
+    folder = tmp_path_factory.mktemp("digits_png")
+    importlib.import_module("digits_data").prepare_digits_png(folder)
+    return folder
 
 
 def test_examples_use_this_repository_data_workers() -> None:
@@ -73,18 +89,19 @@ def test_handle_fetcher_failure(worker_type: str, capsys: pytest.CaptureFixture[
     assert "CorruptRecordError: record" in out
 
 
-@pytest.mark.parametrize("worker_type", ["thread", "process"])
-def test_digits_demo_fast(worker_type: str, tmp_path: Path,
+@DIGITS
+def test_digits_demo_fast(tmp_path: Path, digits_png: Path,
                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Thread workers, in this process; process workers: the next test (``make demo``'s way)."""
     demo = importlib.import_module("digits_demo")
     chart = tmp_path / "chart.png"
-    status = demo.main(["--fast", "--no-progress", "--worker-type", worker_type,
-                        "--out-dir", str(tmp_path), "--chart", str(chart)])
+    status = demo.main(["--fast", "--no-progress", "--worker-type", "thread",
+                        "--out-dir", str(tmp_path), "--data-dir", str(digits_png),
+                        "--chart", str(chart)])
     out = capsys.readouterr().out
     assert status == 0, out
     assert "held-out accuracy" in out
     assert chart.read_bytes().startswith(b"\x89PNG")
-    assert (tmp_path / "digits_png" / "manifest.csv").exists()
 
 
 def test_digits_demo_as_a_file_like_make_demo(tmp_path: Path) -> None:
@@ -97,15 +114,18 @@ def test_digits_demo_as_a_file_like_make_demo(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "held-out accuracy" in result.stdout
-    assert (tmp_path / "digits_demo.png").exists()
+    assert re.search(r": \d+ process ", result.stdout), result.stdout  # the default
+    assert (tmp_path / "digits_demo.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "digits_png" / "manifest.csv").exists()
 
 
-def test_digits_demo_exits_1_below_min_accuracy(tmp_path: Path,
+@DIGITS
+def test_digits_demo_exits_1_below_min_accuracy(tmp_path: Path, digits_png: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     demo = importlib.import_module("digits_demo")
     status = demo.main(["--fast", "--no-progress", "--worker-type", "thread",
                         "--iterations", "2", "--min-accuracy", "1.01",
-                        "--out-dir", str(tmp_path)])
+                        "--out-dir", str(tmp_path), "--data-dir", str(digits_png)])
     assert status == 1
     assert "below --min-accuracy" in capsys.readouterr().err
 
@@ -129,10 +149,13 @@ def test_digits_fetcher_pickles_and_returns_varying_chunks(tmp_path: Path) -> No
     assert manifest.stat().st_mtime_ns == written
 
 
-def test_digits_torch_fast(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@DIGITS
+def test_digits_torch_fast(tmp_path: Path, digits_png: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
     """The digits fetchers, unchanged, train the CNN in PyTorch (data_workers.torch)."""
     status = importlib.import_module("digits_torch").main(
-        ["--fast", "--worker-type", "process", "--out-dir", str(tmp_path)])
+        ["--fast", "--worker-type", "process", "--out-dir", str(tmp_path),
+         "--data-dir", str(digits_png)])
     out = capsys.readouterr().out
     assert status == 0, out
     assert "held-out accuracy" in out and "2 process workers" in out
