@@ -251,6 +251,16 @@ def test_failure_in_a_ray_task_reaches_the_training_loop(
     assert isinstance(cause.__cause__, ray_cluster.exceptions.RayTaskError)
 
 
+def _running(thread: threading.Thread, function: str) -> bool:
+    """Whether ``thread`` is inside a call of ``function`` now (its Python stack)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
+
+
 #: How long the slow dataset's one task sleeps: a fetcher waits inside Ray meanwhile.
 SLOW_TASK_SECS = 8.0
 
@@ -277,8 +287,8 @@ def test_close_does_not_wait_for_a_fetcher_inside_ray(
     coord.start()
     fetcher = next(t for t in _ours() if t.name.startswith("data_workers ray_slow fetcher"))
     deadline = time.monotonic() + DEQUEUE_TIMEOUT_SECS
-    while not source._lock.locked():  # the fetcher's call is in Ray: the task sleeps
-        assert time.monotonic() < deadline, "the fetcher never called the source"
+    while not _running(fetcher, "next_batch"):  # then it waits on Ray: the task sleeps
+        assert time.monotonic() < deadline, "the fetcher never asked the source for a batch"
         time.sleep(0.01)
     assert not coord.stop(timeout=0.5)  # the fetcher could not be joined
     assert fetcher.is_alive() and source.rows_delivered == 0  # read without waiting
