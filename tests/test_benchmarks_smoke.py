@@ -16,13 +16,22 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _run_module(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """``python -m module args`` from the repository root; it must exit 0."""
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _run_bench(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    return _run_module("benchmarks.run", *args, timeout=timeout)
+
+
 @pytest.mark.timeout(240)
 def test_benchmarks_quick_run(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path), "--no-chart",
-         "--only", "small,startup"],
-        cwd=ROOT, capture_output=True, text=True, timeout=220)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = _run_bench("--quick", "--out", str(tmp_path), "--no-chart", "--only", "small,startup",
+                        timeout=220)
     assert "upstream" in result.stdout and "ours" in result.stdout
     assert (tmp_path / "benchmarks.json").exists()
     json.loads((tmp_path / "benchmarks.json").read_text())
@@ -31,25 +40,14 @@ def test_benchmarks_quick_run(tmp_path):
 @pytest.mark.timeout(240)
 def test_soak_quick_run(tmp_path):
     out = tmp_path / "soak.json"
-    result = subprocess.run([sys.executable, "-m", "benchmarks.soak", "--quick", "--json", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=220)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _run_module("benchmarks.soak", "--quick", "--json", str(out), timeout=220)
     assert out.exists()
 
 
 @pytest.mark.timeout(120)
 def test_copy_threads_runs():
-    result = subprocess.run([sys.executable, "-m", "benchmarks.copy_threads", "--rounds", "1"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=100)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = _run_module("benchmarks.copy_threads", "--rounds", "1", timeout=100)
     assert "rotating 2 threads" in result.stdout
-
-
-def _run_bench(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
 # Smoke runs of the suites against peers: one repeat of 0.1 s windows, so only the
@@ -125,11 +123,8 @@ def test_peers_tables_show_a_failed_case():
 @pytest.mark.timeout(120)
 def test_worker_start_benchmark_runs(tmp_path):
     out = tmp_path / "worker_start.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.worker_start", "--repeats", "1", "--workers", "2",
-         "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=100)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = _run_module("benchmarks.worker_start", "--repeats", "1", "--workers", "2",
+                         "--json", str(out), timeout=100)
     assert "workers' USS, total MB" in result.stdout
     record = json.loads(out.read_text())["records"][0]
     assert len(record["worker_uss"]) == 2 and record["first_batch_s"] > 0
@@ -138,11 +133,8 @@ def test_worker_start_benchmark_runs(tmp_path):
 @pytest.mark.timeout(60)
 def test_trainer_floor_runs(tmp_path):
     out = tmp_path / "floor.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.trainer_floor", "--repeats", "1", "--rounds", "5",
-         "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=50)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = _run_module("benchmarks.trainer_floor", "--repeats", "1", "--rounds", "5",
+                         "--json", str(out), timeout=50)
     figures = json.loads(out.read_text())["us_per_round"]
     assert set(figures) == {"warm", "cold"}
     assert all(len(runs) == 1 and runs[0] > 0 for runs in figures.values())

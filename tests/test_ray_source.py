@@ -130,6 +130,20 @@ def _preprocess(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"id": ids, "x": feats}
 
 
+def _started_input(ds: Any, name: str, batch: int, **kwargs: Any) -> tuple[Any, Any, Any]:
+    """A started input ``name`` feeding blobs ``id`` and ``x`` of a new net from ``ds``:
+    (its RayDataSource, the net, the coordinator)."""
+    from data_workers.ray_source import RayDataSource
+
+    source = RayDataSource(ds, ["id", "x"], batch_size=batch)
+    net = core.Net(name)
+    coord = source.attach(net, ["id", "x"], input_source_name=name,
+                          timeout=DEQUEUE_TIMEOUT_SECS, **kwargs)
+    workspace.CreateNet(net, overwrite=True)
+    coord.start()
+    return source, net, coord
+
+
 def _failing_preprocess(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if (batch["id"] == 37).any():
         raise ValueError("corrupt record 37")
@@ -195,16 +209,9 @@ def test_two_consumers_get_disjoint_rows_covering_the_dataset(
 def test_backpressure_bounds_what_is_pulled_from_ray(
     ray_cluster: Any, fresh_workspace: None
 ) -> None:
-    from data_workers.ray_source import RayDataSource
-
     batch, buffered, steps = 4, 2, 5
     ds = ray_cluster.data.range(4000, override_num_blocks=20).map_batches(_preprocess)
-    source = RayDataSource(ds, ["id", "x"], batch_size=batch)
-    net = core.Net("ray_backpressure")
-    coord = source.attach(net, ["id", "x"], input_source_name="ray_bp",
-                          max_buffered_batches=buffered, timeout=DEQUEUE_TIMEOUT_SECS)
-    workspace.CreateNet(net, overwrite=True)
-    coord.start()
+    source, net, coord = _started_input(ds, "ray_bp", batch, max_buffered_batches=buffered)
     try:
         for _ in range(steps):
             workspace.RunNet(net.Proto().name)
@@ -223,15 +230,10 @@ def test_backpressure_bounds_what_is_pulled_from_ray(
 def test_failure_in_a_ray_task_reaches_the_training_loop(
     ray_cluster: Any, fresh_workspace: None
 ) -> None:
-    from data_workers.ray_source import RayDataError, RayDataSource
+    from data_workers.ray_source import RayDataError
 
     ds = ray_cluster.data.range(200, override_num_blocks=4).map_batches(_failing_preprocess)
-    source = RayDataSource(ds, ["id", "x"], batch_size=10)
-    net = core.Net("ray_failing")
-    coord = source.attach(net, ["id", "x"], input_source_name="ray_fail",
-                          timeout=DEQUEUE_TIMEOUT_SECS)
-    workspace.CreateNet(net, overwrite=True)
-    coord.start()
+    source, net, coord = _started_input(ds, "ray_fail", 10)
     with pytest.raises(data_workers.FetcherError) as info:
         try:
             for _ in range(20):  # 200 rows: the failing block is reached well before
@@ -276,15 +278,8 @@ def test_close_does_not_wait_for_a_fetcher_inside_ray(
 ) -> None:
     """stop() gives up on a fetcher that Ray keeps waiting; close() must not hang on it,
     and the fetcher ends by itself once Ray answers, delivering nothing more."""
-    from data_workers.ray_source import RayDataSource
-
     ds = ray_cluster.data.range(16, override_num_blocks=1).map_batches(_slow_preprocess)
-    source = RayDataSource(ds, ["id", "x"], batch_size=8)
-    net = core.Net("ray_slow")
-    coord = source.attach(net, ["id", "x"], input_source_name="ray_slow",
-                          timeout=DEQUEUE_TIMEOUT_SECS)
-    workspace.CreateNet(net, overwrite=True)
-    coord.start()
+    source, _, coord = _started_input(ds, "ray_slow", 8)
     fetcher = next(t for t in _ours() if t.name.startswith("data_workers ray_slow fetcher"))
     deadline = time.monotonic() + DEQUEUE_TIMEOUT_SECS
     while not _running(fetcher, "next_batch"):  # then it waits on Ray: the task sleeps
