@@ -250,7 +250,9 @@ class RayDataSource:
                     # to close, and what Ray answered goes nowhere.
                     self._close_iterator()
                 if self._exhausted:
-                    raise RayDataExhausted(f"Ray data source exhausted after {self._epoch} epoch(s)")
+                    raise RayDataExhausted(
+                        "Ray data source closed" if self._closed.is_set()
+                        else f"Ray data source exhausted after {self._epoch} epoch(s)")
                 if self._batches is None:
                     self._batches = self._new_epoch()
                 try:

@@ -272,13 +272,21 @@ def _slow_preprocess(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return _preprocess(batch)
 
 
+def _slow_failing_preprocess(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    time.sleep(SLOW_TASK_SECS)
+    raise ValueError("corrupt block, found after the source was closed")
+
+
 @requires_ray
+@pytest.mark.parametrize("task", [_slow_preprocess, _slow_failing_preprocess],
+                         ids=["answers_a_batch", "answers_an_error"])
 def test_close_does_not_wait_for_a_fetcher_inside_ray(
-    ray_cluster: Any, fresh_workspace: None
+    ray_cluster: Any, fresh_workspace: None, task: Any
 ) -> None:
     """stop() gives up on a fetcher that Ray keeps waiting; close() must not hang on it,
-    and the fetcher ends by itself once Ray answers, delivering nothing more."""
-    ds = ray_cluster.data.range(16, override_num_blocks=1).map_batches(_slow_preprocess)
+    and the fetcher ends by itself once Ray answers, delivering nothing more: neither
+    the batch nor a failed task's error (the input is stopped, the source closed)."""
+    ds = ray_cluster.data.range(16, override_num_blocks=1).map_batches(task)
     source, _, coord = _started_input(ds, "ray_slow", 8)
     fetcher = next(t for t in _ours() if t.name.startswith("data_workers ray_slow fetcher"))
     deadline = time.monotonic() + DEQUEUE_TIMEOUT_SECS
@@ -292,7 +300,7 @@ def test_close_does_not_wait_for_a_fetcher_inside_ray(
     fetcher.join(SLOW_TASK_SECS + DEQUEUE_TIMEOUT_SECS)
     assert not fetcher.is_alive()
     assert source.rows_delivered == 0  # the batch Ray answered with went nowhere
-    assert coord.stop()  # the second stop() finishes the job
+    assert coord.stop()  # the second stop() finishes the job, and raises nothing
 
 
 @requires_ray
