@@ -174,7 +174,8 @@ class RayDataSource:
         # and a generator raises "already executing" if entered twice.  Held across the
         # call into Ray, which may block for as long as Ray takes: nothing else waits
         # on it without a bound (the counters are read without it; close() waits
-        # _CLOSE_WAIT_S at most).
+        # _CLOSE_WAIT_S at most), as NOTE [ Shutdown and error protocol ], rule 7
+        # (_coordinator.py), asks of every wait.
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._batches: Iterator[dict[str, np.ndarray]] | None = None
