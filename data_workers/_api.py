@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import time
 from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from caffe2.proto import caffe2_pb2
@@ -18,7 +19,7 @@ from . import _workspace_guard
 from ._args import check_batch_columns, check_int, check_positive_int, check_positive_seconds
 from ._backend import BackendSpec
 from ._worker_types import WORKER_TYPES, backend_factory, check_picklable
-from ._coordinator import GlobalWorkerCoordinator, InitFun
+from ._coordinator import STOP_TIMEOUT_SECS, GlobalWorkerCoordinator, InitFun
 from ._enqueue import MAX_DEQUEUE_TIMEOUT_SECS, Caffe2Feed, caffe2_names
 from ._input import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
 from ._metrics import ExternalLogger, InputStats, Metrics
@@ -45,11 +46,32 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
                 workspace.RunNet(net.Proto().name)
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        #: Stopped inputs whose enqueuer outlived stop()'s deadline (it was still
+        #: importing torch, copying a batch...).  The registry has forgotten them,
+        #: but the enqueuer may still touch their workspace's blobs: a reset of
+        #: that workspace waits for it (NOTE [ Shutdown and error protocol ], rule 9).
+        self._unjoined: List[InputCoordinator] = []
+
     def inputs(self) -> List[InputCoordinator]:
         return [g for g in self._live_groups() if isinstance(g, InputCoordinator)]
 
+    def _stop_groups(self, groups: List[Any], raise_failure: bool,
+                     timeout: Optional[float]) -> bool:
+        try:
+            return super()._stop_groups(groups, raise_failure, timeout)
+        finally:
+            with self._lock:
+                stopped = [g for g in groups if isinstance(g, InputCoordinator)
+                           and g not in self._unjoined]
+                self._unjoined = [c for c in self._unjoined + stopped
+                                  if c.enqueuer_thread.is_alive()]
+
     def release_workspace(self, workspace_name: str) -> None:
-        """Stop and forget the inputs living in ``workspace_name`` (it is being reset).
+        """Stop and forget the inputs living in ``workspace_name`` (it is being reset),
+        and wait up to ``STOP_TIMEOUT_SECS`` for any enqueuer there that a stop()
+        left running.
 
         NOTE [ Shutdown and error protocol ], rule 9 (``_coordinator.py``).
 
@@ -58,16 +80,20 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
                 would free memory it writes to.
         """
         doomed = [c for c in self.inputs() if _feed(c).workspace_name == workspace_name]
-        if not doomed:
-            return
-        logger.warning(
-            "ResetWorkspace(): stopping input(s) %s first, which still live in workspace %r "
-            "(call stop() before resetting the workspace)",
-            ", ".join("%r%s" % (c.name, " (scope %r)" % c.config.namescope
-                                if c.config.namescope else "") for c in doomed),
-            workspace_name)
-        self._stop_groups(list(doomed), raise_failure=False, timeout=None)
-        stuck = [c.name for c in doomed if c.enqueuer_thread.is_alive()]
+        if doomed:
+            logger.warning(
+                "ResetWorkspace(): stopping input(s) %s first, which still live in workspace "
+                "%r (call stop() before resetting the workspace)",
+                ", ".join("%r%s" % (c.name, " (scope %r)" % c.config.namescope
+                                    if c.config.namescope else "") for c in doomed),
+                workspace_name)
+            self._stop_groups(list(doomed), raise_failure=False, timeout=None)
+        with self._lock:
+            running = [c for c in self._unjoined if _feed(c).workspace_name == workspace_name]
+        deadline = time.monotonic() + STOP_TIMEOUT_SECS
+        for c in running:
+            c.enqueuer_thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [c.name for c in running if c.enqueuer_thread.is_alive()]
         if stuck:
             raise RuntimeError(
                 "refusing to reset Caffe2 workspace %r: the enqueuer of input(s) %s is still "

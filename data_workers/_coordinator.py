@@ -61,9 +61,12 @@ attack it answers.
    in the workspace that was current when it was built (captured then, never
    looked up per batch), and ``ResetWorkspace()`` of that workspace first
    stops the inputs that live in it, with a warning naming them
-   (``_workspace_guard.py``): a reset can never free blob memory an enqueuer
-   is writing to.  The reset forgets those inputs, so a failure one of them
-   had is logged (rule 2), not raised by a later ``stop()``.
+   (``_workspace_guard.py``), and waits (up to ``STOP_TIMEOUT_SECS``) for any
+   enqueuer there that outlived a ``stop()``'s deadline, or refuses the reset
+   if one still runs: a reset can never free blob memory an enqueuer is
+   writing to.  An enqueuer halted while it was busy touches no blob once it
+   sees its queue closed.  The reset forgets those inputs, so a failure one
+   of them had is logged (rule 2), not raised by a later ``stop()``.
 """
 
 from __future__ import annotations

@@ -305,7 +305,11 @@ class Caffe2Feed:
         it first (``destinations``), which is why ``LEND_LAG`` counts one
         enqueue past the swap.
         """
-        torch = _torch()
+        torch = _torch()  # the first time, seconds: the input may have been halted meanwhile
+        if self._closed:
+            # Its stop() may have given up on this thread: touch no blob (rule 9).
+            release()
+            return False
         handle_of = torch._C._tensor_impl_raw_handle
         lease = _Lease(len(arrays), release)
         self._lending = True

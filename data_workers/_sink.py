@@ -55,5 +55,7 @@ class LendingSink(BatchSink, Protocol):
     def lend(self, arrays: List[np.ndarray], release: Callable[[], None]) -> bool:
         """Enqueue ``arrays`` as one batch, uncopied; False if closed meanwhile.
 
-        The caller must drop its own references to ``arrays``.
+        ``release`` runs once the sink no longer needs the arrays: when its
+        consumer has dropped them, or at once if it never took them.  The
+        caller must drop its own references to ``arrays``.
         """
