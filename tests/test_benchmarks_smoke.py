@@ -24,13 +24,18 @@ def _run_module(module: str, *args: str, timeout: float) -> subprocess.Completed
     return result
 
 
+# Smoke runs of the suites: one repeat of 0.1 s windows, so only the
+# wiring is checked (a fresh interpreter per case, the JSON, the chart, the tables).
+SHORT = ("--quick", "--repeat", "1", "--window", "0.1", "--warmup", "0.1")
+
+
 def _run_bench(*args: str, timeout: float) -> subprocess.CompletedProcess:
     return _run_module("benchmarks.run", *args, timeout=timeout)
 
 
 @pytest.mark.timeout(240)
 def test_benchmarks_quick_run(tmp_path):
-    result = _run_bench("--quick", "--out", str(tmp_path), "--no-chart", "--only", "small,startup",
+    result = _run_bench("--only", "small,startup", *SHORT, "--out", str(tmp_path), "--no-chart",
                         timeout=220)
     assert "upstream" in result.stdout and "ours" in result.stdout
     assert (tmp_path / "benchmarks.json").exists()
@@ -50,9 +55,6 @@ def test_copy_threads_runs():
     assert "rotating 2 threads" in result.stdout
 
 
-# Smoke runs of the suites against peers: one repeat of 0.1 s windows, so only the
-# wiring is checked (a fresh interpreter per case, the JSON, the chart, the tables).
-SHORT = ("--quick", "--repeat", "1", "--window", "0.1", "--warmup", "0.1")
 
 
 @pytest.mark.timeout(90)
