@@ -64,9 +64,10 @@ attack it answers.
    (``_workspace_guard.py``), and waits (up to ``STOP_TIMEOUT_SECS``) for any
    enqueuer there that outlived a ``stop()``'s deadline, or refuses the reset
    if one still runs: a reset can never free blob memory an enqueuer is
-   writing to.  An enqueuer halted while it was busy touches no blob once it
-   sees its queue closed.  The reset forgets those inputs, so a failure one
-   of them had is logged (rule 2), not raised by a later ``stop()``.
+   writing to.  (A lend that finds its queue closed once torch is imported,
+   seconds the first time, touches no blob at all.)  The reset forgets those
+   inputs, so a failure one of them had is logged (rule 2), not raised by a
+   later ``stop()``.
 """
 
 from __future__ import annotations
