@@ -321,7 +321,12 @@ def test_fifty_start_stop_cycles_leave_nothing_behind():
         if baseline is None:
             baseline = level()
         else:
-            assert level() == baseline, (i, level(), baseline)
+            now = level()
+            # Counts may only fall: a thread or fd that an earlier test left closing
+            # (its garbage, a logging handler) may go away meanwhile; that is no leak.
+            assert now[0] <= baseline[0] and now[2] <= baseline[2], (i, now, baseline)
+            assert (now[1], now[3], now[4]) == (baseline[1], baseline[3], baseline[4]), (
+                i, now, baseline)
         # What stays: each input's closed queue and its slot blobs ("<queue>_<i>_<j>"),
         # emptied (they held up to 4 batches each), and the net's outputs.
         left = set(workspace.Blobs()) - blobs_before - queues - {"data", "label"}
