@@ -7,6 +7,8 @@ spawned children); this module re-exports them.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
 from typing import Any, List, Optional, Sequence, Set, Tuple
 
@@ -82,6 +84,17 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.01) 
         if time.monotonic() > deadline:
             raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
         time.sleep(interval)
+
+
+def in_call(thread: threading.Thread, function: str) -> bool:
+    """Whether ``thread`` is inside a call of ``function`` now (its Python stack):
+    for attacks that must strike while a thread is at a given step."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
 
 
 # ----------------------------------------------------------------------------- leak probes

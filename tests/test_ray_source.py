@@ -22,6 +22,7 @@ import pytest
 from caffe2.python import core, workspace
 
 import data_workers
+from fault_util import in_call, wait_for
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 requires_ray = pytest.mark.skipif(not HAVE_RAY, reason="ray[data] is not installed")
@@ -253,16 +254,6 @@ def test_failure_in_a_ray_task_reaches_the_training_loop(
     assert isinstance(cause.__cause__, ray_cluster.exceptions.RayTaskError)
 
 
-def _running(thread: threading.Thread, function: str) -> bool:
-    """Whether ``thread`` is inside a call of ``function`` now (its Python stack)."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    while frame is not None:
-        if frame.f_code.co_name == function:
-            return True
-        frame = frame.f_back
-    return False
-
-
 #: How long the slow dataset's one task sleeps: a fetcher waits inside Ray meanwhile.
 SLOW_TASK_SECS = 8.0
 
@@ -289,10 +280,9 @@ def test_close_does_not_wait_for_a_fetcher_inside_ray(
     ds = ray_cluster.data.range(16, override_num_blocks=1).map_batches(task)
     source, _, coord = _started_input(ds, "ray_slow", 8)
     fetcher = next(t for t in _ours() if t.name.startswith("data_workers ray_slow fetcher"))
-    deadline = time.monotonic() + DEQUEUE_TIMEOUT_SECS
-    while not _running(fetcher, "next_batch"):  # then it waits on Ray: the task sleeps
-        assert time.monotonic() < deadline, "the fetcher never asked the source for a batch"
-        time.sleep(0.01)
+    # Once it is in next_batch, it waits on Ray: the task sleeps for seconds.
+    wait_for(lambda: in_call(fetcher, "next_batch"), DEQUEUE_TIMEOUT_SECS,
+             "the fetcher to ask the source for a batch")
     assert not coord.stop(timeout=0.5)  # the fetcher could not be joined
     assert fetcher.is_alive() and source.rows_delivered == 0  # read without waiting
     source.close()

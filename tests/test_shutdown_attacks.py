@@ -381,7 +381,7 @@ def test_fifty_resets_under_running_inputs_never_crash(tmp_path):
 
 
 _RESET_AFTER_A_STOP_THAT_GAVE_UP = """
-import sys, faulthandler, threading, time
+import faulthandler, threading
 faulthandler.enable()
 import numpy as np
 from caffe2.python import core, workspace
@@ -389,19 +389,12 @@ workspace.GlobalInit(["caffe2", "--caffe2_log_level=3"])
 import logging
 logging.disable(logging.WARNING)  # stop() names the thread it could not join
 import data_workers
+from fault_util import in_call, wait_for
 
 BATCH = [np.ones((4, 8 << 20), np.float32), np.zeros((4,), np.int32)]  # 128 MiB
 
 def fetch(worker_id, batch_size):
     return BATCH
-
-def in_call(thread, function):
-    frame = sys._current_frames().get(thread.ident)
-    while frame is not None:
-        if frame.f_code.co_name == function:
-            return True
-        frame = frame.f_back
-    return False
 
 net = core.Net("big")
 coord = data_workers.init_data_input_workers(
@@ -409,11 +402,8 @@ coord = data_workers.init_data_input_workers(
     timeout=10, max_buffered_batches=2)
 coord.start()
 enqueuer = next(t for t in threading.enumerate() if t.name == "data_workers big enqueuer")
-deadline = time.monotonic() + 30
-while not in_call(enqueuer, "fill"):  # copying a batch into the scratch blob's memory
-    if time.monotonic() > deadline:
-        sys.exit("the enqueuer never copied a batch")
-    time.sleep(0.0005)
+# copying a batch into the scratch blob's memory:
+wait_for(lambda: in_call(enqueuer, "fill"), 30, "the enqueuer to copy a batch", 0.0005)
 joined = coord.stop(timeout=0)
 workspace.ResetWorkspace()  # frees the blob the enqueuer may still be writing to
 print("JOINED", joined, "ALIVE AFTER RESET", enqueuer.is_alive(), flush=True)
