@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
-from ._exit_hook import register_exit_hook
+from ._core.exit_hook import register_exit_hook
 
 __all__ = ["WorkerCoordinatorInternals", "GlobalCoordinatorInternals", "BatchFeederInternals"]
 

@@ -58,7 +58,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, cast
 
 import numpy as np
 
-from ._args import check_int, check_positive_int
+from ._core.args import check_int, check_positive_int
 
 __all__ = [
     "ArrayDataset",

@@ -22,14 +22,14 @@ different sink at its end::
     ChunkValidator -> ChunkChannel -> Rebatcher     (same engine, one copy per row)
             v
     TorchSink (enqueuer thread)        bounded hand-off, 4 batches, pooled buffers
-            v                          (``_torch_sink.py``)
+            v                          (``_torch/sink.py``)
     Loader.__next__                    the training loop's thread: tensors sharing
                                        the batch buffers' memory
 
 Nothing on this path imports Caffe2, so it runs with any PyTorch build.  A
 ``Loader`` is one input with its own coordinator (not the Caffe2
 ``global_coordinator`` registry) and follows NOTE [ Shutdown and error
-protocol ] in ``_coordinator.py``.
+protocol ] in ``_core/coordinator.py``.
 """
 
 from __future__ import annotations
@@ -42,15 +42,15 @@ from typing import Any, Callable, Dict, Iterable, Mapping, NamedTuple, Optional,
 
 import torch
 
-from ._args import check_batch_columns, check_int, check_positive_int, check_positive_seconds
-from ._backend import BackendSpec, FetchFun
-from ._worker_types import WORKER_TYPES, backend_factory, check_picklable
-from ._coordinator import GlobalWorkerCoordinator
-from ._errors import InputClosedError
-from ._input import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
-from ._lifecycle import Lifecycle
-from ._metrics import ExternalLogger, InputStats, Metrics
-from ._torch_sink import TorchSink
+from ._core.args import check_batch_columns, check_int, check_positive_int, check_positive_seconds
+from ._core.backend import BackendSpec, FetchFun
+from ._core.coordinator import GlobalWorkerCoordinator
+from ._core.errors import InputClosedError
+from ._core.lifecycle import Lifecycle
+from ._core.metrics import ExternalLogger, InputStats, Metrics
+from ._core.pipeline import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
+from ._torch.sink import TorchSink
+from ._workers.factory import WORKER_TYPES, backend_factory, check_picklable
 from .sharding import InputCheckpoint, ShardedSource
 
 __all__ = ["Loader"]
@@ -241,7 +241,7 @@ class Loader:
     def close(self, timeout: Optional[float] = None) -> bool:
         """Stop the fetchers, join them and release every buffer.  Idempotent.
 
-        NOTE [ Shutdown and error protocol ] (``_coordinator.py``): halts, joins
+        NOTE [ Shutdown and error protocol ] (``_core/coordinator.py``): halts, joins
         against one deadline, cleans up, then raises the input's failure unless
         iteration raised it already.  Tensors already handed out stay valid.
 
@@ -353,7 +353,7 @@ class _Checked(NamedTuple):
 def _check_args(fetch_fun: Any, batch_size: Any, num_workers: Any, worker_type: Any, seed: Any,
                 batch_columns: Any, max_buffered_batches: Any, timeout: Any, pin_memory: Any,
                 names: Any, name: Any) -> _Checked:
-    """Every check of ``Loader``, with the rules of ``_args.py`` shared with the Caffe2 input."""
+    """Every check of ``Loader``, with the rules of ``_core/args.py`` shared with the Caffe2 input."""
     if not callable(fetch_fun):
         raise TypeError("fetch_fun must be callable as fetch_fun(worker_id, batch_size), got %r"
                         % (fetch_fun,))

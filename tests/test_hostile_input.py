@@ -23,7 +23,7 @@ valid UTF-8 (lone surrogate)
                              dont_rebatch=True: each blob keeps its shape)
 numpy scalars, lists         ChunkTypeError: not a numpy array
 dtypes a Caffe2 blob cannot  ChunkTypeError: unsupported dtype, naming what is
-hold (uint32/64, float128,   supported (the table in data_workers/_dtypes.py;
+hold (uint32/64, float128,   supported (the table in data_workers/_caffe2/dtypes.py;
 complex, datetime, void/     str/bytes: .astype(object))
 structured), str/bytes
 dtypes, big-endian
@@ -51,7 +51,7 @@ import pytest
 from caffe2.python import core, workspace
 
 import data_workers
-from data_workers import _validate
+from data_workers._core import validate as _validate
 from fault_util import (
     PROCESS_ONLY,
     PROMPT_SECS,

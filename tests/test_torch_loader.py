@@ -362,7 +362,7 @@ def test_bad_arguments_name_the_parameter(kwargs: Any, error: type, match: str) 
 
 
 def test_numpy_numbers_are_counts_as_for_the_caffe2_input() -> None:
-    """The rules of data_workers/_args.py: integral numpy values work, stored as int."""
+    """The rules of data_workers/_core/args.py: integral numpy values work, stored as int."""
     with Loader(SteadyFetcher(), np.int64(4), np.int32(1), names=NAMES, seed=np.int64(3),
                 batch_columns=[np.int64(0), np.int64(0)], timeout=np.float64(10)) as loader:
         data, _ = next(loader)

@@ -14,7 +14,8 @@ import time
 import pytest
 from caffe2.python import core, workspace
 
-from data_workers import _coordinator, _watchdog
+from data_workers._core import coordinator as _coordinator
+from data_workers._core import watchdog as _watchdog
 from fault_util import (
     PROCESS_ONLY,
     BlockingFetcher,

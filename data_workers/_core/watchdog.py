@@ -7,7 +7,7 @@ A daemon thread of the input reads a frozen ``StallProbe`` of it::
        ^ "fetchers produced nothing"  ^ "re-batcher is waiting"   ^ "net has not dequeued"
 
 When ``batches_enqueued`` has not moved for ``S`` seconds it logs ONE warning
-(``logging.WARNING`` on ``data_workers._watchdog``) that names the stage:
+(``logging.WARNING`` on ``data_workers._core.watchdog``) that names the stage:
 
 * the enqueuer is blocked pushing a batch: the Caffe2 queue is full, so the
   net has not dequeued (the training loop stopped calling ``RunNet``, or is slow);
@@ -23,7 +23,7 @@ The watchdog re-arms once a batch moves again, so a second, separate stall
 gets its own warning.  It never raises and never stops the input: a stall may
 be legitimate (a paused training loop), only the user can tell.  Its thread is
 woken by ``halt()`` (NOTE [ Shutdown and error protocol ] in
-``_coordinator.py``), so it never delays ``stop()``.
+``_core/coordinator.py``), so it never delays ``stop()``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The program a worker process runs: load fetch_fun, call it, write arrays to the ring, report.
 
-Started by ``_process_workers.py`` as ``python -m data_workers._process_child
+Started by ``_workers/processes.py`` as ``python -m data_workers._workers.child
 DATA_FD CONTROL_FD ARENA_FD PARENT_PID DEATH_SIGNAL`` (see there for why not
 ``multiprocessing``).  The trainer first sends, on the control socket::
 
@@ -56,9 +56,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import cloudpickle
 import numpy as np
 
-from ._errors import ChunkValueError
-from ._shm_ring import ShmArena
-from ._validate import ChunkValidator
+from .._core.errors import ChunkValueError
+from .._core.validate import ChunkValidator
+from .shm_ring import ShmArena
 
 __all__ = ["ChildImports", "ChildSpec", "child_main", "IN_WORKER_ENV"]
 

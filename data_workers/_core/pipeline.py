@@ -11,9 +11,9 @@ Threads of one input (the whole pipeline is drawn once, in ``data_workers/__init
 
 ``BatchFeeder`` is everything between the fetchers and the sink;
 ``InputCoordinator`` owns its threads, its backend and its lifecycle.
-Caffe2-free: the Caffe2 queue is one sink (``_enqueue.py``) among others.
+Caffe2-free: the Caffe2 queue is one sink (``_caffe2/feed.py``) among others.
 
-Failure and shutdown: NOTE [ Shutdown and error protocol ] in ``_coordinator.py``.
+Failure and shutdown: NOTE [ Shutdown and error protocol ] in ``_core/coordinator.py``.
 """
 
 from __future__ import annotations
@@ -24,19 +24,19 @@ import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence
 
-from ._backend import ChunkSource, FetcherBackend, FetcherHost
-from ._channel import ChunkChannel, FifoChannel, RoundRobinChannel
-from ._chunk import Chunk
-from ._compat import BatchFeederInternals
-from ._coordinator import InitFun, WorkerCoordinator
-from ._errors import DataInputError, PipelineError
-from ._metrics import InputCounters, InputStats, Metrics
-from ._rebatch import Rebatcher
-from ._sink import BatchSink, LendingSink
-from ._threads import join_threads
-from ._validate import ChunkValidator
-from ._watchdog import StallProbe, StallWatchdog
-from ._worker import State
+from .._compat import BatchFeederInternals
+from .backend import ChunkSource, FetcherBackend, FetcherHost
+from .channel import ChunkChannel, FifoChannel, RoundRobinChannel
+from .chunk import Chunk
+from .coordinator import InitFun, WorkerCoordinator
+from .errors import DataInputError, PipelineError
+from .metrics import InputCounters, InputStats, Metrics
+from .rebatch import Rebatcher
+from .sink import BatchSink, LendingSink
+from .thread_util import join_threads
+from .validate import ChunkValidator
+from .watchdog import StallProbe, StallWatchdog
+from .worker import State
 
 __all__ = ["InputConfig", "BatchFeeder", "InputCoordinator", "enqueuer", "LOG_INT_SECS"]
 
@@ -267,7 +267,7 @@ def enqueuer(coordinator: WorkerCoordinator, batch_feeder: BatchFeeder) -> None:
 class InputCoordinator(WorkerCoordinator):
     """Coordinates one input: its fetcher backend, its enqueuer, flusher and watchdog.
 
-    Implements ``FetcherHost`` (``_backend.py``) for its backend.
+    Implements ``FetcherHost`` (``_core/backend.py``) for its backend.
 
     Args:
         make_backend: builds the fetcher backend for this input (its host).

@@ -55,13 +55,13 @@ attack it answers.
 8. Only the process that built an input touches it.  A child forked by the
    trainer inherits its objects, shared memory and exit hook; there every
    shared-memory write, stop and exit hook is a no-op (owner pid checks,
-   ``_exit_hook.py``).  One ``atexit`` hook, registered lazily at the first
+   ``_core/exit_hook.py``).  One ``atexit`` hook, registered lazily at the first
    ``start()``, stops everything without raising.
 9. A Caffe2 workspace outlives its inputs.  An input does all its Caffe2 work
    in the workspace that was current when it was built (captured then, never
    looked up per batch), and ``ResetWorkspace()`` of that workspace first
    stops the inputs that live in it, with a warning naming them
-   (``_workspace_guard.py``), and waits (up to ``STOP_TIMEOUT_SECS``) for any
+   (``_caffe2/workspace_guard.py``), and waits (up to ``STOP_TIMEOUT_SECS``) for any
    enqueuer there that outlived a ``stop()``'s deadline, or refuses the reset
    if one still runs: a reset can never free blob memory an enqueuer is
    writing to.  (A lend that finds its queue closed once torch is imported,
@@ -79,11 +79,11 @@ import threading
 import time
 from typing import Any, Callable, List, Optional
 
-from ._compat import GlobalCoordinatorInternals, WorkerCoordinatorInternals
-from ._errors import DataInputError, FetcherError, InputClosedError, PipelineError
-from ._exit_hook import register_exit_hook
-from ._lifecycle import Lifecycle
-from ._threads import join_threads
+from .._compat import GlobalCoordinatorInternals, WorkerCoordinatorInternals
+from .errors import DataInputError, FetcherError, InputClosedError, PipelineError
+from .exit_hook import register_exit_hook
+from .lifecycle import Lifecycle
+from .thread_util import join_threads
 
 __all__ = ["WorkerCoordinator", "GlobalWorkerCoordinator", "STOP_TIMEOUT_SECS"]
 

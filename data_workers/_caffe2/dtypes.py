@@ -27,7 +27,7 @@ object array holding anything else     refused by FeedBlob ("Unsupported python
 (int, None, dict)                      object type")
 =====================================  ==========================================
 
-Caffe2-free: the validator runs in worker processes.  ``_enqueue.py`` maps the
+Caffe2-free: the validator runs in worker processes.  ``_caffe2/feed.py`` maps the
 type names below to ``core.DataType`` values.
 """
 

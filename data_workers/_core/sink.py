@@ -1,6 +1,6 @@
 """Where finished batches go: the contract between the enqueuer and a sink.
 
-The Caffe2 queue (``_enqueue.Caffe2Feed``) is one sink; others hand batches to
+The Caffe2 queue (``_caffe2.feed.Caffe2Feed``) is one sink; others hand batches to
 a Python consumer.  The enqueuer thread is a sink's only producer::
 
     dests = sink.destinations(layout)   arrays to write the next batch into
@@ -8,7 +8,7 @@ a Python consumer.  The enqueuer thread is a sink's only producer::
     sink.enqueue(dests)                 hand the batch over; blocks while full
 
 ``close()`` is part of halting (NOTE [ Shutdown and error protocol ] in
-``_coordinator.py``, rule 3): it never blocks, and a blocked ``enqueue``
+``_core/coordinator.py``, rule 3): it never blocks, and a blocked ``enqueue``
 returns False.  ``cleanup()`` runs after the enqueuer has ended.
 """
 
@@ -46,7 +46,7 @@ class LendingSink(BatchSink, Protocol):
 
     ``lend`` hands over arrays that live in a worker's shared memory; the sink
     calls ``release`` once nothing refers to them any more, which may be
-    several batches later and out of order (``_shm_ring.py``, "Lending").
+    several batches later and out of order (``_workers/shm_ring.py``, "Lending").
     """
 
     def can_lend(self, arrays: Sequence[np.ndarray]) -> bool:

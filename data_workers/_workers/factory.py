@@ -1,6 +1,6 @@
 """Choosing an input's fetcher backend from ``worker_type``.
 
-Shared by the Caffe2 input (``_api.py``) and the PyTorch loader (``torch.py``);
+Shared by the Caffe2 input (``_caffe2/api.py``) and the PyTorch loader (``torch.py``);
 Caffe2-free.  The process backend, and cloudpickle, are imported only when asked for.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import io
 from typing import Any, Callable, Protocol
 
-from ._backend import BackendSpec, FetcherBackend, FetcherHost
-from ._thread_workers import ThreadFetchers
+from .._core.backend import BackendSpec, FetcherBackend, FetcherHost
+from .threads import ThreadFetchers
 
 __all__ = ["WORKER_TYPES", "check_picklable", "pickle_fetch_fun", "backend_factory"]
 
@@ -73,7 +73,7 @@ def pickle_fetch_fun(fetch_fun: Any) -> bytes:
 def backend_factory(worker_type: str, spec: BackendSpec) -> Callable[[FetcherHost], FetcherBackend]:
     """What builds the backend of an input, given the input as its host."""
     if worker_type == "process":
-        from ._process_workers import ProcessFetchers  # not imported by thread-only scripts
+        from .processes import ProcessFetchers  # not imported by thread-only scripts
 
         return lambda host: ProcessFetchers(host, spec)
     return lambda host: ThreadFetchers(host, spec)

@@ -15,14 +15,14 @@ from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence
 from caffe2.proto import caffe2_pb2
 from caffe2.python import core, scope
 
-from . import _workspace_guard
-from ._args import check_batch_columns, check_int, check_positive_int, check_positive_seconds
-from ._backend import BackendSpec
-from ._worker_types import WORKER_TYPES, backend_factory, check_picklable
-from ._coordinator import STOP_TIMEOUT_SECS, GlobalWorkerCoordinator, InitFun
-from ._enqueue import MAX_DEQUEUE_TIMEOUT_SECS, Caffe2Feed, caffe2_names
-from ._input import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
-from ._metrics import ExternalLogger, InputStats, Metrics
+from .._core.args import check_batch_columns, check_int, check_positive_int, check_positive_seconds
+from .._core.backend import BackendSpec
+from .._core.coordinator import STOP_TIMEOUT_SECS, GlobalWorkerCoordinator, InitFun
+from .._core.metrics import ExternalLogger, InputStats, Metrics
+from .._core.pipeline import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
+from .._workers.factory import WORKER_TYPES, backend_factory, check_picklable
+from . import workspace_guard as _workspace_guard
+from .feed import MAX_DEQUEUE_TIMEOUT_SECS, Caffe2Feed, caffe2_names
 
 __all__ = ["GlobalCoordinator", "global_coordinator", "init_data_input_workers", "get_worker_ids"]
 
@@ -73,7 +73,7 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
         and wait up to ``STOP_TIMEOUT_SECS`` for any enqueuer there that a stop()
         left running.
 
-        NOTE [ Shutdown and error protocol ], rule 9 (``_coordinator.py``).
+        NOTE [ Shutdown and error protocol ], rule 9 (``_core/coordinator.py``).
 
         Raises:
             RuntimeError: an input's enqueuer could not be joined; resetting now
@@ -293,7 +293,7 @@ def init_data_input_workers(
             64 MiB); a batch that cannot fit is a ``ChunkValueError``.
         stall_warning_secs: if set, log one warning naming the stuck stage (and,
             for thread workers, the fetchers' stacks) when no batch has moved
-            for this many seconds; see ``data_workers/_watchdog.py``.
+            for this many seconds; see ``data_workers/_core/watchdog.py``.
 
     Returns:
         The global coordinator (the same object for every call).

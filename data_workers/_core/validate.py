@@ -5,7 +5,7 @@ turns that into a ``Chunk`` or raises ``ChunkTypeError`` / ``ChunkValueError``
 naming the worker, the blob, what was expected and what came.  ``None`` and
 zero-row chunks keep upstream's lenient behaviour: skipped (and counted).
 
-Supported dtypes are those a Caffe2 blob can hold (the table in ``_dtypes.py``).
+Supported dtypes are those a Caffe2 blob can hold (the table in ``_caffe2/dtypes.py``).
 
 In re-batching mode the first accepted chunk fixes each blob's dtype and
 trailing shape (every dimension but the batch column); a later chunk that
@@ -26,9 +26,9 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._chunk import Chunk
-from ._dtypes import SUPPORTED_DTYPES_TEXT, TENSOR_DTYPES, unsupported_element
-from ._errors import ChunkTypeError, ChunkValueError
+from .._caffe2.dtypes import SUPPORTED_DTYPES_TEXT, TENSOR_DTYPES, unsupported_element
+from .chunk import Chunk
+from .errors import ChunkTypeError, ChunkValueError
 
 __all__ = ["Chunk", "BlobSpec", "ChunkValidator"]
 

@@ -10,11 +10,11 @@ import abc
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ._errors import DataInputError, FetcherError
-from ._metrics import Metrics
+from .errors import DataInputError, FetcherError
+from .metrics import Metrics
 
 if TYPE_CHECKING:
-    from ._coordinator import WorkerCoordinator
+    from .coordinator import WorkerCoordinator
 
 __all__ = ["State", "Worker", "run_worker"]
 

@@ -1,6 +1,6 @@
 """The PyTorch side of one input: a bounded hand-off of whole batches to the consumer.
 
-A ``BatchSink`` (contract: ``_sink.py``) like the Caffe2 queue, for a Python
+A ``BatchSink`` (contract: ``_core/sink.py``) like the Caffe2 queue, for a Python
 consumer (``data_workers.torch.Loader``) instead of a net::
 
     enqueuer thread                              consumer thread (the training loop)
@@ -30,7 +30,7 @@ Object (string) arrays have no tensor type; they are handed out as the numpy
 arrays themselves, never pooled.
 
 Waiting and closing follow NOTE [ Shutdown and error protocol ] in
-``_coordinator.py``: ``close()`` never blocks and wakes both sides; every wait
+``_core/coordinator.py``: ``close()`` never blocks and wakes both sides; every wait
 is also bounded, so it rechecks the closed flag on its own.
 """
 
@@ -45,8 +45,8 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ._errors import ChunkTypeError
-from ._sink import BatchLayout
+from .._core.errors import ChunkTypeError
+from .._core.sink import BatchLayout
 
 __all__ = ["TorchSink", "CAPACITY", "torch_dtype"]
 
