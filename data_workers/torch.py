@@ -110,8 +110,16 @@ class Loader:
             must have and name them in errors.  If omitted, ``batch_columns``
             gives the count; one of the two is required.
         name: names this input in errors, logs and threads.
-        stall_warning_secs, shm_bytes_per_worker, external_loggers,
-            log_interval_secs: as for ``init_data_input_workers``.
+        stall_warning_secs: seconds without a batch moving before one warning
+            names the stuck stage (default: off), as for
+            ``init_data_input_workers``.
+        shm_bytes_per_worker: bytes of shared memory per process worker
+            (default: ten batches, at least 64 MiB), as for
+            ``init_data_input_workers``.
+        external_loggers: objects with a ``log(metrics: dict)`` method, called
+            every ``log_interval_secs``, as for ``init_data_input_workers``.
+        log_interval_secs: seconds between inputs/sec log lines and
+            external-logger calls.
 
     Raises:
         TypeError, ValueError: an argument is invalid (the message names it).
@@ -308,6 +316,10 @@ class Loader:
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Continue from ``state_dict`` (from ``state_dict()``); before the first batch.
+
+        Args:
+            state_dict: what ``state_dict()`` returned, e.g. read back with
+                ``torch.load`` beside the model's checkpoint.
 
         Raises:
             TypeError, ValueError: as for ``state_dict()``, or ``state_dict`` is not

@@ -190,9 +190,15 @@ def _code(body: str) -> str:
     return "```python\n" + body.strip("\n") + "\n```"
 
 
+def _for_users(doc: str) -> str:
+    """The docstring without its paragraphs for maintainers (those citing a ``NOTE [``)."""
+    paragraphs = re.split(r"\n[ \t]*\n", doc)
+    return "\n\n".join(p for p in paragraphs if not re.match(r"\s*(See )?NOTE \[", p))
+
+
 def docstring_markdown(doc: str, params: Dict[str, inspect.Parameter]) -> str:
     """A Google-style docstring as Markdown (arguments with type and default)."""
-    intro, sections = _sections(doc)
+    intro, sections = _sections(_for_users(doc))
     parts = [_prose(intro)] if intro else []
     if "Args" in sections:
         parts.append("**Arguments**\n\n" + _args_markdown(sections["Args"], params))
@@ -323,7 +329,8 @@ def render(path: str, level: int = 2) -> str:
             f"| `{f}` | {_inline(fdocs.get(f, ''))} |" for f in obj._fields))
     if inspect.isclass(obj) and not issubclass(obj, (BaseException, enum.Enum)):
         for name, member in _own_members(obj):
-            parts.append(_member(obj, path, name, member, level + 1))
+            if (inspect.getdoc(member) or "").strip():  # undocumented: an internal
+                parts.append(_member(obj, path, name, member, level + 1))
     return "\n\n".join(p for p in parts if p.strip())
 
 

@@ -137,6 +137,11 @@ class WorkerCoordinator(WorkerCoordinatorInternals):
         return self.lifecycle.accepts_work
 
     def get_worker_ids(self) -> List[int]:
+        """Every worker id handed out so far, in order.
+
+        Returns:
+            A new list of ints.
+        """
         return list(self.worker_ids)
 
     @property
@@ -305,10 +310,20 @@ class GlobalWorkerCoordinator(GlobalCoordinatorInternals):
         self.worker_ids: List[int] = []
 
     def add(self, coordinator: WorkerCoordinator) -> None:
+        """Register a group (upstream internal; ``init_*`` calls it).
+
+        Args:
+            coordinator: the group to start and stop with the others.
+        """
         with self._lock:
             self.groups.append(coordinator)
 
     def get_new_worker_id(self) -> int:
+        """The next unused worker id: ids are unique across every group (upstream internal).
+
+        Returns:
+            0 for the first worker ever created, then 1, 2, ...
+        """
         with self._lock:
             worker_id = self.next_worker_id
             self.next_worker_id += 1
@@ -316,6 +331,11 @@ class GlobalWorkerCoordinator(GlobalCoordinatorInternals):
             return worker_id
 
     def get_worker_ids(self) -> List[int]:
+        """Every worker id handed out so far, in order.
+
+        Returns:
+            A new list of ints.
+        """
         return list(self.worker_ids)
 
     def _live_groups(self) -> List[WorkerCoordinator]:
@@ -324,6 +344,10 @@ class GlobalWorkerCoordinator(GlobalCoordinatorInternals):
 
     def start(self) -> None:
         """Run every group's ``init_fun`` serially, then start every group.
+
+        Call it once, after every ``init_*`` call and ``workspace.CreateNet``; the
+        first call also registers the exit hook that stops workers still running
+        when the interpreter exits.  ``with coordinator:`` calls it on entry.
 
         Raises:
             FetcherError: an ``init_fun`` raised; no group was started.
@@ -336,7 +360,15 @@ class GlobalWorkerCoordinator(GlobalCoordinatorInternals):
             c.start()
 
     def check(self) -> None:
-        """Raise the first failure of any group that has not been raised yet."""
+        """Raise the first failure of any group that has not been raised yet.
+
+        Cheap enough to call every step.  Each failure is raised once: by
+        ``check()`` or by ``stop()``, whichever comes first.
+
+        Raises:
+            DataInputError: the input's failure (``FetcherError``,
+                ``WorkerDiedError``, ``ChunkTypeError``, ...).
+        """
         for c in self._live_groups():
             c.check()
 
@@ -365,10 +397,16 @@ class GlobalWorkerCoordinator(GlobalCoordinatorInternals):
     def stop(self, raise_failure: bool = True, timeout: Optional[float] = None) -> bool:
         """Stop every group and forget them.
 
+        Halts every group, then waits for all of them against one deadline,
+        however many are stuck.  Idempotent: a second call returns ``True`` at
+        once.  ``with coordinator:`` calls it on exit, raising the input's failure
+        even when the body raised.
+
         Args:
             raise_failure: raise the first failure not raised yet.
             timeout: seconds for the whole call to wait for workers (default
-                ``STOP_TIMEOUT_SECS``); stuck process workers are then
+                5 s); a thread stuck in your code is left running, its stack
+                logged; stuck process workers are then
                 terminated and killed, which adds at most about 2 s.
 
         Returns:
@@ -385,7 +423,18 @@ class GlobalWorkerCoordinator(GlobalCoordinatorInternals):
         return self._stop_groups(self._live_groups(), raise_failure, timeout)
 
     def stop_coordinator(self, worker_name: str) -> bool:
-        """Stop and forget the groups named ``worker_name``."""
+        """Stop and forget the groups named ``worker_name``; the others keep running.
+
+        Args:
+            worker_name: the ``input_source_name`` (``worker_name`` for
+                ``parallel_workers``) of the groups to stop, e.g. ``"val"``.
+
+        Returns:
+            True if every worker of those groups ended within 5 s.
+
+        Raises:
+            DataInputError: the first failure of those groups not raised yet.
+        """
         groups = [c for c in self._live_groups() if c.name == worker_name]
         return self._stop_groups(groups, raise_failure=True, timeout=None)
 
