@@ -206,7 +206,7 @@ class RayDataSource:
             batch_size: rows per batch each source returns.
             n: the number of consumers (trainers, or inputs on one trainer).
             equal: give every consumer the same number of rows per epoch.
-            **kwargs: other ``RayDataSource`` arguments (``epochs``, ...).
+            **kwargs: other ``RayDataSource`` arguments (``num_epochs``, ``drop_last``, ...).
 
         Raises:
             TypeError: If ``n`` is not an integral number.
