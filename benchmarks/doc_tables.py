@@ -177,7 +177,8 @@ PEER_BLOCKS: Dict[str, Tuple[str, bool]] = {
     os.path.join("docs", "benchmarks.md"): ("peers-tables", True),
 }
 #: The README's user-facing figures, from both runs (``claims_block``).
-CLAIMS_BLOCKS: Dict[str, str] = {"README.md": "readme-figures"}
+CLAIMS_BLOCKS: Dict[str, str] = {"README.md": "readme-figures",
+                                  os.path.join("docs", "workers.md"): "worker-figures"}
 #: Blocks rendered from docs/torch_loader.json by ``benchmarks.torch_loader.markdown``.
 TORCH_BLOCKS: Dict[str, str] = {
     os.path.join("docs", "torch.md"): "torch-loader-tables",
