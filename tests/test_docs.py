@@ -218,11 +218,11 @@ def test_runnable_snippets_of_the_guides_run(tmp_path):
     """Each page's ``<!-- runnable -->`` blocks run in order, in one fresh interpreter."""
     jobs = []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    for page in sorted(glob.glob(os.path.join(DOCS, "*.md"))):
+    for page in [README] + sorted(glob.glob(os.path.join(DOCS, "*.md"))):
         blocks = _runnable_blocks(_read(page))
         if not blocks:
             continue
-        script = tmp_path / (os.path.basename(page) + ".py")
+        script = tmp_path / (os.path.relpath(page, ROOT).replace(os.sep, "_") + ".py")
         script.write_text("\n\n".join(blocks))
         jobs.append((page, subprocess.Popen(
             [sys.executable, str(script)], cwd=str(tmp_path), env=env,
