@@ -141,6 +141,18 @@ def _annotation(annotation: Any) -> str:
     return re.sub(r"\btyping\.", "", text)
 
 
+class _Shown:
+    """A default value as the reader would write it (``LastBatchPolicy.DROP``, not its repr)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        if isinstance(self.value, enum.Enum):
+            return f"{type(self.value).__name__}.{self.value.name}"
+        return repr(self.value)
+
+
 def _signature(obj: Any) -> Optional[inspect.Signature]:
     try:
         return inspect.signature(obj)
@@ -165,7 +177,7 @@ def _args_markdown(body: str, params: Dict[str, inspect.Parameter]) -> str:
             if shown_type:
                 facts.append(f"`{shown_type}`")
             if p is not None and p.default is not inspect.Parameter.empty:
-                facts.append(f"default `{p.default!r}`")
+                facts.append(f"default `{_Shown(p.default)!r}`")
             if p is not None and p.kind is inspect.Parameter.KEYWORD_ONLY:
                 facts.append("keyword-only")
             head = f"- **`{name}`**" + (f" ({', '.join(facts)})" if facts else "")
@@ -269,8 +281,10 @@ def _heading(level: int, label: str, anchor: str) -> str:
 def _sig_block(name: str, obj: Any, sig: Optional[inspect.Signature]) -> str:
     if sig is None:
         return ""
-    params = [p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values()
-              if p.name not in ("self", "cls")]
+    params = [p.replace(annotation=inspect.Parameter.empty,
+                        default=p.default if p.default is inspect.Parameter.empty
+                        else _Shown(p.default))
+              for p in sig.parameters.values() if p.name not in ("self", "cls")]
     text = name + str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
     ret = _annotation(sig.return_annotation)
     if ret and not inspect.isclass(obj):
