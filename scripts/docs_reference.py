@@ -202,10 +202,23 @@ def _code(body: str) -> str:
     return "```python\n" + body.strip("\n") + "\n```"
 
 
+def _constants() -> Dict[str, str]:
+    """Private constants docstrings name, as the value a user reads."""
+    from data_workers._core import coordinator
+
+    return {"STOP_TIMEOUT_SECS": f"{coordinator.STOP_TIMEOUT_SECS:g} s"}
+
+
 def _for_users(doc: str) -> str:
-    """The docstring without its paragraphs for maintainers (those citing a ``NOTE [``)."""
+    """The docstring without what is for maintainers: paragraphs citing a ``NOTE [``,
+    parenthesised pointers to a NOTE or a private module, private constant names."""
     paragraphs = re.split(r"\n[ \t]*\n", doc)
-    return "\n\n".join(p for p in paragraphs if not re.match(r"\s*(See )?NOTE \[", p))
+    doc = "\n\n".join(p for p in paragraphs if not re.match(r"\s*(See )?NOTE \[", p))
+    doc = re.sub(r"\s*\((?:see )?NOTE \[[^\]]*\][^)]*\)", "", doc)
+    doc = re.sub(r"\s*\(``_\w+/[\w./]+``\)", "", doc)
+    for name, value in _constants().items():
+        doc = doc.replace(f"``{name}``", value)
+    return doc
 
 
 def docstring_markdown(doc: str, params: Dict[str, inspect.Parameter]) -> str:

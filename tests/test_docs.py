@@ -208,6 +208,15 @@ def test_reference_entries_show_arguments_and_errors(site):
         text = f.read()
     for must in ("batch_columns", "dont_rebatch", "max_buffered_batches", "Raises", "hint"):
         assert must in text, must
+    # What the reference renders is for users too: no maintainer's NOTE, private module
+    # or private constant (scripts/docs_reference.py drops such pointers).
+    bad = []
+    for page in glob.glob(os.path.join(site[0], "reference", "*", "index.html")):
+        body = re.sub(r"<[^>]+>", "", _read(page).split("<article", 1)[-1])
+        for m in re.finditer(r"NOTE \[|\b_(?:core|workers|caffe2|torch)/|data_workers\._\w+"
+                             r"|STOP_TIMEOUT_SECS", body):
+            bad.append(f"{os.path.relpath(page, site[0])}: {body[max(0, m.start() - 60):m.end() + 20]!r}")
+    assert not bad, "\n".join(bad)
 
 
 def _runnable_blocks(markdown: str) -> List[str]:
