@@ -252,6 +252,23 @@ def test_runnable_snippets_of_the_guides_run(tmp_path):
     assert not failures, "\n\n".join(failures)
 
 
+def test_every_python_block_of_the_docs_parses():
+    """Blocks that cannot run here (a cluster, a GPU, your data) must still be Python."""
+    import ast
+
+    bad = []
+    pages = [README] + sorted(glob.glob(os.path.join(DOCS, "**", "*.md"), recursive=True))
+    for page in pages:
+        text = _read(page)
+        for m in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M):
+            try:
+                ast.parse(m.group(1))
+            except SyntaxError as e:
+                line = text.count("\n", 0, m.start()) + 1 + (e.lineno or 0)
+                bad.append(f"{os.path.relpath(page, ROOT)}:{line}: {e.msg}")
+    assert not bad, "\n".join(bad)
+
+
 #: What a user page must not hold: test ids, goals and verdicts, lab notes, private modules.
 _NOT_FOR_USERS = [
     (r"tests/test_\w+|::test_\w+|`test_\w+", "a test id"),
