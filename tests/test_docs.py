@@ -227,7 +227,7 @@ def test_runnable_snippets_of_the_guides_run(tmp_path):
     """Each page's ``<!-- runnable -->`` blocks run in order, in one fresh interpreter."""
     jobs = []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    for page in [README] + sorted(glob.glob(os.path.join(DOCS, "*.md"))):
+    for page in [README] + sorted(glob.glob(os.path.join(DOCS, "**", "*.md"), recursive=True)):
         blocks = _runnable_blocks(_read(page))
         if not blocks:
             continue

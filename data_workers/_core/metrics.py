@@ -120,7 +120,7 @@ class InputStats:
     input_source: str
     #: The Caffe2 name scope captured at init (e.g. ``"gpu_0/"``), or ``""``.
     namescope: str
-    #: Lifecycle state name: created, running, broken or stopped.
+    #: Lifecycle state name: created, running, broken, stopping or stopped.
     state: str
     #: ``"thread"`` or ``"process"``.
     worker_type: str
