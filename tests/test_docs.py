@@ -269,6 +269,17 @@ def test_every_python_block_of_the_docs_parses():
     assert not bad, "\n".join(bad)
 
 
+def test_every_guide_opens_with_what_the_reader_will_be_able_to_do():
+    bad = []
+    for page in glob.glob(os.path.join(DOCS, "*.md")):
+        name = os.path.basename(page)
+        if name in EVIDENCE_PAGES or name == "index.md":
+            continue
+        if "you will be able to" not in _read(page)[:700]:
+            bad.append(name)
+    assert not bad, f"guides that do not open with what the reader will be able to do: {bad}"
+
+
 #: What a user page must not hold: test ids, goals and verdicts, lab notes, private modules.
 _NOT_FOR_USERS = [
     (r"tests/test_\w+|::test_\w+|`test_\w+", "a test id"),
