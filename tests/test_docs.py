@@ -8,7 +8,9 @@ guides' code runs, the README stays a newcomer's path, figures are generated.
 - every public name of the five public modules has an entry in the API reference
   (``docs/reference/``, rendered from the docstrings by ``scripts/docs_reference.py``),
   and the entry points a user calls describe every argument;
-- the guides' code blocks marked ``<!-- runnable -->`` run, as written;
+- the guides' code blocks marked ``<!-- runnable -->`` run, as written, and every other
+  Python block parses;
+- every guide opens with what the reader will be able to do;
 - user pages hold no test ids, goals, verdicts, lab notes or private module names (those
   belong to docs/testing.md, docs/benchmarks.md and docs/development.md);
 - the benchmark tables in README.md and the docs equal a fresh render of the committed
