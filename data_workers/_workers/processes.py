@@ -298,24 +298,24 @@ class _ProcessWorker:
             return None
         if kind != "chunk":
             raise PipelineError("unknown data message from worker %d: %r" % (self.worker_id, kind))
-        _, span, layouts, objects, fetch_secs, chunks = message
+        _, nbytes, layouts, objects, fetch_secs, chunks = message
         host.metrics.put_metric("fetcher_time", fetch_secs)
         views = self.arena.views(layouts)
         arrays = [objects[i] if i in objects else views.pop(0)
                   for i in range(len(layouts) + len(objects))]
         arena = self.arena
-        token = arena.track(span)
+        claim = arena.track(nbytes)
         try:  # the child checked the batch fits its ring (check_batch_fits)
             chunk = host.accept(self.worker_id, arrays, chunks)
         except BaseException:
-            arena.release(token)
+            arena.release(claim)
             raise
         if chunk is None:
-            arena.release(token)
+            arena.release(claim)
             return None
-        chunk.release = lambda: arena.release(token)
+        chunk.release = lambda: arena.release(claim)
         # Caffe2 may take it uncopied if it is a whole batch (see _workers/shm_ring.py).
-        chunk.lend = lambda: arena.lend(token, span)
+        chunk.lend = lambda: arena.may_lend(claim)
         return chunk
 
     # -- control messages (process watcher thread) -------------------------------
