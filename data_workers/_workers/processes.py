@@ -273,10 +273,7 @@ class _ProcessWorker:
         except DataInputError as failure:
             host.fail(failure.where(host.name, self.worker_id))
         except BaseException as exc:  # noqa: B902 - a thread has nobody to raise to
-            wrapped = PipelineError("receiving from fetcher %d of input %r failed: %s: %s"
-                                    % (self.worker_id, host.name, type(exc).__name__, exc))
-            wrapped.__cause__ = exc
-            host.fail(wrapped.where(host.name, self.worker_id))
+            host.fail(_receiving_failed(exc, host.name, self.worker_id))
 
     def _handle(self, message: Tuple[Any, ...]) -> bool:
         host = self.owner.host
@@ -505,9 +502,7 @@ class _BatchReader(ChunkSource):
         except DataInputError as failure:
             raise failure.where(host.name, worker.worker_id)
         except Exception as exc:
-            wrapped = PipelineError("receiving from fetcher %d of input %r failed: %s: %s"
-                                    % (worker.worker_id, host.name, type(exc).__name__, exc))
-            raise wrapped.where(host.name, worker.worker_id) from exc
+            raise _receiving_failed(exc, host.name, worker.worker_id) from exc
 
     def _drain_wake(self) -> None:
         try:
@@ -551,6 +546,13 @@ class _BatchReader(ChunkSource):
             if fd >= 0:
                 os.close(fd)
 
+
+
+def _receiving_failed(exc: BaseException, input_source: str, worker_id: int) -> PipelineError:
+    """Reading a worker's messages failed in the trainer (not in the worker)."""
+    return PipelineError.wrapping(
+        exc, "receiving from fetcher %d of input %r failed:" % (worker_id, input_source),
+        input_source, worker_id)
 
 class ProcessFetchers(FetcherBackend):
     """The process backend of one input: a worker process per worker id."""
@@ -654,10 +656,9 @@ class ProcessFetchers(FetcherBackend):
                         self.host.fail(err.where(self.host.name, w.worker_id))
                         return
         except BaseException as exc:  # noqa: B902 - a thread has nobody to raise to
-            err = PipelineError("watching the worker processes of input %r failed: %s: %s"
-                                % (self.host.name, type(exc).__name__, exc))
-            err.__cause__ = exc
-            self.host.fail(err.where(self.host.name, None))
+            self.host.fail(PipelineError.wrapping(
+                exc, "watching the worker processes of input %r failed:" % self.host.name,
+                self.host.name, None))
 
     def halt(self) -> None:
         """Ask the children to stop; receivers and the watcher stop within _POLL_SECS."""
