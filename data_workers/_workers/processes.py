@@ -565,9 +565,9 @@ class ProcessFetchers(FetcherBackend):
         base_seed = spec.seed if spec.seed is not None else random.SystemRandom().randrange(2 ** 31)
         capacity = spec.shm_bytes_per_worker or DEFAULT_SHM_BYTES_PER_WORKER
         assemble = not (spec.deterministic or spec.dont_rebatch)
-        #: Set when the host reads whole batches from the sockets itself (batch_source).
+        #: Set when the host reads whole batches from the sockets itself
+        #: (``batch_source``); fixed here, before anyone reads ``threads``.
         self.reader: Optional[_BatchReader] = None
-        self._assemble = assemble
         self.workers: List[_ProcessWorker] = []
         try:
             for index, wid in enumerate(host.worker_ids):
@@ -580,19 +580,19 @@ class ProcessFetchers(FetcherBackend):
         except BaseException:
             self.close()  # arenas made so far
             raise
-        self.threads: List[threading.Thread] = [w.thread for w in self.workers]
+        # Whole batches: the enqueuer reads the sockets itself, no receiver threads.
+        # Chunk mode (deterministic, dont_rebatch): a receiver per worker feeds the
+        # channel, whose order and bound those modes need.
+        self.threads: List[threading.Thread] = []
+        if assemble:
+            self.reader = _BatchReader(self)
+        else:
+            self.threads = [w.thread for w in self.workers]
         self._watcher = threading.Thread(
             target=self._watch, daemon=True, name="data_workers %s process watcher" % spec.input_source)
 
     def batch_source(self) -> Optional[ChunkSource]:
-        """Whole batches (the default order): the enqueuer reads the sockets itself.
-
-        Chunk mode (``deterministic``, ``dont_rebatch``) keeps a receiver per
-        worker feeding the channel, whose order and bound those modes need.
-        """
-        if self._assemble and self.reader is None:
-            self.reader = _BatchReader(self)
-            self.threads = []
+        """Whole batches (the default order): the enqueuer reads the sockets itself."""
         return self.reader
 
     def _set_batch_size(self, batch_size: int) -> None:
