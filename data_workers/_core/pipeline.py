@@ -333,6 +333,11 @@ class InputCoordinator(WorkerCoordinator):
 
     def _join(self, deadline: float, started: float) -> bool:
         ok = join_threads([self.enqueuer_thread], deadline, self.name, started)
+        # The re-batcher's copy helper works only inside the enqueuer's fill:
+        # closed now, it ends once a stuck enqueuer's copy (if any) is done.
+        copier = self.feeder.rebatcher.close_helper()
+        if copier is not None:
+            ok = join_threads([copier], deadline, self.name, started) and ok
         ok = self.backend.join(deadline, started) and ok
         threads = [self.flusher_thread] + ([self.watchdog.thread] if self.watchdog else [])
         return join_threads(threads, deadline, self.name, started) and ok
