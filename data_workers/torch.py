@@ -203,8 +203,19 @@ class Loader:
             self._start()
         deadline = time.monotonic() + self._config.timeout
         while True:
-            self._raise_if_halted()
+            halted = self._input.lifecycle.halted
+            if halted and self._input.failure is None:
+                raise InputClosedError("loader %r was closed" % self._config.input_source)
             left = deadline - time.monotonic()
+            # Batches handed over before a failure come first (NOTE [ Shutdown and
+            # error protocol ], rule 10); a failure or close() closes the sink,
+            # which wakes this wait at once.
+            batch = self._sink.take(0.0 if halted else max(0.0, min(left, _POLL_SECS)))
+            if batch is not None:
+                self._batches_taken += 1
+                return batch
+            if halted:
+                self._raise_failure()
             if left <= 0:
                 stats = self.stats()
                 raise TimeoutError(
@@ -213,21 +224,14 @@ class Loader:
                     "stuck stage" % (self._config.input_source, self._config.timeout,
                                      stats.chunks_fetched, stats.rows_buffered,
                                      self._config.batch_size))
-            # A failure or close() closes the sink, which wakes this wait at once.
-            batch = self._sink.take(min(left, _POLL_SECS))
-            if batch is not None:
-                self._batches_taken += 1
-                return batch
 
-    def _raise_if_halted(self) -> None:
+    def _raise_failure(self) -> None:
+        """Raise the failure that halted the input (the first time itself, then
+        ``InputClosedError`` from it)."""
         failure = self._input.failure
-        if failure is not None:
-            self._input.check()  # first time: raised here, so close() will not raise it again
-            err = InputClosedError("loader %r failed earlier: %s"
-                                   % (self._config.input_source, failure))
-            raise err from failure
-        if self._input.lifecycle.halted:
-            raise InputClosedError("loader %r was closed" % self._config.input_source)
+        self._input.check()  # first time: raised here, so close() will not raise it again
+        err = InputClosedError("loader %r failed earlier: %s" % (self._config.input_source, failure))
+        raise err from failure
 
     def _start(self) -> None:
         with self._lock:

@@ -107,6 +107,14 @@ class FetcherHost(Protocol):
     def put_chunk(self, chunk: Chunk) -> bool:
         """Queue an accepted chunk; blocks while full; False once halted (chunk released)."""
 
+    def note_failure(self, err: DataInputError) -> None:
+        """Make a worker's failure known now; it fails the input later, in-band
+        (``put_failure``, or a failure marker from the backend's batch source)."""
+
+    def put_failure(self, err: DataInputError, worker_id: int) -> None:
+        """Fail the input after every chunk ``worker_id`` queued before (NOTE [ Shutdown
+        and error protocol ], rule 10); at once if the input is halted.  Never blocks."""
+
 
 class FetcherBackend(abc.ABC):
     """Runs ``fetch_fun`` for every worker id of one input."""

@@ -110,6 +110,9 @@ class BatchFeeder(State, BatchFeederInternals):
         #: monotonic time the enqueuer began pushing a batch it has not pushed
         #: yet (the sink is full), else None; read by the stall watchdog.
         self.enqueue_blocked_since: Optional[float] = None
+        #: A worker's failure the enqueuer has taken from its source: raised
+        #: once the rows queued before it make no further whole batch (rule 10).
+        self.failure_due: Optional[DataInputError] = None
 
     def read_from(self, source: ChunkSource) -> None:
         """Take chunks from ``source`` instead of the channel (before start)."""
@@ -132,18 +135,27 @@ class BatchFeeder(State, BatchFeederInternals):
         self.release_buffers()
         self.sink.cleanup()
 
-    def release_buffers(self, include_rebatcher: bool = True) -> None:
-        """Give back the memory of chunks that will never be batched (on stop)."""
+    def release_buffers(self, include_rebatcher: bool = True) -> Optional[DataInputError]:
+        """Give back the memory of chunks that will never be batched (on stop).
+
+        Returns:
+            The first worker failure queued behind them (a failure marker the
+            enqueuer never reached), or None: stop() must still raise it.
+        """
         left = self.channel.drain()
         if self.source is not self.channel:
             left += self.source.drain()
         dropped = sum(c.rows for c in left)
+        failure = self.failure_due
         for chunk in left:
+            if failure is None:
+                failure = chunk.failure
             chunk.done()
         if include_rebatcher:
             dropped += self.rebatcher.release_all()
         if dropped:
             logger.debug("input %r stopped with %d rows not yet batched", self.input_source, dropped)
+        return failure
 
     # -- fetcher side -----------------------------------------------------
     def accept(self, worker_id: int, output: Any, chunks: int = 1) -> Optional[Chunk]:
@@ -178,6 +190,14 @@ class BatchFeeder(State, BatchFeederInternals):
             return False
         return True
 
+    def put_failure(self, err: DataInputError, worker_id: int) -> bool:
+        """Queue a worker's failure behind every chunk it queued before (rule 10).
+
+        Never waits for room.  Returns False if the input stopped: the caller
+        then fails the input directly.
+        """
+        return self.channel.put(Chunk(worker_id, [], 0, failure=err))
+
     def set_batch_size(self, batch_size: int) -> None:
         """Change the batch size; applies from the next batch, no row is lost."""
         self.batch_size = batch_size
@@ -197,9 +217,17 @@ class BatchFeeder(State, BatchFeederInternals):
         """
         rows = self.rebatcher.next_batch_rows()
         if rows is None:
+            if self.failure_due is not None:
+                # Every whole batch queued before the failure is in the sink.
+                raise self.failure_due
             need = 1 if self.config.dont_rebatch else self.batch_size - self.rebatcher.rows_buffered
             for chunk in self.source.get_ready(timeout=_POLL_SECS, want_rows=need):
-                self.rebatcher.add(chunk)
+                if self.failure_due is not None:
+                    chunk.done()  # after the failure: never batched
+                elif chunk.failure is not None:
+                    self.failure_due = chunk.failure
+                else:
+                    self.rebatcher.add(chunk)
             return
         started = time.monotonic()
         head = None if self._lender is None else self.rebatcher.lendable_head(rows)
@@ -254,6 +282,9 @@ def enqueuer(coordinator: WorkerCoordinator, batch_feeder: BatchFeeder) -> None:
     try:
         while coordinator.is_active():
             batch_feeder.pump(coordinator)
+        if batch_feeder.failure_due is not None:
+            # Stopped before it was raised: stop() still raises it (rule 10).
+            raise batch_feeder.failure_due
     except DataInputError as e:
         # A backend's batch source names the worker whose message failed.
         coordinator.fail(e.where(batch_feeder.input_source, e.worker_id))
@@ -316,6 +347,12 @@ class InputCoordinator(WorkerCoordinator):
     def put_chunk(self, chunk: Chunk) -> bool:
         return self.feeder.put_chunk(chunk)
 
+    def put_failure(self, err: DataInputError, worker_id: int) -> None:
+        err.where(self.name, worker_id)
+        self.note_failure(err)
+        if not self.feeder.put_failure(err, worker_id):
+            self.fail(err)  # stopped or failed already: recorded or logged (rule 2)
+
     # -- WorkerCoordinator hooks ---------------------------------------------
     def _start_workers(self) -> None:
         self.enqueuer_thread.start()
@@ -346,7 +383,10 @@ class InputCoordinator(WorkerCoordinator):
         # The re-batcher's chunks are given back unless the enqueuer (their
         # only user) is stuck; then their shared memory stays mapped (close()
         # leaves a mapping that still has views).
-        self.feeder.release_buffers(include_rebatcher=not self.enqueuer_thread.is_alive())
+        queued_failure = self.feeder.release_buffers(
+            include_rebatcher=not self.enqueuer_thread.is_alive())
+        if queued_failure is not None:
+            self.fail(queued_failure)
         if not self.enqueuer_thread.is_alive():
             self.feeder.sink.cleanup()  # drops lent batches: their shared memory goes back
         self.backend.close()

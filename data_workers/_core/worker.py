@@ -61,13 +61,17 @@ class Worker:
         raised by user code -- ``SystemExit`` and ``KeyboardInterrupt``
         included -- is wrapped in ``FetcherError`` with it as the cause.
         """
+        self._coordinator.fail(self.as_failure(e))
+
+    def as_failure(self, e: BaseException) -> DataInputError:
+        """``e`` as this worker's failure: our own errors as they are, else a ``FetcherError``."""
         if isinstance(e, DataInputError):
             err = e
         else:
             err = FetcherError("%s %d of %r raised %s: %s" % (
                 self.describe_as, self._worker_id, self._coordinator.name, type(e).__name__, e))
             err.__cause__ = e
-        self._coordinator.fail(err.where(self._coordinator.name, self._worker_id))
+        return err.where(self._coordinator.name, self._worker_id)
 
     def finish(self) -> None:
         self._metrics.put_metric("worker_time", time.monotonic() - self._start_time)

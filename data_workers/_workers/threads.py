@@ -37,6 +37,11 @@ class DataWorker(Worker):
         output = fetch(self._worker_id, self._batch_feeder.batch_size)
         self._batch_feeder.put(output, self._worker_id)
 
+    def handle_exception(self, e: BaseException) -> None:
+        """Fail the input behind the chunks this fetcher queued before (NOTE
+        [ Shutdown and error protocol ], rule 10, ``_core/coordinator.py``)."""
+        self._batch_feeder.put_failure(self.as_failure(e), self._worker_id)
+
     def finish(self) -> None:
         self._metrics.put_metric("fetcher_time", time.monotonic() - self._start_time)
 
