@@ -42,7 +42,9 @@ from typing import Any, Callable, Dict, Iterable, Mapping, NamedTuple, Optional,
 
 import torch
 
-from ._core.args import check_batch_columns, check_int, check_positive_int, check_positive_seconds
+from ._core.args import (check_batch_columns, check_int, check_max_fetch_failures,
+                         check_positive_int, check_positive_seconds)
+from ._core.budget import FractionOrCount
 from ._core.backend import BackendSpec, FetchFun
 from ._core.coordinator import GlobalWorkerCoordinator
 from ._core.errors import InputClosedError
@@ -111,7 +113,9 @@ class Loader:
             gives the count; one of the two is required.
         name: names this input in errors, logs and threads.
         stall_warning_secs, shm_bytes_per_worker, external_loggers,
-            log_interval_secs: as for ``init_data_input_workers``.
+            log_interval_secs, max_fetch_failures: as for ``init_data_input_workers``
+            (``max_fetch_failures``: fetcher exceptions to skip, a count or a
+            fraction of fetch calls).
 
     Raises:
         TypeError, ValueError: an argument is invalid (the message names it).
@@ -137,6 +141,7 @@ class Loader:
         shm_bytes_per_worker: Optional[int] = None,
         external_loggers: Optional[Iterable[ExternalLogger]] = None,
         log_interval_secs: float = LOG_INT_SECS,
+        max_fetch_failures: FractionOrCount = 0,
     ) -> None:
         args = _check_args(
             fetch_fun, batch_size, num_workers, worker_type, seed, batch_columns,
@@ -146,6 +151,7 @@ class Loader:
         stall_warning_secs = check_positive_seconds("stall_warning_secs", stall_warning_secs,
                                                     or_none=True)
         log_interval_secs = check_positive_seconds("log_interval_secs", log_interval_secs)
+        max_fetch_failures = check_max_fetch_failures(max_fetch_failures)
         if worker_type == "process":
             check_picklable(fetch_fun)
             shm_bytes_per_worker = check_positive_int("shm_bytes_per_worker",
@@ -161,11 +167,13 @@ class Loader:
             max_buffered_batches=args.max_buffered_batches, dont_rebatch=bool(dont_rebatch),
             batch_columns=columns, timeout=args.timeout, worker_type=worker_type,
             deterministic=bool(deterministic), seed=seed, log_interval_secs=log_interval_secs,
-            shm_bytes_per_worker=shm_bytes_per_worker, stall_warning_secs=stall_warning_secs)
+            shm_bytes_per_worker=shm_bytes_per_worker, stall_warning_secs=stall_warning_secs,
+            max_fetch_failures=max_fetch_failures)
         spec = BackendSpec(
             fetch_fun=fetch_fun, input_source=name, blob_names=blob_names,
             batch_columns=columns, dont_rebatch=config.dont_rebatch, seed=seed,
-            shm_bytes_per_worker=shm_bytes_per_worker, deterministic=config.deterministic)
+            shm_bytes_per_worker=shm_bytes_per_worker, deterministic=config.deterministic,
+            skip_fetch_failures=max_fetch_failures != 0)
         self._config = config
         self._sink = TorchSink(blob_names, pin_memory=pin_memory)
         worker_ids = list(range(num_workers))

@@ -27,7 +27,7 @@ __all__ = [
     "RandomBadOutput", "SlowFetcher", "BlockingFetcher", "SleepForever", "SuddenDeath",
     "SteadyFetcher", "TrickleFetcher", "hostile_output", "HostileFetcher",
     "BigRowFetcher", "RealBigFetcher", "GatedFetcher", "StuckWorkerFetcher",
-    "FailAfterChunks",
+    "FailAfterChunks", "CorruptRecords",
 ]
 
 # ----------------------------------------------------------------------------- rows
@@ -104,6 +104,26 @@ class FailAfterChunks:
             raise FlakyDiskError("chunk %d of worker %d unreadable" % (calls, worker_id))
         self._calls[worker_id] = calls + 1
         return tagged_chunk(worker_id, calls * self.rows, self.rows)
+
+
+class CorruptRecords:
+    """A ``ShardedSource`` dataset of ``n`` records whose ``load`` raises
+    ``FlakyDiskError`` for a block holding a record of ``corrupt``, as a reader
+    of a truncated file would.  Row ``i`` is ``data = [i, i, i]``, ``label = i``."""
+
+    def __init__(self, n: int, corrupt: "tuple[int, ...]") -> None:
+        self.n = n
+        self.corrupt = frozenset(corrupt)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def load(self, indices: np.ndarray) -> List[np.ndarray]:
+        bad = self.corrupt.intersection(indices.tolist())
+        if bad:
+            raise FlakyDiskError("record %d is truncated" % min(bad))
+        return [np.repeat(indices.astype(np.float64)[:, None], 3, axis=1),
+                indices.astype(np.int32)]
 
 
 def bad_output(kind: str, worker_id: int, seq: int, rows: int) -> Any:

@@ -15,7 +15,9 @@ from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence
 from caffe2.proto import caffe2_pb2
 from caffe2.python import core, scope
 
-from .._core.args import check_batch_columns, check_int, check_positive_int, check_positive_seconds
+from .._core.args import (check_batch_columns, check_int, check_max_fetch_failures,
+                          check_positive_int, check_positive_seconds)
+from .._core.budget import FractionOrCount
 from .._core.backend import BackendSpec
 from .._core.coordinator import STOP_TIMEOUT_SECS, GlobalWorkerCoordinator, InitFun
 from .._core.metrics import ExternalLogger, InputStats, Metrics
@@ -270,6 +272,7 @@ def init_data_input_workers(
     log_interval_secs: float = LOG_INT_SECS,
     stall_warning_secs: Optional[float] = None,
     shm_bytes_per_worker: Optional[int] = None,
+    max_fetch_failures: FractionOrCount = 0,
 ) -> GlobalCoordinator:
     """Feed ``input_blob_names`` of ``net`` from ``fetch_fun``, in the current scopes.
 
@@ -294,6 +297,12 @@ def init_data_input_workers(
         stall_warning_secs: if set, log one warning naming the stuck stage (and,
             for thread workers, the fetchers' stacks) when no batch has moved
             for this many seconds; see ``data_workers/_core/watchdog.py``.
+        max_fetch_failures: exceptions of ``fetch_fun`` to skip (bad records)
+            instead of failing the input: ``0`` (default) none, an int N up
+            to N, a float in (0, 1) that fraction of fetch calls (the first 100
+            calls count as 100).  Each is logged and counted
+            (``stats().fetch_failures``); the next one fails the input, saying
+            how many were skipped.  See ``data_workers/_core/budget.py``.
 
     Returns:
         The global coordinator (the same object for every call).
@@ -306,6 +315,7 @@ def init_data_input_workers(
         net, input_blob_names, fetch_fun, batch_size, num_worker_threads, input_source_name,
         max_buffered_batches, init_fun, batch_columns, timeout, worker_type, seed,
         log_interval_secs, stall_warning_secs, shm_bytes_per_worker)
+    max_fetch_failures = check_max_fetch_failures(max_fetch_failures)
     device_option = scope.CurrentDeviceScope()
     if device_option is None:
         device_option = caffe2_pb2.DeviceOption(device_type=caffe2_pb2.CPU)
@@ -316,11 +326,13 @@ def init_data_input_workers(
         max_buffered_batches=max_buffered_batches, dont_rebatch=bool(dont_rebatch),
         batch_columns=tuple(columns), timeout=timeout, worker_type=worker_type,
         deterministic=bool(deterministic), seed=seed, log_interval_secs=log_interval_secs,
-        shm_bytes_per_worker=shm_bytes_per_worker, stall_warning_secs=stall_warning_secs)
+        shm_bytes_per_worker=shm_bytes_per_worker, stall_warning_secs=stall_warning_secs,
+        max_fetch_failures=max_fetch_failures)
     spec = BackendSpec(
         fetch_fun=fetch_fun, input_source=input_source_name, blob_names=config.blob_names,
         batch_columns=config.batch_columns, dont_rebatch=config.dont_rebatch, seed=seed,
-        shm_bytes_per_worker=shm_bytes_per_worker, deterministic=config.deterministic)
+        shm_bytes_per_worker=shm_bytes_per_worker, deterministic=config.deterministic,
+        skip_fetch_failures=max_fetch_failures != 0)
     _workspace_guard.watch(global_coordinator)
     # Build everything, then touch the user's net last; undo on any failure,
     # so a failed call leaves no queue, blob, net op or process behind.

@@ -50,6 +50,9 @@ class BackendSpec:
     shm_bytes_per_worker: Optional[int]
     #: One chunk from each worker in turn (the channel's order).
     deterministic: bool = False
+    #: ``max_fetch_failures`` is set: a fetch_fun exception goes to the host's
+    #: ``skip_fetch_failure`` instead of failing the worker at once.
+    skip_fetch_failures: bool = False
 
 
 class ChunkSource(Protocol):
@@ -106,6 +109,13 @@ class FetcherHost(Protocol):
 
     def put_chunk(self, chunk: Chunk) -> bool:
         """Queue an accepted chunk; blocks while full; False once halted (chunk released)."""
+
+    def skip_fetch_failure(self, worker_id: int, exc: BaseException) -> bool:
+        """Count one exception of ``fetch_fun``; True if the input skips it
+        (``max_fetch_failures``, ``_core/budget.py``), False if it fails the input."""
+
+    def fetch_failure_note(self) -> str:
+        """What the message of a fetcher exception beyond the budget adds ("" without one)."""
 
     def note_failure(self, err: DataInputError) -> None:
         """Make a worker's failure known now; it fails the input later, in-band

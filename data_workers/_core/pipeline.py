@@ -22,10 +22,11 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .._compat import BatchFeederInternals
 from .backend import ChunkSource, FetcherBackend, FetcherHost
+from .budget import FetchFailureBudget, FractionOrCount
 from .channel import ChunkChannel, FifoChannel, RoundRobinChannel
 from .chunk import Chunk
 from .coordinator import InitFun, WorkerCoordinator
@@ -69,6 +70,8 @@ class InputConfig:
     log_interval_secs: float = LOG_INT_SECS
     shm_bytes_per_worker: Optional[int] = None
     stall_warning_secs: Optional[float] = None
+    #: Fetcher exceptions to skip: a count, or a fraction of calls (``_core/budget.py``).
+    max_fetch_failures: FractionOrCount = 0
 
 
 class BatchFeeder(State, BatchFeederInternals):
@@ -90,6 +93,14 @@ class BatchFeeder(State, BatchFeederInternals):
         self.batch_size_hooks: List[Callable[[int], None]] = []
         self.metrics = metrics
         self.counters = InputCounters()
+        self.budget = FetchFailureBudget(config.max_fetch_failures, config.input_source,
+                                         self.counters, metrics)
+        # Deterministic order: the turn (place in the round-robin stream) of each
+        # worker's next call, and the turns whose call raised and was skipped.
+        # Each worker's count has one writer (its fetcher or receiver thread).
+        self._index = {w: i for i, w in enumerate(worker_ids)}
+        self._calls: Dict[int, int] = {w: 0 for w in worker_ids}
+        self.skipped_turns: List[int] = []
         self.validator = ChunkValidator(self.blob_names, config.batch_columns,
                                         config.dont_rebatch, config.input_source)
         self.rebatcher = Rebatcher(config.batch_columns, config.batch_size, config.dont_rebatch,
@@ -162,6 +173,8 @@ class BatchFeeder(State, BatchFeederInternals):
         """Validate fetcher output and count it (``chunks``: fetcher results a
         worker process assembled into this one).  Raises ChunkTypeError/ChunkValueError."""
         chunk = self.validator.check(worker_id, output, self.batch_size)
+        if self.config.deterministic and worker_id in self._calls:
+            self._calls[worker_id] += 1
         if chunk is None:
             self.counters.skipped()
             logger.warning("fetcher %d of input %r returned %s; skipped", worker_id,
@@ -188,6 +201,25 @@ class BatchFeeder(State, BatchFeederInternals):
         if not self.channel.put(chunk):
             chunk.done()
             return False
+        return True
+
+    def skip_fetch_failure(self, worker_id: int, exc: BaseException) -> bool:
+        """Skip one exception of ``fetch_fun`` if the budget allows (``_core/budget.py``).
+
+        In deterministic order the skipped call still is the worker's turn: an
+        empty turn marker takes its place (blocks while the channel is full), and
+        its turn is recorded for ``ShardedSource`` checkpoints.
+
+        Returns:
+            True if skipped; False: the caller fails the input with it.
+        """
+        if not self.budget.charge(worker_id, exc):
+            return False
+        if self.config.deterministic and worker_id in self._calls:
+            calls = self._calls[worker_id]
+            self._calls[worker_id] = calls + 1
+            self.skipped_turns.append(calls * len(self._index) + self._index[worker_id])
+            self.put_chunk(Chunk(worker_id, [], 0))
         return True
 
     def put_failure(self, err: DataInputError, worker_id: int) -> bool:
@@ -347,6 +379,17 @@ class InputCoordinator(WorkerCoordinator):
     def put_chunk(self, chunk: Chunk) -> bool:
         return self.feeder.put_chunk(chunk)
 
+    def skip_fetch_failure(self, worker_id: int, exc: BaseException) -> bool:
+        return self.feeder.skip_fetch_failure(worker_id, exc)
+
+    def fetch_failure_note(self) -> str:
+        return self.feeder.budget.note()
+
+    def skipped_turns(self) -> Tuple[int, ...]:
+        """Deterministic order: the turns (0, 1, ... in round-robin order since
+        start) whose fetch call raised and was skipped (``max_fetch_failures``)."""
+        return tuple(sorted(self.feeder.skipped_turns))
+
     def put_failure(self, err: DataInputError, worker_id: int) -> None:
         err.where(self.name, worker_id)
         self.note_failure(err)
@@ -437,6 +480,7 @@ class InputCoordinator(WorkerCoordinator):
             chunks_fetched=counters.chunks_fetched,
             rows_fetched=counters.rows_fetched,
             chunks_skipped=counters.chunks_skipped,
+            fetch_failures=counters.fetch_failures,
             batches_enqueued=counters.batches_enqueued,
             rows_enqueued=counters.rows_enqueued,
             batches_lent=counters.batches_lent,

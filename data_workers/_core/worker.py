@@ -63,13 +63,15 @@ class Worker:
         """
         self._coordinator.fail(self.as_failure(e))
 
-    def as_failure(self, e: BaseException) -> DataInputError:
-        """``e`` as this worker's failure: our own errors as they are, else a ``FetcherError``."""
+    def as_failure(self, e: BaseException, note: str = "") -> DataInputError:
+        """``e`` as this worker's failure: our own errors as they are, else a ``FetcherError``
+        (``note`` ends its message)."""
         if isinstance(e, DataInputError):
             err = e
         else:
-            err = FetcherError("%s %d of %r raised %s: %s" % (
-                self.describe_as, self._worker_id, self._coordinator.name, type(e).__name__, e))
+            err = FetcherError("%s %d of %r raised %s: %s%s" % (
+                self.describe_as, self._worker_id, self._coordinator.name, type(e).__name__, e,
+                note))
             err.__cause__ = e
         return err.where(self._coordinator.name, self._worker_id)
 

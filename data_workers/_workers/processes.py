@@ -99,6 +99,19 @@ def _pidfd(pid: int) -> Optional[int]:
         return None  # kernel < 5.3 or not Linux: the watcher polls instead
 
 
+def _remote_exception(blob: Optional[bytes], type_name: str, text: str,
+                      tb: str) -> BaseException:
+    """A worker's exception, unpickled (or rebuilt from its text), the child's
+    traceback chained as ``__cause__``."""
+    exc: BaseException
+    try:
+        exc = pickle.loads(blob) if blob is not None else Exception("%s: %s" % (type_name, text))
+    except Exception:
+        exc = Exception("%s: %s" % (type_name, text))
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
 class _DataSocket:
     """The trainer's end of a worker's data socket: every message waiting, in one read.
 
@@ -317,11 +330,17 @@ class _ProcessWorker:
             host.metrics.put_metric("fetcher_time", message[1])
             return host.put(None, self.worker_id)
         chunk = self.chunk_of(message)
-        return True if chunk is None else host.put_chunk(chunk)
+        if chunk is None:
+            return True
+        if chunk.failure is not None:
+            host.put_failure(chunk.failure, self.worker_id)
+            return False
+        return host.put_chunk(chunk)
 
     def chunk_of(self, message: Tuple[Any, ...]) -> Optional[Chunk]:
         """The accepted chunk a data message describes; None if there is none
-        (a skip, counted).  Raises Chunk*Error for output the host refuses."""
+        (a skip, counted), a failure marker if fetch_fun raised beyond the
+        budget.  Raises Chunk*Error for output the host refuses."""
         host = self.owner.host
         self.received += 1
         kind = message[0]
@@ -329,6 +348,16 @@ class _ProcessWorker:
             host.metrics.put_metric("fetcher_time", message[1])
             host.accept(self.worker_id, None)  # counts and logs the skip
             return None
+        if kind == "fetch_failed":
+            _, blob, type_name, text, tb, fetch_secs = message
+            host.metrics.put_metric("fetcher_time", fetch_secs)
+            exc = _remote_exception(blob, type_name, text, tb)
+            if host.skip_fetch_failure(self.worker_id, exc):
+                return None
+            err = self._fetcher_error(exc, type_name, text, host.fetch_failure_note())
+            err.where(host.name, self.worker_id)
+            host.note_failure(err)
+            return Chunk(self.worker_id, [], 0, failure=err)
         if kind != "chunk":
             raise PipelineError("unknown data message from worker %d: %r" % (self.worker_id, kind))
         _, span, layouts, objects, fetch_secs, chunks = message
@@ -370,16 +399,15 @@ class _ProcessWorker:
 
     def _remote_error(self, blob: Optional[bytes], type_name: str, text: str,
                       tb: str) -> DataInputError:
-        exc: BaseException
-        try:
-            exc = pickle.loads(blob) if blob is not None else Exception("%s: %s" % (type_name, text))
-        except Exception:
-            exc = Exception("%s: %s" % (type_name, text))
-        exc.__cause__ = RemoteTraceback(tb)
+        exc = _remote_exception(blob, type_name, text, tb)
         if isinstance(exc, DataInputError):
             return exc
-        err = FetcherError("fetcher %d (pid %s) of input %r raised %s: %s" % (
-            self.worker_id, self.pid, self.owner.host.name, type_name, text))
+        return self._fetcher_error(exc, type_name, text)
+
+    def _fetcher_error(self, exc: BaseException, type_name: str, text: str,
+                       note: str = "") -> FetcherError:
+        err = FetcherError("fetcher %d (pid %s) of input %r raised %s: %s%s" % (
+            self.worker_id, self.pid, self.owner.host.name, type_name, text, note))
         err.__cause__ = exc
         return err
 
@@ -617,7 +645,8 @@ class ProcessFetchers(FetcherBackend):
                     blob_names=tuple(spec.blob_names), batch_columns=tuple(spec.batch_columns),
                     dont_rebatch=spec.dont_rebatch, input_source=spec.input_source,
                     capacity=capacity, fixed_capacity=spec.shm_bytes_per_worker is not None,
-                    assemble_batches=assemble)))
+                    assemble_batches=assemble,
+                    report_fetch_failures=spec.skip_fetch_failures)))
         except BaseException:
             self.close()  # arenas made so far
             raise
