@@ -29,10 +29,14 @@ from typing import Any, Callable, List, Optional, Protocol, Sequence
 from .chunk import Chunk
 from .errors import DataInputError
 from .metrics import Metrics
+from .validate import DtypeRule
 
-__all__ = ["FetcherHost", "FetcherBackend", "BackendSpec", "ChunkSource", "FetchFun"]
+__all__ = ["FetcherHost", "FetcherBackend", "BackendSpec", "ChunkSource", "FetchFun",
+           "WORKER_TYPES"]
 
 FetchFun = Callable[[int, int], Any]
+#: The backends ``_workers`` provides, by their ``worker_type`` name.
+WORKER_TYPES = ("thread", "process")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +52,8 @@ class BackendSpec:
     seed: Optional[int]
     #: Shared memory per process worker; None: the backend's default.
     shm_bytes_per_worker: Optional[int]
+    #: The sink's dtypes, which process workers check before sending a chunk.
+    dtype_rule: DtypeRule
     #: One chunk from each worker in turn (the channel's order).
     deterministic: bool = False
     #: ``max_fetch_failures`` is set: a fetch_fun exception goes to the host's
@@ -159,10 +165,10 @@ class FetcherBackend(abc.ABC):
     def batch_source(self) -> Optional[ChunkSource]:
         """Where the enqueuer reads chunks itself, instead of the host's channel.
 
-        Asked once, before ``threads`` is read and before ``start()``.  A
-        backend that returns a source gets its chunks to the enqueuer through
-        it alone: it starts no thread that puts into the host.  None (the
-        default): the backend's threads ``put`` into the host.
+        Fixed when the backend is built.  A backend that returns a source gets
+        its chunks to the enqueuer through it alone: it starts no thread that
+        puts into the host.  None (the default): the backend's threads ``put``
+        into the host.
         """
         return None
 

@@ -14,7 +14,7 @@ from .errors import DataInputError, FetcherError
 from .metrics import Metrics
 
 if TYPE_CHECKING:
-    from .coordinator import WorkerCoordinator
+    from .coordinator import WorkerGroup
 
 __all__ = ["State", "Worker", "run_worker"]
 
@@ -38,7 +38,7 @@ class Worker:
     #: How error messages name this kind of worker.
     describe_as = "worker"
 
-    def __init__(self, coordinator: "WorkerCoordinator", worker_id: int,
+    def __init__(self, coordinator: "WorkerGroup", worker_id: int,
                  worker_fun: Optional[Callable[..., Any]] = None,
                  metrics: Optional[Metrics] = None) -> None:
         self._coordinator = coordinator
@@ -66,21 +66,19 @@ class Worker:
     def as_failure(self, e: BaseException, note: str = "") -> DataInputError:
         """``e`` as this worker's failure: our own errors as they are, else a ``FetcherError``
         (``note`` ends its message)."""
+        name = self._coordinator.name
         if isinstance(e, DataInputError):
-            err = e
-        else:
-            err = FetcherError("%s %d of %r raised %s: %s%s" % (
-                self.describe_as, self._worker_id, self._coordinator.name, type(e).__name__, e,
-                note))
-            err.__cause__ = e
-        return err.where(self._coordinator.name, self._worker_id)
+            return e.where(name, self._worker_id)
+        return FetcherError.wrapping(
+            e, "%s %d of %r raised" % (self.describe_as, self._worker_id, name),
+            name, self._worker_id, note=note)
 
     def finish(self) -> None:
         self._metrics.put_metric("worker_time", time.monotonic() - self._start_time)
         self._metrics.log_metrics()
 
 
-def run_worker(coordinator: "WorkerCoordinator", worker: Worker) -> None:
+def run_worker(coordinator: "WorkerGroup", worker: Worker) -> None:
     """The loop of a worker thread: run until the group stops or fails.
 
     Every exception type ends the loop as the group's failure: a thread has no
