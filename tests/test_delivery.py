@@ -103,14 +103,17 @@ class _BigRows:
         return [data, np.arange(self.seq - 8, self.seq).astype(np.int32)]
 
 
-def test_stop_returns_true_only_after_the_copier_thread_ended(ws):
+@pytest.mark.parametrize("worker_type, cycles", [("thread", 30), ("process", 6)])
+def test_stop_returns_true_only_after_the_copier_thread_ended(ws, worker_type, cycles):
     """Issue 23: in 1 of 10 cycles stop() returned True while ``copier_0`` still ran.
-    Cycles stop at varied points: before any batch, and after 1 or 2 large batches."""
-    for cycle in range(30):
+    Cycles stop at varied points: before any batch, and after 1 or 2 large batches.
+    (Process workers in deterministic order send chunks, which the trainer copies.)"""
+    for cycle in range(cycles):
         net = core.Net("copier_cycle")
         coord = data_workers.init_data_input_workers(
             net, ["data", "label"], _BigRows(), 16, max_buffered_batches=2, timeout=30,
-            input_source_name="copier_cycle")
+            input_source_name="copier_cycle", worker_type=worker_type,
+            deterministic=worker_type == "process")
         coord.start()
         if cycle % 3:
             run_and_collect(net, cycle % 3)
