@@ -72,10 +72,6 @@ class FetchFailureBudget:
     def enabled(self) -> bool:
         return self.limit != 0
 
-    @property
-    def skipped(self) -> int:
-        return self._skipped
-
     def charge(self, worker_id: int, exc: BaseException) -> bool:
         """Count one exception of ``fetch_fun``; True if it is skipped (within budget).
 
