@@ -213,9 +213,10 @@ def _for_users(doc: str) -> str:
     """The docstring without what is for maintainers: paragraphs citing a ``NOTE [``,
     parenthesised pointers to a NOTE or a private module, private constant names."""
     paragraphs = re.split(r"\n[ \t]*\n", doc)
-    doc = "\n\n".join(p for p in paragraphs if not re.match(r"\s*(See )?NOTE \[", p))
-    doc = re.sub(r"\s*\((?:see )?NOTE \[[^\]]*\][^)]*\)", "", doc)
+    doc = "\n\n".join(p for p in paragraphs if not re.match(r"\s*(See\s+)?NOTE\s+\[", p))
+    doc = re.sub(r"\s*\((?:see\s+)?NOTE\s+\[[^\]]*\][^)]*\)", "", doc)
     doc = re.sub(r"\s*\(``_\w+/[\w./]+``\)", "", doc)
+    doc = re.sub(r"\s*See ``(?:data_workers/)?_\w+/[\w./]+``\.", "", doc)
     for name, value in _constants().items():
         doc = doc.replace(f"``{name}``", value)
     return doc

@@ -215,7 +215,7 @@ def test_reference_entries_show_arguments_and_errors(site):
     bad = []
     for page in glob.glob(os.path.join(site[0], "reference", "*", "index.html")):
         body = re.sub(r"<[^>]+>", "", _read(page).split("<article", 1)[-1])
-        for m in re.finditer(r"NOTE \[|\b_(?:core|workers|caffe2|torch)/|data_workers\._\w+"
+        for m in re.finditer(r"NOTE\s+\[|\b_(?:core|workers|caffe2|torch)/|data_workers\._\w+"
                              r"|STOP_TIMEOUT_SECS", body):
             bad.append(f"{os.path.relpath(page, site[0])}: {body[max(0, m.start() - 60):m.end() + 20]!r}")
     assert not bad, "\n".join(bad)
