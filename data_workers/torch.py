@@ -42,7 +42,8 @@ from typing import Any, Callable, Dict, Iterable, Mapping, NamedTuple, Optional,
 
 import torch
 
-from ._core.args import check_batch_columns, check_int, check_positive_int, check_positive_seconds
+from ._core.args import (check_batch_columns, check_dtypes, check_int, check_positive_int,
+                         check_positive_seconds)
 from ._core.backend import BackendSpec, FetchFun
 from ._core.coordinator import GlobalWorkerCoordinator
 from ._core.errors import InputClosedError
@@ -110,6 +111,9 @@ class Loader:
             must have and name them in errors.  If omitted, ``batch_columns``
             gives the count; one of the two is required.
         name: names this input in errors, logs and threads.
+        dtypes: the dtype some or all arrays must have, by name (``names``, or
+            ``array0``, ``array1``...), e.g. ``{"data": np.float32}``: another
+            dtype is a ``ChunkTypeError`` at the first chunk.
         stall_warning_secs, shm_bytes_per_worker, external_loggers,
             log_interval_secs: as for ``init_data_input_workers``.
 
@@ -137,12 +141,14 @@ class Loader:
         shm_bytes_per_worker: Optional[int] = None,
         external_loggers: Optional[Iterable[ExternalLogger]] = None,
         log_interval_secs: float = LOG_INT_SECS,
+        dtypes: Optional[Mapping[str, Any]] = None,
     ) -> None:
         args = _check_args(
             fetch_fun, batch_size, num_workers, worker_type, seed, batch_columns,
             max_buffered_batches, timeout, pin_memory, names, name)
         batch_size, num_workers, seed = args.batch_size, args.num_workers, args.seed
         blob_names, columns = args.blob_names, args.batch_columns
+        expected_dtypes = check_dtypes(dtypes, blob_names)
         stall_warning_secs = check_positive_seconds("stall_warning_secs", stall_warning_secs,
                                                     or_none=True)
         log_interval_secs = check_positive_seconds("log_interval_secs", log_interval_secs)
@@ -161,18 +167,20 @@ class Loader:
             max_buffered_batches=args.max_buffered_batches, dont_rebatch=bool(dont_rebatch),
             batch_columns=columns, timeout=args.timeout, worker_type=worker_type,
             deterministic=bool(deterministic), seed=seed, log_interval_secs=log_interval_secs,
-            shm_bytes_per_worker=shm_bytes_per_worker, stall_warning_secs=stall_warning_secs)
+            shm_bytes_per_worker=shm_bytes_per_worker, stall_warning_secs=stall_warning_secs,
+            dtypes=expected_dtypes)
         spec = BackendSpec(
             fetch_fun=fetch_fun, input_source=name, blob_names=blob_names,
             batch_columns=columns, dont_rebatch=config.dont_rebatch, seed=seed,
-            shm_bytes_per_worker=shm_bytes_per_worker, deterministic=config.deterministic)
+            shm_bytes_per_worker=shm_bytes_per_worker, deterministic=config.deterministic,
+            dtypes=expected_dtypes)
         self._config = config
         self._sink = TorchSink(blob_names, pin_memory=pin_memory)
         worker_ids = list(range(num_workers))
         feeder = BatchFeeder(config, worker_ids, Metrics(external_loggers), self._sink)
         self._input = InputCoordinator(
             config, worker_ids, None if self._source is None else self._source.init_fun,
-            feeder, backend_factory(worker_type, spec))
+            feeder, backend_factory(worker_type, spec), fetch_fun)
         # A registry of its own: one stop() deadline, the lazy exit hook, and
         # nothing shared with the Caffe2 inputs of the same process.
         self._group = GlobalWorkerCoordinator()
@@ -227,7 +235,9 @@ class Loader:
                                    % (self._config.input_source, failure))
             raise err from failure
         if self._input.lifecycle.halted:
-            raise InputClosedError("loader %r was closed" % self._config.input_source)
+            raise InputClosedError(
+                "loader %r was closed (by close() or the end of its with-block) and hands out "
+                "no more batches; build a new Loader to read again" % self._config.input_source)
 
     def _start(self) -> None:
         with self._lock:

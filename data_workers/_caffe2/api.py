@@ -10,17 +10,20 @@ import logging
 import math
 import numbers
 import time
-from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 from caffe2.proto import caffe2_pb2
 from caffe2.python import core, scope
 
-from .._core.args import check_batch_columns, check_int, check_positive_int, check_positive_seconds
+from .._core.args import (check_batch_columns, check_dtypes, check_int, check_positive_int,
+                          check_positive_seconds)
 from .._core.backend import BackendSpec
 from .._core.coordinator import STOP_TIMEOUT_SECS, GlobalWorkerCoordinator, InitFun
 from .._core.metrics import ExternalLogger, InputStats, Metrics
 from .._core.pipeline import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
 from .._workers.factory import WORKER_TYPES, backend_factory, check_picklable
+from . import start_watch as _start_watch
 from . import workspace_guard as _workspace_guard
 from .feed import MAX_DEQUEUE_TIMEOUT_SECS, Caffe2Feed, caffe2_names
 
@@ -57,11 +60,18 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
     def inputs(self) -> List[InputCoordinator]:
         return [g for g in self._live_groups() if isinstance(g, InputCoordinator)]
 
+    def start(self) -> None:
+        try:
+            super().start()
+        finally:
+            _start_watch.settle()  # started inputs need no start watch
+
     def _stop_groups(self, groups: List[Any], raise_failure: bool,
                      timeout: Optional[float]) -> bool:
         try:
             return super()._stop_groups(groups, raise_failure, timeout)
         finally:
+            _start_watch.settle()
             with self._lock:
                 stopped = [g for g in groups if isinstance(g, InputCoordinator)
                            and g not in self._unjoined]
@@ -139,13 +149,14 @@ class _CheckedArgs(NamedTuple):
     log_interval_secs: float
     stall_warning_secs: Optional[float]
     shm_bytes_per_worker: Optional[int]
+    dtypes: Optional[Tuple[Optional[np.dtype], ...]]
 
 
 def _check_args(net: Any, input_blob_names: Any, fetch_fun: Any, batch_size: Any,
                 num_worker_threads: Any, input_source_name: Any, max_buffered_batches: Any,
                 init_fun: Any, batch_columns: Any, timeout: Any, worker_type: Any, seed: Any,
                 log_interval_secs: Any, stall_warning_secs: Any,
-                shm_bytes_per_worker: Any) -> _CheckedArgs:
+                shm_bytes_per_worker: Any, dtypes: Any) -> _CheckedArgs:
     """Every check of ``init_data_input_workers``, made before it changes anything.
 
     Returns:
@@ -192,6 +203,7 @@ def _check_args(net: Any, input_blob_names: Any, fetch_fun: Any, batch_size: Any
                                                   or_none=True),
         shm_bytes_per_worker=check_positive_int("shm_bytes_per_worker", shm_bytes_per_worker,
                                                 or_none=True),
+        dtypes=check_dtypes(dtypes, input_blob_names),
     )
     if worker_type == "process":
         check_picklable(fetch_fun)
@@ -270,6 +282,7 @@ def init_data_input_workers(
     log_interval_secs: float = LOG_INT_SECS,
     stall_warning_secs: Optional[float] = None,
     shm_bytes_per_worker: Optional[int] = None,
+    dtypes: Optional[Mapping[str, Any]] = None,
 ) -> GlobalCoordinator:
     """Feed ``input_blob_names`` of ``net`` from ``fetch_fun``, in the current scopes.
 
@@ -294,6 +307,10 @@ def init_data_input_workers(
         stall_warning_secs: if set, log one warning naming the stuck stage (and,
             for thread workers, the fetchers' stacks) when no batch has moved
             for this many seconds; see ``data_workers/_core/watchdog.py``.
+        dtypes: the dtype some or all blobs must have, e.g. ``{"data": np.float32,
+            "label": np.int32}``: a chunk with another dtype is a ``ChunkTypeError``
+            naming the blob, at the first chunk, instead of an error from the
+            operator that reads the blob.
 
     Returns:
         The global coordinator (the same object for every call).
@@ -302,10 +319,10 @@ def init_data_input_workers(
         TypeError, ValueError: an argument is invalid (the message names it).
     """
     (batch_size, num_worker_threads, max_buffered_batches, columns, timeout, seed,
-     log_interval_secs, stall_warning_secs, shm_bytes_per_worker) = _check_args(
+     log_interval_secs, stall_warning_secs, shm_bytes_per_worker, expected_dtypes) = _check_args(
         net, input_blob_names, fetch_fun, batch_size, num_worker_threads, input_source_name,
         max_buffered_batches, init_fun, batch_columns, timeout, worker_type, seed,
-        log_interval_secs, stall_warning_secs, shm_bytes_per_worker)
+        log_interval_secs, stall_warning_secs, shm_bytes_per_worker, dtypes)
     device_option = scope.CurrentDeviceScope()
     if device_option is None:
         device_option = caffe2_pb2.DeviceOption(device_type=caffe2_pb2.CPU)
@@ -316,11 +333,13 @@ def init_data_input_workers(
         max_buffered_batches=max_buffered_batches, dont_rebatch=bool(dont_rebatch),
         batch_columns=tuple(columns), timeout=timeout, worker_type=worker_type,
         deterministic=bool(deterministic), seed=seed, log_interval_secs=log_interval_secs,
-        shm_bytes_per_worker=shm_bytes_per_worker, stall_warning_secs=stall_warning_secs)
+        shm_bytes_per_worker=shm_bytes_per_worker, stall_warning_secs=stall_warning_secs,
+        dtypes=expected_dtypes)
     spec = BackendSpec(
         fetch_fun=fetch_fun, input_source=input_source_name, blob_names=config.blob_names,
         batch_columns=config.batch_columns, dont_rebatch=config.dont_rebatch, seed=seed,
-        shm_bytes_per_worker=shm_bytes_per_worker, deterministic=config.deterministic)
+        shm_bytes_per_worker=shm_bytes_per_worker, deterministic=config.deterministic,
+        dtypes=expected_dtypes)
     _workspace_guard.watch(global_coordinator)
     # Build everything, then touch the user's net last; undo on any failure,
     # so a failed call leaves no queue, blob, net op or process behind.
@@ -330,10 +349,11 @@ def init_data_input_workers(
     try:
         feeder = BatchFeeder(config, worker_ids, Metrics(external_loggers), sink)
         coordinator = InputCoordinator(config, worker_ids, init_fun, feeder,
-                                       backend_factory(worker_type, spec))
+                                       backend_factory(worker_type, spec), fetch_fun)
         sink.add_dequeue_ops(net)
     except BaseException:
         sink.discard()
         raise
     global_coordinator.add(coordinator)
+    _start_watch.watch(coordinator, lambda c: c in global_coordinator.groups)
     return global_coordinator

@@ -24,7 +24,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import threading
-from typing import Any, Callable, List, Optional, Protocol, Sequence
+from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
+
+import numpy as np
 
 from .chunk import Chunk
 from .errors import DataInputError
@@ -50,6 +52,8 @@ class BackendSpec:
     shm_bytes_per_worker: Optional[int]
     #: One chunk from each worker in turn (the channel's order).
     deterministic: bool = False
+    #: The dtype each blob must have (None: any); checked where chunks are validated.
+    dtypes: Optional[Tuple[Optional[np.dtype], ...]] = None
 
 
 class ChunkSource(Protocol):

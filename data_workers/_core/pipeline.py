@@ -22,17 +22,19 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from .._compat import BatchFeederInternals
 from .backend import ChunkSource, FetcherBackend, FetcherHost
 from .channel import ChunkChannel, FifoChannel, RoundRobinChannel
 from .chunk import Chunk
 from .coordinator import InitFun, WorkerCoordinator
-from .errors import DataInputError, PipelineError
+from .errors import ChunkTypeError, ChunkValueError, DataInputError, PipelineError, point_at_fetcher
 from .metrics import InputCounters, InputStats, Metrics
 from .rebatch import Rebatcher
-from .sink import BatchSink, LendingSink
+from .sink import BatchLayout, BatchSink, LendingSink
 from .thread_util import join_threads
 from .validate import ChunkValidator
 from .watchdog import StallProbe, StallWatchdog
@@ -69,6 +71,8 @@ class InputConfig:
     log_interval_secs: float = LOG_INT_SECS
     shm_bytes_per_worker: Optional[int] = None
     stall_warning_secs: Optional[float] = None
+    #: The dtype each blob must have (None: any); None: no ``dtypes=`` given.
+    dtypes: Optional[Tuple[Optional[np.dtype], ...]] = None
 
 
 class BatchFeeder(State, BatchFeederInternals):
@@ -91,7 +95,7 @@ class BatchFeeder(State, BatchFeederInternals):
         self.metrics = metrics
         self.counters = InputCounters()
         self.validator = ChunkValidator(self.blob_names, config.batch_columns,
-                                        config.dont_rebatch, config.input_source)
+                                        config.dont_rebatch, config.input_source, config.dtypes)
         self.rebatcher = Rebatcher(config.batch_columns, config.batch_size, config.dont_rebatch,
                                    name="data_workers %s%s" % (config.namescope, config.input_source))
         self.channel: ChunkChannel
@@ -110,6 +114,8 @@ class BatchFeeder(State, BatchFeederInternals):
         #: monotonic time the enqueuer began pushing a batch it has not pushed
         #: yet (the sink is full), else None; read by the stall watchdog.
         self.enqueue_blocked_since: Optional[float] = None
+        #: The first batch's layout has been logged (once per input).
+        self._described = False
 
     def read_from(self, source: ChunkSource) -> None:
         """Take chunks from ``source`` instead of the channel (before start)."""
@@ -210,6 +216,8 @@ class BatchFeeder(State, BatchFeederInternals):
             self.rebatcher.pop_head()
             lent = True
             arrays, head.arrays = head.arrays, []
+            if not self._described:
+                self._describe([(a.shape, a.dtype) for a in arrays])
             self.enqueue_blocked_since = started
             try:
                 pushed = self._lender.lend(arrays, head.done)
@@ -217,7 +225,10 @@ class BatchFeeder(State, BatchFeederInternals):
                 self.enqueue_blocked_since = None
                 del arrays, head
         else:
-            dests = self.sink.destinations(self.rebatcher.batch_layout(rows))
+            layout = self.rebatcher.batch_layout(rows)
+            if not self._described:
+                self._describe(layout)
+            dests = self.sink.destinations(layout)
             self.rebatcher.fill(dests, rows)
             self.enqueue_blocked_since = started
             try:
@@ -227,6 +238,13 @@ class BatchFeeder(State, BatchFeederInternals):
         if pushed:
             self.counters.enqueued(rows, lent)
             self.metrics.put_metric("enqueue_time", time.monotonic() - started)
+
+    def _describe(self, layout: BatchLayout) -> None:
+        """Log, once, what the batches look like: a wrong dtype or shape shows here first."""
+        self._described = True
+        logger.info("input %r: first batch: %s", self.input_source, ", ".join(
+            "%s %s %s" % (name, np.dtype(dtype).name, tuple(shape))
+            for name, (shape, dtype) in zip(self.blob_names, layout)))
 
     def log_interval(self) -> None:
         """Log inputs/sec and hand the metrics to the external loggers (flusher thread)."""
@@ -271,13 +289,17 @@ class InputCoordinator(WorkerCoordinator):
 
     Args:
         make_backend: builds the fetcher backend for this input (its host).
+        fetch_fun: the user's fetcher; a chunk it returned that the validator
+            refuses gets a traceback that begins at its definition.
     """
 
     def __init__(self, config: InputConfig, worker_ids: List[int], init_fun: Optional[InitFun],
                  feeder: BatchFeeder,
-                 make_backend: Callable[[FetcherHost], FetcherBackend]) -> None:
+                 make_backend: Callable[[FetcherHost], FetcherBackend],
+                 fetch_fun: Optional[Callable[..., Any]] = None) -> None:
         super().__init__(config.input_source, worker_ids, init_fun, state=feeder)
         self.config = config
+        self._fetch_fun = fetch_fun
         self.feeder = feeder
         prefix = "data_workers %s%s" % (config.namescope, config.input_source)
         self.enqueuer_thread = threading.Thread(
@@ -317,6 +339,12 @@ class InputCoordinator(WorkerCoordinator):
         return self.feeder.put_chunk(chunk)
 
     # -- WorkerCoordinator hooks ---------------------------------------------
+    def fail(self, err: DataInputError) -> None:
+        if isinstance(err, (ChunkTypeError, ChunkValueError)) and self._fetch_fun is not None \
+                and self.failure is None:
+            point_at_fetcher(err, self._fetch_fun)
+        super().fail(err)
+
     def _start_workers(self) -> None:
         self.enqueuer_thread.start()
         self.flusher_thread.start()

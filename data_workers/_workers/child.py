@@ -105,6 +105,8 @@ class ChildSpec:
     #: Assemble whole batches here (one message per batch) instead of sending
     #: each chunk: the default order; deterministic mode keeps chunk turns.
     assemble_batches: bool = False
+    #: ``BackendSpec.dtypes``.
+    dtypes: Optional[Tuple[Optional[np.dtype], ...]] = None
 
 
 def _send_error(conn: Connection, exc: BaseException) -> None:
@@ -269,7 +271,7 @@ def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Conn
     random.seed(spec.seed)
     np.random.seed(spec.seed % (2 ** 32))
     validator = ChunkValidator(spec.blob_names, spec.batch_columns, spec.dont_rebatch,
-                               spec.input_source)
+                               spec.input_source, spec.dtypes)
     parent = os.getppid()
 
     def keep_going() -> bool:

@@ -574,7 +574,7 @@ class ProcessFetchers(FetcherBackend):
                     blob_names=tuple(spec.blob_names), batch_columns=tuple(spec.batch_columns),
                     dont_rebatch=spec.dont_rebatch, input_source=spec.input_source,
                     capacity=capacity, fixed_capacity=spec.shm_bytes_per_worker is not None,
-                    assemble_batches=assemble)))
+                    assemble_batches=assemble, dtypes=spec.dtypes)))
         except BaseException:
             self.close()  # arenas made so far
             raise
