@@ -113,13 +113,15 @@ _torch_import_lock = threading.Lock()
 _torch_import_started = False
 
 
-def _torch_ready() -> bool:
-    """True once torch is imported; else starts importing it on a thread of its own.
+def _torch_ready(start_import: bool) -> bool:
+    """True once torch is imported; else, if ``start_import``, starts importing it
+    on a thread of its own.
 
     Lending needs torch, and importing it takes 1-2 s: on the enqueuer's thread
     that delayed the first batch of process workers by as much.  Until it is
     imported, batches are copied instead (``can_lend`` is False); the import
-    holds no lock of any input.
+    holds no lock of any input.  The caller starts it only after its first
+    batch: the import holds the GIL much of the time, and would slow that one.
     """
     global _torch_import_started
     if _torch_module is not None:
@@ -128,7 +130,7 @@ def _torch_ready() -> bool:
         _torch()  # imported already (or being imported: waits for that import)
         return True
     with _torch_import_lock:
-        if not _torch_import_started:
+        if start_import and not _torch_import_started:
             _torch_import_started = True
             threading.Thread(target=_import_torch, daemon=True,
                              name="data_workers torch import").start()
@@ -224,6 +226,8 @@ class Caffe2Feed:
         self._host_staging = is_gpu(device_option)
         #: Set at the first lent batch (see ``destinations``).
         self._lending = False
+        #: can_lend() calls so far (the first batch is copied: ``_torch_ready``).
+        self._lend_asks = 0
         # Reentrant: NOTE [ Shutdown and error protocol ], rule 7 (_core/coordinator.py).
         self._close_lock = threading.RLock()
         self._closed = False
@@ -352,8 +356,10 @@ class Caffe2Feed:
 
     def can_lend(self, arrays: Sequence[np.ndarray]) -> bool:
         """CPU scope and Caffe2 dtypes only: a GPU batch is staged and copied anyway."""
-        return (not self._host_staging and all(a.dtype in _LENDABLE for a in arrays)
-                and _torch_ready())
+        if self._host_staging or not all(a.dtype in _LENDABLE for a in arrays):
+            return False
+        self._lend_asks += 1
+        return _torch_ready(start_import=self._lend_asks > 1)
 
     def lend(self, arrays: List[np.ndarray], release: Callable[[], None]) -> bool:
         """Enqueue shared-memory arrays uncopied (``_core.sink.LendingSink``).
