@@ -241,6 +241,9 @@ class Caffe2Feed:
         # process (a queue re-created under this name continues them): count
         # from here.
         self._stat_base = self._queue_stats()
+        self._wait_lock = threading.Lock()
+        self._wait_raw = self._stat_base[1]
+        self._wait_ns = 0
 
     def _queue_stats(self) -> Tuple[int, int]:
         """(queue_balance, read_time_ns sum) of this queue in Caffe2's statistics.
@@ -260,8 +263,18 @@ class Caffe2Feed:
 
     def consumer_wait_secs(self) -> float:
         """Seconds the net's dequeues have spent waiting for a batch since init
-        (completed dequeues only)."""
-        return (self._queue_stats()[1] - self._stat_base[1]) / 1e9
+        (completed dequeues only).
+
+        ``get_stats`` hands the nanosecond sum over as a signed 32-bit number:
+        it wraps every 4.29 s of waiting.  Each call adds the difference to
+        the last reading modulo 2**32, so callers must ask more often than
+        that (the enqueuer does, ``BatchFeeder.pump``).
+        """
+        with self._wait_lock:
+            raw = self._queue_stats()[1]
+            self._wait_ns += (raw - self._wait_raw) % (1 << 32)
+            self._wait_raw = raw
+            return self._wait_ns / 1e9
 
     def _run_op(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str],
                 device_option: caffe2_pb2.DeviceOption = _CPU, **kwargs: Any) -> None:

@@ -282,6 +282,11 @@ class WorkerCoordinator(WorkerCoordinatorInternals):
             err = self._failure
         raise err
 
+    def describe(self) -> str:
+        """One line for ``repr`` of the registry."""
+        return "%r %s, %d workers%s" % (self.name, self.lifecycle.value, len(self.worker_ids),
+                                        "" if self._failure is None else ", failed")
+
     # -- hooks for subclasses ------------------------------------------
     def _start_workers(self) -> None:
         for t in self.threads:
@@ -411,6 +416,11 @@ class GlobalWorkerCoordinator(GlobalCoordinatorInternals):
         """Stop and forget the groups named ``worker_name``."""
         groups = [c for c in self._live_groups() if c.name == worker_name]
         return self._stop_groups(groups, raise_failure=True, timeout=None)
+
+    def __repr__(self) -> str:
+        groups = self._live_groups()
+        return "%s(%s)" % (type(self).__name__, "; ".join(c.describe() for c in groups)
+                           if groups else "no inputs")
 
     def __enter__(self) -> "GlobalWorkerCoordinator":
         self.start()

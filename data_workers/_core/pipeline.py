@@ -116,6 +116,10 @@ class BatchFeeder(State, BatchFeederInternals):
         self.enqueue_blocked_since: Optional[float] = None
         #: The first batch's layout has been logged (once per input).
         self._described = False
+        #: (monotonic time, sink.consumer_wait_secs()) at the last two log
+        #: intervals, oldest first: ``input_bound`` is measured from the older.
+        self._wait_marks: List[Tuple[float, float]] = []
+        self._wait_sampled = 0.0
 
     def read_from(self, source: ChunkSource) -> None:
         """Take chunks from ``source`` instead of the channel (before start)."""
@@ -125,6 +129,27 @@ class BatchFeeder(State, BatchFeederInternals):
     def start(self) -> None:
         self.counters.started()
         self._last_log = time.monotonic()
+        self._wait_marks = [(self._last_log, self._consumer_wait())]
+
+    def _consumer_wait(self) -> float:
+        try:
+            return float(self.sink.consumer_wait_secs())
+        except Exception:  # a sink that cannot tell: never input-bound
+            logger.debug("input %r: consumer wait unknown", self.input_source, exc_info=True)
+            return 0.0
+
+    def input_bound(self, now: Optional[float] = None) -> float:
+        """Share of the recent past (the last one to two log intervals, or since
+        start) in which the consumer waited for a batch: 0 (input keeps up) to 1."""
+        marks = self._wait_marks
+        if not marks:
+            return 0.0
+        since, waited = marks[0]
+        now = time.monotonic() if now is None else now
+        span = now - since
+        if span <= 0:
+            return 0.0
+        return min(1.0, max(0.0, (self._consumer_wait() - waited) / span))
 
     def stop(self) -> None:
         """Halt, downstream first; never blocks (NOTE [ Shutdown and error protocol ])."""
@@ -201,6 +226,11 @@ class BatchFeeder(State, BatchFeederInternals):
         batch being cut.  (A backend's own source is bounded by its workers'
         shared memory instead: they wait for ring space.)
         """
+        now = time.monotonic()
+        if now - self._wait_sampled >= _POLL_SECS:
+            # A sink's wait counter may wrap (Caffe2Feed.consumer_wait_secs): read it often.
+            self._wait_sampled = now
+            self._consumer_wait()
         rows = self.rebatcher.next_batch_rows()
         if rows is None:
             need = 1 if self.config.dont_rebatch else self.batch_size - self.rebatcher.rows_buffered
@@ -253,9 +283,16 @@ class BatchFeeder(State, BatchFeederInternals):
         rows = self.counters.snapshot().rows_enqueued
         per_sec = int((rows - self._logged_rows) / delta) if delta > 0 else 0
         depth = self.source.depth()
-        logger.info("%s/%s: %d inputs/sec, %d chunks queued",
-                    self.input_source, self.namescope, per_sec, depth)
+        marks = self._wait_marks
+        waited = self._consumer_wait()
+        bound = (min(1.0, max(0.0, (waited - marks[-1][1]) / delta))
+                 if marks and delta > 0 else 0.0)
+        self._wait_marks = (marks[-1:] if marks else []) + [(now, waited)]
+        logger.info("%s/%s: %d inputs/sec, %d chunks queued, input-bound %.0f%% (the consumer "
+                    "waited for batches %.0f%% of the last %.0f s)", self.input_source,
+                    self.namescope, per_sec, depth, 100 * bound, 100 * bound, delta)
         self.metrics.put_metric("inputs_per_sec", per_sec, False)
+        self.metrics.put_metric("input_bound", bound, False)
         self.metrics.put_metric("queue_size", depth, False)
         self.metrics.put_metric("time_elapsed", delta, False)
         self.metrics.flush()
@@ -429,4 +466,11 @@ class InputCoordinator(WorkerCoordinator):
             inputs_per_sec=counters.inputs_per_sec,
             elapsed_secs=counters.elapsed_secs,
             failure=None if failure is None else repr(failure),
+            input_bound=self.feeder.input_bound(),
         )
+
+    def describe(self) -> str:
+        stats = self.stats()
+        return "%r %s, %d %s workers, %d batches, input-bound %.0f%%%s" % (
+            self.name, stats.state, stats.workers, stats.worker_type, stats.batches_enqueued,
+            100 * stats.input_bound, "" if self.failure is None else ", failed")
