@@ -289,7 +289,7 @@ class BatchFeeder(State, BatchFeederInternals):
                  if marks and delta > 0 else 0.0)
         self._wait_marks = (marks[-1:] if marks else []) + [(now, waited)]
         logger.info("%s/%s: %d inputs/sec, %d chunks queued, input-bound %.0f%% (the consumer "
-                    "waited for batches %.0f%% of the last %.0f s)", self.input_source,
+                    "waited for batches %.0f%% of the last %.1f s)", self.input_source,
                     self.namescope, per_sec, depth, 100 * bound, 100 * bound, delta)
         self.metrics.put_metric("inputs_per_sec", per_sec, False)
         self.metrics.put_metric("input_bound", bound, False)
