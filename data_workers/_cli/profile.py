@@ -118,17 +118,20 @@ def measure_alone(fetch: Callable[[int, int], Any], batch_size: int,
     bytes_per_row = sum(a.nbytes for a in arrays) / max(rows_first, 1)
     stats = {"calls": 0, "rows": 0, "secs": 0.0}
 
-    def busy() -> None:
+    def busy(window: float) -> None:
+        stats.update(calls=0, rows=0)
         started = time.perf_counter()
-        while time.perf_counter() - started < seconds:
+        while time.perf_counter() - started < window:
             out = fetch(0, batch_size)
             stats["calls"] += 1
             stats["rows"] += int(np.asarray(out[0]).shape[0]) if out is not None else 0
         stats["secs"] = time.perf_counter() - started
 
-    idle_window = min(seconds, 0.5)
-    idle = _probe_steps(idle_window, lambda: time.sleep(idle_window)) / idle_window
-    steps = _probe_steps(seconds, busy) / max(stats["secs"], 1e-9)
+    # The GIL estimate first, in a window of its own: the probe slows the fetcher.
+    window = min(seconds, 0.5)
+    idle = _probe_steps(window, lambda: time.sleep(window)) / window
+    steps = _probe_steps(window, lambda: busy(window)) / max(stats["secs"], 1e-9)
+    busy(seconds)
     # Alone the probe gets every step; against a fetcher that always holds the
     # GIL, about half (the interpreter switches every 5 ms).
     gil = min(1.0, max(0.0, 2.0 * (1.0 - steps / idle))) if idle > 0 else 0.0
@@ -206,10 +209,12 @@ def run_profile(target: str, batch_size: int, seconds: float, max_workers: Optio
             table.append(loader_rows_per_sec(fetch, batch_size, n, worker_type, seconds,
                                              alone["arrays"]))
     pick = recommend(table)
-    line = ("use worker_type=%r, num_workers=%d: %.0f rows/s (%.1fx the fetcher alone); "
-            "a call holds the GIL ~%.0f%% of its time" % (
+    one_thread = next(m for m in table if m.worker_type == "thread")
+    line = ("use worker_type=%r, num_workers=%d: %.0f rows/s, %.1fx one thread worker "
+            "(the fetcher alone: %.0f rows/s, holding the GIL ~%.0f%% of a call)" % (
                 pick.worker_type, pick.num_workers, pick.rows_per_sec,
-                pick.rows_per_sec / max(alone["rows_per_sec"], 1e-9), 100 * alone["gil_held"]))
+                pick.rows_per_sec / max(one_thread.rows_per_sec, 1e-9), alone["rows_per_sec"],
+                100 * alone["gil_held"]))
     if as_json:
         print(json.dumps({
             "worker_type": pick.worker_type, "num_workers": pick.num_workers,
