@@ -120,11 +120,11 @@ def _check(coordinator: Any, seen: List[Optional[float]]) -> bool:
         return False
     if now - seen[0] < WARN_SECS:
         return False
-    config = coordinator.config
+    scope = coordinator.feeder.namescope
     logger.warning(
         "input %r%s: a net has been waiting %.1f s to dequeue a batch from it, but "
         "coordinator.start() was never called; call start() before running the net "
         "(the dequeue waits up to timeout=%g s, then fails)",
-        config.input_source, " (scope %r)" % config.namescope if config.namescope else "",
-        now - seen[0] + POLL_SECS, config.timeout)
+        coordinator.config.input_source, " (scope %r)" % scope if scope else "",
+        now - seen[0] + POLL_SECS, coordinator.config.timeout)
     return True

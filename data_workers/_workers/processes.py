@@ -63,7 +63,7 @@ from .._core.chunk import Chunk
 from .._core.errors import DataInputError, FetcherError, PipelineError, RemoteTraceback, WorkerDiedError
 from .._core.thread_util import join_threads
 from .child import IN_WORKER_ENV, ChildImports, ChildSpec
-from .factory import pickle_fetch_fun
+from .pickling import pickle_fetch_fun
 from .shm_ring import ShmArena
 
 __all__ = ["ProcessFetchers", "DEFAULT_SHM_BYTES_PER_WORKER"]
@@ -574,7 +574,8 @@ class ProcessFetchers(FetcherBackend):
                     blob_names=tuple(spec.blob_names), batch_columns=tuple(spec.batch_columns),
                     dont_rebatch=spec.dont_rebatch, input_source=spec.input_source,
                     capacity=capacity, fixed_capacity=spec.shm_bytes_per_worker is not None,
-                    assemble_batches=assemble, dtypes=spec.dtypes)))
+                    dtype_rule=spec.dtype_rule, assemble_batches=assemble,
+                    dtypes=spec.dtypes)))
         except BaseException:
             self.close()  # arenas made so far
             raise
