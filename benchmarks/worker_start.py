@@ -7,7 +7,8 @@ process workers, and reports:
 - first batch: ``coordinator.start()`` to the first batch out of the net, and
   beside it torch's ``DataLoader`` (same fetcher and worker count, default start
   method) from ``iter(loader)`` to its first batch, in a fresh interpreter of
-  the same repeat, and the ratio of the two (goal: at most 3x);
+  the same repeat, and the ratio of the two (goal: at most 3x); and our
+  ``torch.Loader``'s first batch (process workers) in a third interpreter;
 - every worker: ``start()`` until every worker's first batch came out of the net;
 - worker RSS and USS (private pages: ``Private_*`` of ``/proc/PID/smaps_rollup``),
   summed over the workers, read then.
@@ -54,6 +55,7 @@ def run_once(workers: int, torch_first: bool, timeout_s: float) -> Dict[str, Any
     load = h.foreign_load(0.5)
     record = _run_script(workers, ["torch-first"] if torch_first else [], timeout_s)
     record.update(_run_script(workers, ["dataloader"], timeout_s))
+    record.update(_run_script(workers, ["loader"], timeout_s))
     record["foreign_load"] = load
     return record
 
@@ -94,6 +96,8 @@ def summarize(records: Sequence[Dict[str, Any]]) -> List[List[str]]:
          _stat([r["dataloader_first_batch_s"] for r in records], 1e-3, 0)],
         ["first batch / DataLoader's (same repeat)",
          _stat([r["first_batch_s"] / r["dataloader_first_batch_s"] for r in records], 1, 1)],
+        ["torch.Loader first batch, ms",
+         _stat([r["loader_first_batch_s"] for r in records], 1e-3, 0)],
         ["every worker's first batch, ms", _stat([r["every_worker_s"] for r in records], 1e-3, 0)],
         ["start() call, ms", _stat([r["start_call_s"] for r in records], 1e-3, 0)],
         ["workers' RSS, total MB", _stat(rss, MB, 0)],

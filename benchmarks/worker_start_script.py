@@ -3,7 +3,7 @@
 It imports Caffe2 and numpy at the top and defines its fetcher in ``__main__``.
 Run by path (so it is ``__main__``)::
 
-    python benchmarks/worker_start_script.py WORKERS OUT.json [torch-first | dataloader]
+    python benchmarks/worker_start_script.py WORKERS OUT.json [torch-first | dataloader | loader]
 
 It starts ``WORKERS`` process workers, times ``start()`` to the first batch out
 of the net and to the first batch of every worker (a batch holds one worker's
@@ -14,7 +14,8 @@ imports torch when it lends its first batch to Caffe2 (``_caffe2/feed.py``), abo
 clock starts, leaving the workers' own start-up.  ``dataloader`` times torch's
 ``DataLoader`` instead (the same fetcher in an ``IterableDataset``, ``WORKERS``
 worker processes, the default start method, torch imported before the
-clock): ``iter(loader)`` to the first batch.  The entry
+clock): ``iter(loader)`` to the first batch; ``loader`` times our
+``data_workers.torch.Loader`` with process workers the same way.  The entry
 point is guarded, so the script also runs where workers re-import it (the
 spawn-style start of data_workers before cloudpickle): the same script
 measures both.
@@ -55,6 +56,22 @@ def memory(pid: int) -> Dict[str, int]:
     return {"rss": fields["Rss"],
             "uss": fields["Private_Clean"] + fields["Private_Dirty"]
             + fields.get("Private_Hugetlb", 0)}
+
+
+def loader_main(workers: int, out: str) -> None:
+    import warnings
+
+    with warnings.catch_warnings():  # torch 1.10 imports pkg_resources, which warns
+        warnings.simplefilter("ignore")
+        from data_workers.torch import Loader
+
+    loader = Loader(fetch, BATCH, workers, worker_type="process", names=["data", "label"])
+    started = time.perf_counter()
+    next(loader)
+    first_batch_s = time.perf_counter() - started
+    loader.close()
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump({"workers": workers, "loader_first_batch_s": first_batch_s}, f)
 
 
 def dataloader_main(workers: int, out: str) -> None:
@@ -131,5 +148,7 @@ def main(workers: int, out: str, torch_first: bool) -> None:
 if __name__ == "__main__":
     if sys.argv[3:] == ["dataloader"]:
         dataloader_main(int(sys.argv[1]), sys.argv[2])
+    elif sys.argv[3:] == ["loader"]:
+        loader_main(int(sys.argv[1]), sys.argv[2])
     else:
         main(int(sys.argv[1]), sys.argv[2], sys.argv[3:] == ["torch-first"])

@@ -349,3 +349,47 @@ def test_profile_text_line_and_bad_target(tmp_path):
         sys.exit(main(["profile", sys.argv[1] + ":nope", "--seconds", "0.2"]))
         """, str(path))
     assert bad.returncode == 2 and "no callable 'nope'" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- first batch
+
+
+def test_process_workers_copy_until_torch_is_imported_then_lend():
+    # A script that never imports torch itself: the first batches are copied while
+    # torch is imported on a thread of its own, then batches are lent, and every
+    # row arrives intact across the switch.
+    result = _python("""
+        import sys, time
+        import numpy as np
+        from caffe2.python import core, workspace
+        workspace.GlobalInit(["caffe2", "--caffe2_log_level=3"])
+        import data_workers
+
+        class Counting:
+            def __init__(self):
+                self.seq = 0
+            def __call__(self, worker_id, batch_size):
+                rows = np.arange(self.seq, self.seq + batch_size)
+                self.seq += batch_size
+                return [np.stack([np.full(batch_size, worker_id), rows], 1).astype(np.float32),
+                        rows.astype(np.int32)]
+
+        net = core.Net("lend")
+        coord = data_workers.init_data_input_workers(
+            net, ["data", "label"], Counting(), 16, worker_type="process",
+            num_worker_threads=1, timeout=60)
+        coord.start()
+        workspace.CreateNet(net)
+        expected = 0
+        deadline = time.monotonic() + 90
+        while coord.stats()[0].batches_lent < 5 and time.monotonic() < deadline:
+            workspace.RunNet(net.Proto().name)
+            label = workspace.FetchBlob("label")
+            assert list(label) == list(range(expected, expected + 16)), (expected, label)
+            expected += 16
+        stats = coord.stats()[0]
+        coord.stop()
+        print(stats.batches_lent >= 5, stats.batches_enqueued > stats.batches_lent)
+        """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]  # some copied first, then lent

@@ -246,9 +246,8 @@ class Caffe2Feed:
         # process (a queue re-created under this name continues them): count
         # from here.
         self._stat_base = self._queue_stats()
-        self._wait_lock = threading.Lock()
-        self._wait_raw = self._stat_base[1]
-        self._wait_ns = 0
+        #: (last raw read_time_ns, nanoseconds waited up to it): one consistent pair.
+        self._waited: Tuple[int, int] = (self._stat_base[1], 0)
 
     def _queue_stats(self) -> Tuple[int, int]:
         """(queue_balance, read_time_ns sum) of this queue in Caffe2's statistics.
@@ -273,13 +272,18 @@ class Caffe2Feed:
         ``get_stats`` hands the nanosecond sum over as a signed 32-bit number:
         it wraps every 4.29 s of waiting.  Each call adds the difference to
         the last reading modulo 2**32, so callers must ask more often than
-        that (the enqueuer does, ``BatchFeeder.pump``).
+        that (the enqueuer does, ``BatchStage.pump``).
+
+        No lock: ``stats()`` calls this, and may run in a signal handler that
+        interrupted another call of it (NOTE [ Shutdown and error protocol ],
+        rule 7).  Each caller publishes a self-consistent (raw, total) pair;
+        one published late by a slower caller is older, never wrong.
         """
-        with self._wait_lock:
-            raw = self._queue_stats()[1]
-            self._wait_ns += (raw - self._wait_raw) % (1 << 32)
-            self._wait_raw = raw
-            return self._wait_ns / 1e9
+        raw = self._queue_stats()[1]
+        last_raw, total = self._waited
+        total += (raw - last_raw) % (1 << 32)
+        self._waited = (raw, total)
+        return total / 1e9
 
     def _run_op(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str],
                 device_option: caffe2_pb2.DeviceOption = _CPU, **kwargs: Any) -> None:

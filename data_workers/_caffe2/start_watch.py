@@ -64,16 +64,19 @@ def watch(coordinator: Any, registered: Callable[[Any], bool]) -> None:
             _thread.start()
 
 
-def _watching(entry: _Entry) -> bool:
+def _watched_input(entry: _Entry) -> Optional[Any]:
+    """The entry's input if it is still to be watched, else None."""
     coordinator = entry[0]()
-    return (coordinator is not None and coordinator.lifecycle is Lifecycle.CREATED
-            and entry[1](coordinator))
+    if coordinator is None or coordinator.lifecycle is not Lifecycle.CREATED \
+            or not entry[1](coordinator):
+        return None
+    return coordinator
 
 
 def settle() -> None:
     """Forget inputs that were started or stopped; if none is left, end the thread now."""
     with _lock:
-        _watched[:] = [e for e in _watched if _watching(e)]
+        _watched[:] = [e for e in _watched if _watched_input(e) is not None]
         thread = _thread if not _watched else None
     _wake.set()
     if thread is not None and thread is not threading.current_thread():
@@ -89,12 +92,12 @@ def _run() -> None:
             entries = list(_watched)
         done = []
         for entry in entries:
-            if not _watching(entry):
+            coordinator = _watched_input(entry)
+            if coordinator is None:
                 done.append(entry)
                 continue
-            coordinator, seen = entry[0](), entry[2]
             try:
-                if _check(coordinator, seen):
+                if _check(coordinator, entry[2]):
                     done.append(entry)
             except Exception:  # the watch must never take anything down
                 logger.debug("start watch of input %r failed", coordinator.name, exc_info=True)

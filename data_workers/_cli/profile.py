@@ -80,7 +80,7 @@ def load_target(target: str) -> Callable[[int, int], Any]:
     func = getattr(module, name, None)
     if not callable(func):
         raise ValueError("%s has no callable %r" % (where, name))
-    return func  # type: ignore[no-any-return]
+    return func
 
 
 def _probe_steps(seconds: float, busy: Callable[[], None]) -> int:

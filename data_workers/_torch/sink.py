@@ -252,6 +252,9 @@ class TorchSink:
         self._pool.close()
 
     def consumer_wait_secs(self) -> float:
-        """Seconds ``take`` has waited for a batch, in total."""
-        with self._lock:
-            return self._waited
+        """Seconds ``take`` has waited for a batch, in total.
+
+        Read without the lock: ``stats()`` calls this, possibly from a signal
+        handler that interrupted ``take`` (NOTE [ Shutdown and error protocol ], rule 7).
+        """
+        return self._waited
