@@ -151,10 +151,10 @@ class FetcherBackend(abc.ABC):
     def batch_source(self) -> Optional[ChunkSource]:
         """Where the enqueuer reads chunks itself, instead of the host's channel.
 
-        Asked once, before ``threads`` is read and before ``start()``.  A
-        backend that returns a source gets its chunks to the enqueuer through
-        it alone: it starts no thread that puts into the host.  None (the
-        default): the backend's threads ``put`` into the host.
+        Fixed when the backend is built.  A backend that returns a source gets
+        its chunks to the enqueuer through it alone: it starts no thread that
+        puts into the host.  None (the default): the backend's threads ``put``
+        into the host.
         """
         return None
 

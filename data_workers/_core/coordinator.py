@@ -168,9 +168,8 @@ class WorkerGroup:
                 self.init_fun(self, global_coordinator)
             except BaseException as exc:  # noqa: B902 - rule 1: SystemExit too; else the
                 # group would stay CREATED and a later start() would run its workers
-                err = FetcherError("init_fun of %r raised %s: %s" % (self.name, type(exc).__name__, exc))
-                err.__cause__ = exc
-                self.fail(err.where(self.name, None))
+                err = FetcherError.wrapping(exc, "init_fun of %r raised" % self.name, self.name, None)
+                self.fail(err)
                 self._failure_raised = True
                 raise err
 
@@ -246,12 +245,11 @@ class WorkerGroup:
 
     def _cleanup_failed(self, what: str, exc: Exception) -> None:
         logger.error("%s of %r failed", what, self.name, exc_info=exc)
-        err = PipelineError("%s of %r failed while stopping: %s: %s"
-                            % (what, self.name, type(exc).__name__, exc))
-        err.__cause__ = exc
+        err = PipelineError.wrapping(exc, "%s of %r failed while stopping:" % (what, self.name),
+                                     self.name, None)
         with self._lock:
             if self._failure is None:
-                self._failure = err.where(self.name, None)
+                self._failure = err
 
     def stop(self, timeout: Optional[float] = None) -> bool:
         """Halt, join and clean up this group alone.  Idempotent.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import types
-from typing import Any, Optional
+from typing import Any, Optional, Type, TypeVar
 
 __all__ = [
     "DataInputError",
@@ -33,6 +33,9 @@ __all__ = [
     "InputClosedError",
     "RemoteTraceback",
 ]
+
+
+E = TypeVar("E", bound="DataInputError")
 
 
 class DataInputError(Exception):
@@ -51,6 +54,20 @@ class DataInputError(Exception):
         self.input_source = input_source
         self.worker_id = worker_id
         return self
+
+    @classmethod
+    def wrapping(cls: Type[E], exc: BaseException, context: str, input_source: Optional[str],
+                 worker_id: Optional[int]) -> E:
+        """A new error of this class for ``exc``, which becomes its ``__cause__``.
+
+        The message is ``context`` followed by the exception's type and text:
+        ``context="fetcher 3 of 'train' raised"`` gives
+        ``"fetcher 3 of 'train' raised ValueError: bad row"``.
+        """
+        err = cls("%s %s: %s" % (context, type(exc).__name__, exc))
+        err.__cause__ = exc
+        err.where(input_source, worker_id)
+        return err
 
 
 class FetcherError(DataInputError):

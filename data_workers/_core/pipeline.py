@@ -313,13 +313,13 @@ def enqueuer(coordinator: WorkerGroup, batch_feeder: BatchStage) -> None:
         while coordinator.is_active():
             batch_feeder.pump(coordinator)
     except DataInputError as e:
-        # A backend's batch source names the worker whose message failed.
-        coordinator.fail(e.where(batch_feeder.input_source, e.worker_id))
+        # A backend's batch source has named the worker whose message failed.
+        coordinator.fail(e if e.input_source is not None
+                         else e.where(batch_feeder.input_source, e.worker_id))
     except BaseException as e:  # noqa: B902 - a thread has nobody to raise to
-        err = PipelineError("re-batching/enqueue of input %r failed: %s: %s"
-                            % (batch_feeder.input_source, type(e).__name__, e))
-        err.__cause__ = e
-        coordinator.fail(err.where(batch_feeder.input_source, None))
+        coordinator.fail(PipelineError.wrapping(
+            e, "re-batching/enqueue of input %r failed:" % batch_feeder.input_source,
+            batch_feeder.input_source, None))
 
 
 class InputCoordinator(WorkerGroup):

@@ -61,13 +61,14 @@ class Worker:
         raised by user code -- ``SystemExit`` and ``KeyboardInterrupt``
         included -- is wrapped in ``FetcherError`` with it as the cause.
         """
+        name = self._coordinator.name
         if isinstance(e, DataInputError):
-            err = e
+            err = e.where(name, self._worker_id)
         else:
-            err = FetcherError("%s %d of %r raised %s: %s" % (
-                self.describe_as, self._worker_id, self._coordinator.name, type(e).__name__, e))
-            err.__cause__ = e
-        self._coordinator.fail(err.where(self._coordinator.name, self._worker_id))
+            err = FetcherError.wrapping(
+                e, "%s %d of %r raised" % (self.describe_as, self._worker_id, name),
+                name, self._worker_id)
+        self._coordinator.fail(err)
 
     def finish(self) -> None:
         self._metrics.put_metric("worker_time", time.monotonic() - self._start_time)

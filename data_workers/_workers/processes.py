@@ -273,10 +273,7 @@ class _ProcessWorker:
         except DataInputError as failure:
             host.fail(failure.where(host.name, self.worker_id))
         except BaseException as exc:  # noqa: B902 - a thread has nobody to raise to
-            wrapped = PipelineError("receiving from fetcher %d of input %r failed: %s: %s"
-                                    % (self.worker_id, host.name, type(exc).__name__, exc))
-            wrapped.__cause__ = exc
-            host.fail(wrapped.where(host.name, self.worker_id))
+            host.fail(_receiving_failed(exc, host.name, self.worker_id))
 
     def _handle(self, message: Tuple[Any, ...]) -> bool:
         host = self.owner.host
@@ -298,24 +295,24 @@ class _ProcessWorker:
             return None
         if kind != "chunk":
             raise PipelineError("unknown data message from worker %d: %r" % (self.worker_id, kind))
-        _, span, layouts, objects, fetch_secs, chunks = message
+        _, nbytes, layouts, objects, fetch_secs, chunks = message
         host.metrics.put_metric("fetcher_time", fetch_secs)
         views = self.arena.views(layouts)
         arrays = [objects[i] if i in objects else views.pop(0)
                   for i in range(len(layouts) + len(objects))]
         arena = self.arena
-        token = arena.track(span)
+        claim = arena.track(nbytes)
         try:  # the child checked the batch fits its ring (check_batch_fits)
             chunk = host.accept(self.worker_id, arrays, chunks)
         except BaseException:
-            arena.release(token)
+            arena.release(claim)
             raise
         if chunk is None:
-            arena.release(token)
+            arena.release(claim)
             return None
-        chunk.release = lambda: arena.release(token)
+        chunk.release = lambda: arena.release(claim)
         # Caffe2 may take it uncopied if it is a whole batch (see _workers/shm_ring.py).
-        chunk.lend = lambda: arena.lend(token, span)
+        chunk.lend = lambda: arena.may_lend(claim)
         return chunk
 
     # -- control messages (process watcher thread) -------------------------------
@@ -505,9 +502,7 @@ class _BatchReader(ChunkSource):
         except DataInputError as failure:
             raise failure.where(host.name, worker.worker_id)
         except Exception as exc:
-            wrapped = PipelineError("receiving from fetcher %d of input %r failed: %s: %s"
-                                    % (worker.worker_id, host.name, type(exc).__name__, exc))
-            raise wrapped.where(host.name, worker.worker_id) from exc
+            raise _receiving_failed(exc, host.name, worker.worker_id) from exc
 
     def _drain_wake(self) -> None:
         try:
@@ -552,6 +547,13 @@ class _BatchReader(ChunkSource):
                 os.close(fd)
 
 
+
+def _receiving_failed(exc: BaseException, input_source: str, worker_id: int) -> PipelineError:
+    """Reading a worker's messages failed in the trainer (not in the worker)."""
+    return PipelineError.wrapping(
+        exc, "receiving from fetcher %d of input %r failed:" % (worker_id, input_source),
+        input_source, worker_id)
+
 class ProcessFetchers(FetcherBackend):
     """The process backend of one input: a worker process per worker id."""
 
@@ -563,9 +565,9 @@ class ProcessFetchers(FetcherBackend):
         base_seed = spec.seed if spec.seed is not None else random.SystemRandom().randrange(2 ** 31)
         capacity = spec.shm_bytes_per_worker or DEFAULT_SHM_BYTES_PER_WORKER
         assemble = not (spec.deterministic or spec.dont_rebatch)
-        #: Set when the host reads whole batches from the sockets itself (batch_source).
+        #: Set when the host reads whole batches from the sockets itself
+        #: (``batch_source``); fixed here, before anyone reads ``threads``.
         self.reader: Optional[_BatchReader] = None
-        self._assemble = assemble
         self.workers: List[_ProcessWorker] = []
         try:
             for index, wid in enumerate(host.worker_ids):
@@ -579,19 +581,19 @@ class ProcessFetchers(FetcherBackend):
         except BaseException:
             self.close()  # arenas made so far
             raise
-        self.threads: List[threading.Thread] = [w.thread for w in self.workers]
+        # Whole batches: the enqueuer reads the sockets itself, no receiver threads.
+        # Chunk mode (deterministic, dont_rebatch): a receiver per worker feeds the
+        # channel, whose order and bound those modes need.
+        self.threads: List[threading.Thread] = []
+        if assemble:
+            self.reader = _BatchReader(self)
+        else:
+            self.threads = [w.thread for w in self.workers]
         self._watcher = threading.Thread(
             target=self._watch, daemon=True, name="data_workers %s process watcher" % spec.input_source)
 
     def batch_source(self) -> Optional[ChunkSource]:
-        """Whole batches (the default order): the enqueuer reads the sockets itself.
-
-        Chunk mode (``deterministic``, ``dont_rebatch``) keeps a receiver per
-        worker feeding the channel, whose order and bound those modes need.
-        """
-        if self._assemble and self.reader is None:
-            self.reader = _BatchReader(self)
-            self.threads = []
+        """Whole batches (the default order): the enqueuer reads the sockets itself."""
         return self.reader
 
     def _set_batch_size(self, batch_size: int) -> None:
@@ -655,10 +657,9 @@ class ProcessFetchers(FetcherBackend):
                         self.host.fail(err.where(self.host.name, w.worker_id))
                         return
         except BaseException as exc:  # noqa: B902 - a thread has nobody to raise to
-            err = PipelineError("watching the worker processes of input %r failed: %s: %s"
-                                % (self.host.name, type(exc).__name__, exc))
-            err.__cause__ = exc
-            self.host.fail(err.where(self.host.name, None))
+            self.host.fail(PipelineError.wrapping(
+                exc, "watching the worker processes of input %r failed:" % self.host.name,
+                self.host.name, None))
 
     def halt(self) -> None:
         """Ask the children to stop; receivers and the watcher stop within _POLL_SECS."""
