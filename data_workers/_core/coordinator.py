@@ -261,23 +261,25 @@ class WorkerGroup:
         self.begin_stop()
         return self.finish_stop(started + _timeout(timeout), started)
 
-    def report_unraised(self) -> None:
-        """Log the group's failure if nothing raised it and nothing will (rule 2)."""
+    def _take_unreported(self) -> Optional[DataInputError]:
+        """The failure if nobody reported it yet, marking it reported; else None."""
         with self._lock:
             if self._failure is None or self._failure_raised:
-                return
+                return None
             self._failure_raised = True
-            err = self._failure
-        logger.error("input %r failed: %s", self.name, err, exc_info=err)
+            return self._failure
+
+    def report_unraised(self) -> None:
+        """Log the group's failure if nothing raised it and nothing will (rule 2)."""
+        err = self._take_unreported()
+        if err is not None:
+            logger.error("input %r failed: %s", self.name, err, exc_info=err)
 
     def check(self) -> None:
         """Raise the group's failure, once (see NOTE [ Shutdown and error protocol ])."""
-        with self._lock:
-            if self._failure is None or self._failure_raised:
-                return
-            self._failure_raised = True
-            err = self._failure
-        raise err
+        err = self._take_unreported()
+        if err is not None:
+            raise err
 
     def describe(self) -> str:
         """One line for ``repr`` of the registry."""
