@@ -12,7 +12,6 @@ import numbers
 import time
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 from caffe2.proto import caffe2_pb2
 from caffe2.python import core, scope
 
