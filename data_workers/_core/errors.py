@@ -57,14 +57,14 @@ class DataInputError(Exception):
 
     @classmethod
     def wrapping(cls: Type[E], exc: BaseException, context: str, input_source: Optional[str],
-                 worker_id: Optional[int]) -> E:
+                 worker_id: Optional[int], note: str = "") -> E:
         """A new error of this class for ``exc``, which becomes its ``__cause__``.
 
-        The message is ``context`` followed by the exception's type and text:
-        ``context="fetcher 3 of 'train' raised"`` gives
+        The message is ``context`` followed by the exception's type and text, then
+        ``note``: ``context="fetcher 3 of 'train' raised"`` gives
         ``"fetcher 3 of 'train' raised ValueError: bad row"``.
         """
-        err = cls("%s %s: %s" % (context, type(exc).__name__, exc))
+        err = cls("%s %s: %s%s" % (context, type(exc).__name__, exc, note))
         err.__cause__ = exc
         err.where(input_source, worker_id)
         return err
