@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import threading
 import time
+from types import TracebackType
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -403,6 +404,8 @@ class InputCoordinator(WorkerGroup):
         super().__init__(config.input_source, worker_ids, init_fun, state=feeder)
         self.config = config
         self._fetch_fun = fetch_fun
+        #: The first refused chunk's error and its traceback from the fetch_fun on.
+        self._pointed: Optional[Tuple[DataInputError, Optional[TracebackType]]] = None
         self.feeder = feeder
         prefix = "data_workers %s%s" % (feeder.namescope, config.input_source)
         self.enqueuer_thread = threading.Thread(
@@ -455,16 +458,32 @@ class InputCoordinator(WorkerGroup):
 
     def put_failure(self, err: DataInputError, worker_id: int) -> None:
         err.where(self.name, worker_id)
+        self._point_at_fetcher(err)
         self.note_failure(err)
         if not self.feeder.put_failure(err, worker_id):
             self.fail(err)  # stopped or failed already: recorded or logged (rule 2)
 
     # -- WorkerGroup hooks ---------------------------------------------
     def fail(self, err: DataInputError) -> None:
-        if isinstance(err, (ChunkTypeError, ChunkValueError)) and self._fetch_fun is not None \
-                and self.failure is None:
-            point_at_fetcher(err, self._fetch_fun)
+        self._point_at_fetcher(err)
         super().fail(err)
+
+    def _point_at_fetcher(self, err: DataInputError) -> None:
+        """Begin a refused chunk's traceback at the user's ``fetch_fun`` (``errors.py``).
+
+        Done where the worker reports it; when the enqueuer raises it again
+        later (queued behind earlier data, rule 10), the frames it adds are
+        dropped: the worker's are the ones that say where the chunk came from.
+        """
+        if not isinstance(err, (ChunkTypeError, ChunkValueError)) or self._fetch_fun is None:
+            return
+        pointed = self._pointed
+        if pointed is not None and pointed[0] is err:
+            err.__traceback__ = pointed[1]
+            return
+        point_at_fetcher(err, self._fetch_fun)
+        if pointed is None:
+            self._pointed = (err, err.__traceback__)
 
     def _start_workers(self) -> None:
         self.enqueuer_thread.start()
