@@ -305,6 +305,17 @@ def test_doctor_reports_and_self_tests():
     assert "2 thread workers" in out and "2 process workers" in out and "all well" in out
 
 
+def test_doctor_without_caffe2_reports_it_as_information():
+    result = _python("""
+        import sys
+        sys.modules["caffe2"] = None  # as on a machine with a torch build without Caffe2
+        from data_workers._cli import main
+        sys.exit(main(["doctor", "--seconds", "0.2"]))
+        """)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "caffe2     absent (info" in result.stdout and "all well" in result.stdout
+
+
 FETCHER = """
 import numpy as np
 
