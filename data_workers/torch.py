@@ -112,6 +112,9 @@ class Loader:
             must have and name them in errors.  If omitted, ``batch_columns``
             gives the count; one of the two is required.
         name: names this input in errors, logs and threads.
+        dtypes: the dtype some or all arrays must have, by name (``names``, or
+            ``array0``, ``array1``...), e.g. ``{"data": np.float32}``: another
+            dtype is a ``ChunkTypeError`` at the first chunk.
         stall_warning_secs, shm_bytes_per_worker, external_loggers,
             log_interval_secs, max_fetch_failures: as for ``init_data_input_workers``
             (``max_fetch_failures``: fetcher exceptions to skip, a count or a
@@ -141,6 +144,7 @@ class Loader:
         shm_bytes_per_worker: Optional[int] = None,
         external_loggers: Optional[Iterable[ExternalLogger]] = None,
         log_interval_secs: float = LOG_INT_SECS,
+        dtypes: Optional[Mapping[str, Any]] = None,
         max_fetch_failures: FractionOrCount = 0,
     ) -> None:
         blob_names = _check_loader_args(names, name, batch_columns, pin_memory)
@@ -151,8 +155,8 @@ class Loader:
             dont_rebatch=dont_rebatch, deterministic=deterministic, seed=seed,
             timeout=check_positive_seconds("timeout", timeout),
             log_interval_secs=log_interval_secs, stall_warning_secs=stall_warning_secs,
-            shm_bytes_per_worker=shm_bytes_per_worker, max_fetch_failures=max_fetch_failures,
-            names=_ARG_NAMES)
+            shm_bytes_per_worker=shm_bytes_per_worker, dtypes=dtypes,
+            max_fetch_failures=max_fetch_failures, names=_ARG_NAMES)
         self._fetch_fun_type = type(fetch_fun).__name__
         self._source = fetch_fun if isinstance(fetch_fun, ShardedSource) else None
         if self._source is not None and self._source.batch_size != config.batch_size:
@@ -197,7 +201,10 @@ class Loader:
         while True:
             halted = self._input.lifecycle.halted
             if halted and self._input.failure is None:
-                raise InputClosedError("loader %r was closed" % self._config.input_source)
+                raise InputClosedError(
+                    "loader %r was closed (by close() or the end of its with-block) and hands "
+                    "out no more batches; build a new Loader to read again"
+                    % self._config.input_source)
             left = deadline - time.monotonic()
             # Batches handed over before a failure come first (NOTE [ Shutdown and
             # error protocol ], rule 10); a failure or close() closes the sink,

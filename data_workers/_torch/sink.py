@@ -152,6 +152,8 @@ class TorchSink:
         self._batches: Deque[List[_Slot]] = collections.deque()
         self._filling: List[_Slot] = []
         self._closed = False
+        #: Seconds take() waited for a batch, in total (under _lock).
+        self._waited = 0.0
 
     # -- producer: the enqueuer thread ------------------------------------------
     def destinations(self, layout: BatchLayout) -> List[np.ndarray]:
@@ -203,13 +205,17 @@ class TorchSink:
             The batch, or None if none came within ``timeout`` or the sink is
             closed and empty.
         """
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         with self._lock:
-            while not self._batches:
-                left = deadline - time.monotonic()
-                if self._closed or left <= 0:
-                    return None
-                self._not_empty.wait(min(left, _WAIT_SECS))
+            try:
+                while not self._batches:
+                    left = deadline - time.monotonic()
+                    if self._closed or left <= 0:
+                        return None
+                    self._not_empty.wait(min(left, _WAIT_SECS))
+            finally:
+                self._waited += time.monotonic() - started
             slots = self._batches.popleft()
             self._not_full.notify()
         return tuple(self._hand_out(array, tensor) for array, tensor in slots)
@@ -244,3 +250,11 @@ class TorchSink:
             self._batches.clear()
         self._filling = []
         self._pool.close()
+
+    def consumer_wait_secs(self) -> float:
+        """Seconds ``take`` has waited for a batch, in total.
+
+        Read without the lock: ``stats()`` calls this, possibly from a signal
+        handler that interrupted ``take`` (NOTE [ Shutdown and error protocol ], rule 7).
+        """
+        return self._waited

@@ -113,6 +113,8 @@ class ChildSpec:
     #: ``max_fetch_failures`` is set: report a fetch_fun exception in-band
     #: ("fetch_failed") and go on; the trainer's budget decides.
     report_fetch_failures: bool = False
+    #: ``BackendSpec.dtypes``.
+    dtypes: Optional[Tuple[Optional[np.dtype], ...]] = None
 
 
 def _error_fields(exc: BaseException) -> Tuple[Optional[bytes], str, str, str]:
@@ -282,7 +284,7 @@ def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Conn
     random.seed(spec.seed)
     np.random.seed(spec.seed % (2 ** 32))
     validator = ChunkValidator(spec.blob_names, spec.batch_columns, spec.dont_rebatch,
-                               spec.input_source, spec.dtype_rule)
+                               spec.input_source, spec.dtype_rule, spec.dtypes)
     parent = os.getppid()
 
     def keep_going() -> bool:
