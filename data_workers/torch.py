@@ -49,6 +49,8 @@ from ._core.errors import InputClosedError
 from ._core.lifecycle import Lifecycle
 from ._core.metrics import ExternalLogger, InputStats, Metrics
 from ._core.pipeline import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
+from ._torch.dataset import is_dataset
+from ._torch.dataset_loader import DatasetLoader
 from ._torch.sink import TorchSink
 from ._workers.factory import WORKER_TYPES, backend_factory, check_picklable
 from .sharding import InputCheckpoint, ShardedSource
@@ -116,6 +118,14 @@ class Loader:
     Raises:
         TypeError, ValueError: an argument is invalid (the message names it).
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Loader":
+        # The first argument picks the form: a dataset gets DataLoader's
+        # signature and epochs (_torch/dataset_loader.py), a callable is a fetch_fun.
+        first = args[0] if args else kwargs.get("dataset", kwargs.get("fetch_fun"))
+        if cls is Loader and "fetch_fun" not in kwargs and is_dataset(first):
+            return super().__new__(_DatasetLoader)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -336,6 +346,10 @@ class Loader:
                              "are not cut in block order and no position describes the stream"
                              % what)
         return self._source
+
+
+class _DatasetLoader(DatasetLoader, Loader):
+    """``Loader(dataset, ...)``: ``DatasetLoader``'s behaviour, a ``Loader`` to ``isinstance``."""
 
 
 class _Checked(NamedTuple):
