@@ -28,7 +28,9 @@ Imports torch (this is the torch sink's layer), never Caffe2.
 from __future__ import annotations
 
 import collections.abc
+import pickle
 import threading
+import traceback
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -37,12 +39,15 @@ import torch.utils.data
 from torch.utils.data import _utils as _data_utils
 
 __all__ = ["is_dataset", "is_iterable_dataset", "EpochPlanner", "DatasetFetch", "Template",
-           "make_template", "flatten", "unflatten", "leaf_names", "epoch_seed", "END_OF_DATA",
+           "make_template", "flatten", "unflatten", "leaf_names", "epoch_seed", "BATCH", "PICKLED",
+           "ERROR", "END_OF_DATA",
            "install_thread_worker_info", "ShuffledIndices"]
 
-#: Tag of the marker an iterable dataset's worker returns once its iterator is
-#: exhausted (instead of a batch), for every turn until its run is closed.
-END_OF_DATA = -1
+#: What a worker's message holds, the third column of its tag (epoch, batch, kind):
+#: a flattened batch; a batch pickled whole (its structure is not the probe's);
+#: an exception raised making the batch; an iterable dataset's worker is
+#: exhausted (every later turn of it, until its run is closed).
+BATCH, PICKLED, ERROR, END_OF_DATA = 0, 1, 2, 3
 
 # 64-bit odd multiplier (the golden ratio's): epochs of nearby seeds do not
 # share permutations.
@@ -372,12 +377,16 @@ class DatasetFetch:
                 raise ValueError("the sampler of epoch %d yields no batch" % epoch)
             while k < len(plan):
                 if position % self.num_workers == worker_id:
-                    indices = plan[k]
-                    if self.planner.batch_sampler is None:
-                        batch = self.collate(self.dataset[indices])
-                    else:
-                        batch = self.collate([self.dataset[i] for i in indices])
-                    yield self._pack(batch, epoch, k, worker_id)
+                    try:
+                        indices = plan[k]
+                        if planner.batch_sampler is None:
+                            batch = self.collate(self.dataset[indices])
+                        else:
+                            batch = self.collate([self.dataset[i] for i in indices])
+                        packed = self._pack(batch, epoch, k)
+                    except Exception as exc:  # in-band: raised at this batch's turn
+                        packed = self._error(exc, epoch, k, worker_id)
+                    yield packed
                 position += 1
                 k += 1
             epoch += 1
@@ -386,62 +395,56 @@ class DatasetFetch:
     def _iterable_batches(self, worker_id: int) -> Iterator[List[np.ndarray]]:
         epoch = self.start[0]
         k = 0
-        samples: List[Any] = []
-        for sample in self.dataset:
-            if self.batch_size is None:
-                yield self._pack(self.collate(sample), epoch, k, worker_id)
-                k += 1
-                continue
-            samples.append(sample)
-            if len(samples) == self.batch_size:
-                yield self._pack(self.collate(samples), epoch, k, worker_id)
-                samples = []
-                k += 1
-        if samples and not self.drop_last:
-            yield self._pack(self.collate(samples), epoch, k, worker_id)
-        end = [np.full((1, 2), END_OF_DATA, np.int64)] + self._filler
-        while True:
+        try:
+            samples: List[Any] = []
+            for sample in self.dataset:
+                if self.batch_size is None:
+                    yield self._pack(self.collate(sample), epoch, k)
+                    k += 1
+                    continue
+                samples.append(sample)
+                if len(samples) == self.batch_size:
+                    yield self._pack(self.collate(samples), epoch, k)
+                    samples = []
+                    k += 1
+            if samples and not self.drop_last:
+                yield self._pack(self.collate(samples), epoch, k)
+            end = self._message(END_OF_DATA, epoch, k, [])
+        except Exception as exc:  # in-band; the iterator cannot go on after it
+            end = self._error(exc, epoch, k, worker_id)
+        while True:  # every later turn of this worker: nothing more this epoch
             yield end
 
-    def _pack(self, batch: Any, epoch: int, k: int, worker_id: int) -> List[np.ndarray]:
+    def _pack(self, batch: Any, epoch: int, k: int) -> List[np.ndarray]:
         arrays: List[np.ndarray] = []
         objects: List[Any] = []
         template = flatten(batch, arrays, objects)
         if template != self.template:
-            raise TypeError(
-                "collate_fn returned a batch of another structure than the first batch's "
-                "(worker %d, epoch %d, batch %d): %s, expected %s; every batch must have the "
-                "same nesting of tensors" % (worker_id, epoch, k, _describe(template),
-                                             _describe(self.template)))
-        tag = np.array([[epoch, k]], np.int64)
-        out = [tag] + arrays
-        if objects or self.template_objects:
-            holder = np.empty(len(objects), object)
-            holder[:] = objects if objects else []
-            out.append(holder)
-        return out
+            # Another structure than the probe's (a list as long as the batch):
+            # the whole batch travels pickled.
+            return self._message(PICKLED, epoch, k, batch)
+        # Object arrays carry str or bytes alone (what every sink accepts): the
+        # non-array leaves travel pickled, in one element.
+        return ([np.array([[epoch, k, BATCH]], np.int64)] + arrays
+                + [np.array([pickle.dumps(objects, pickle.HIGHEST_PROTOCOL)], object)])
 
-    @property
-    def template_objects(self) -> bool:
-        return _count_objects(self.template) > 0
-
-    @property
-    def _filler(self) -> List[np.ndarray]:
-        """Empty arrays of the leaves' dtypes, standing for a batch in an end-of-data marker."""
+    def _message(self, kind: int, epoch: int, k: int, payload: Any) -> List[np.ndarray]:
+        """A batch slot that holds no arrays: ``payload`` pickled, empty leaves of the right dtypes."""
         leaves = [np.zeros((0,), np.dtype(d)) for d in leaf_dtypes(self.template)]
-        if self.template_objects:
-            leaves.append(np.empty(0, object))
-        return leaves
+        return ([np.array([[epoch, k, kind]], np.int64)] + leaves
+                + [np.array([pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)], object)])
 
-
-def _count_objects(template: Template) -> int:
-    kind = template[0]
-    if kind == "O":
-        return 1
-    if kind in ("T", "N"):
-        return 0
-    children = template[2] if kind in ("dict", "named") else template[1]
-    return sum(_count_objects(c) for c in children)
+    def _error(self, exc: Exception, epoch: int, k: int, worker_id: int) -> List[np.ndarray]:
+        """``exc`` as a value, raised by the loader when this batch's turn comes (as
+        DataLoader's ``ExceptionWrapper``): the batches before it are not lost."""
+        try:
+            pickle.dumps(exc)
+            original: Optional[Exception] = exc
+        except Exception:
+            original = None
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        where = "in DataLoader worker %d" % worker_id if self.where != "here" else "in the main thread"
+        return self._message(ERROR, epoch, k, (original, type(exc).__name__, str(exc), where, text))
 
 
 def _describe(template: Template) -> str:

@@ -24,15 +24,17 @@ Failure and shutdown of a run: NOTE [ Shutdown and error protocol ] in
 from __future__ import annotations
 
 import logging
+import pickle
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.utils.data
 
+from .._core.errors import FetcherError, RemoteTraceback
 from .._core.args import check_int, check_positive_int, check_positive_seconds
 from .._core.metrics import InputStats
 from .._workers.factory import WORKER_TYPES, check_picklable
-from .dataset import (END_OF_DATA, DatasetFetch, EpochPlanner, ShuffledIndices, Template,
+from .dataset import (BATCH, END_OF_DATA, ERROR, DatasetFetch, EpochPlanner, ShuffledIndices, Template,
                       install_thread_worker_info, is_iterable_dataset, leaf_names,
                       make_template, unflatten)
 
@@ -247,8 +249,8 @@ class DatasetLoader:
     def _from_run(self, epoch: int, k: int) -> Any:
         if self._run is None or self._run_next != (epoch, k):
             self._start_run((epoch, k))
-        arrays = next(self._run)
-        tag = (int(arrays[0][0, 0]), int(arrays[0][0, 1]))
+        assert self._run is not None  # invariant: started above
+        tag, kind, value = self._decode(next(self._run), k)
         if tag != (epoch, k):
             raise RuntimeError(
                 "loader %r: expected batch %d of epoch %d, got batch %d of epoch %d: the "
@@ -256,25 +258,40 @@ class DatasetLoader:
                 "order is not a function of the seed and the epoch"
                 % (self.name, k, epoch, tag[1], tag[0], len(self)))
         self._run_next = (epoch, k + 1) if k + 1 < len(self) else (epoch + 1, 0)
-        return self._rebuild(arrays)
+        return value
 
-    def _rebuild(self, arrays: Sequence[Any]) -> Any:
+    def _decode(self, arrays: Sequence[Any], turn: int) -> Tuple[Tuple[int, int], int, Any]:
+        """A worker's message: its (epoch, batch) tag, its kind, and the batch.
+
+        Raises:
+            FetcherError: the worker's dataset or collate_fn raised making this
+                batch (the original exception is the cause); the run is closed.
+        """
+        epoch, k, kind = (int(v) for v in arrays[0][0])
         assert self._template is not None  # invariant: set by _start_run
-        template, count, objects = self._template
-        leaves = arrays[1:1 + count]
-        extra = list(arrays[1 + count]) if objects else []
-        return unflatten(template, leaves, extra)
+        template, count, _ = self._template
+        if kind == BATCH:
+            return (epoch, k), kind, unflatten(template, arrays[1:1 + count],
+                                              pickle.loads(arrays[1 + count][0]))
+        payload = pickle.loads(arrays[1 + count][0])
+        if kind != ERROR:
+            return (epoch, k), kind, payload
+        original, type_name, text, where, tb_text = payload
+        self._close_run()
+        err = FetcherError("Caught %s %s of loader %r, making batch %d of epoch %d: %s\n"
+                           "Original %s" % (type_name, where, self.name, k, epoch, text, tb_text))
+        raise err from (original if original is not None else RemoteTraceback(tb_text))
 
     def _iterable_epoch(self, generation: int) -> Iterator[Any]:
         if self.num_workers == 0:
             fetch = self._fetch((self._epoch, 0), 1, "here")
             while True:
                 self._check_current(generation)
-                arrays = fetch(0, 0)
-                if int(arrays[0][0, 0]) == END_OF_DATA:
+                _, kind, batch = self._decode(fetch(0, 0), 0)
+                if kind == END_OF_DATA:
                     return
                 self._taken += 1
-                yield self._rebuild(arrays)
+                yield batch
         self._start_run((self._epoch, 0))
         done: Set[int] = set()
         turn = 0
@@ -282,14 +299,14 @@ class DatasetLoader:
             while len(done) < self.num_workers:
                 self._check_current(generation)
                 assert self._run is not None  # invariant: started above
-                arrays = next(self._run)
+                _, kind, batch = self._decode(next(self._run), turn)
                 worker = turn % self.num_workers  # the channel's strict round robin
                 turn += 1
-                if int(arrays[0][0, 0]) == END_OF_DATA:
+                if kind == END_OF_DATA:
                     done.add(worker)
                     continue
                 self._taken += 1
-                yield self._rebuild(arrays)
+                yield batch
         finally:
             if len(done) == self.num_workers or generation != self._generation:
                 self._close_run()
@@ -325,7 +342,7 @@ class DatasetLoader:
         fetch = self._fetch(start, self.num_workers, self.worker_type)
         assert self._template is not None  # invariant: set by _fetch
         template, count, objects = self._template
-        names = ["batch_position"] + leaf_names(template) + (["objects"] if objects else [])
+        names = ["batch_position"] + leaf_names(template) + ["objects"]
         if not in_process:
             install_thread_worker_info()
         self._run = Loader(
