@@ -71,7 +71,27 @@ _running: Set[GlobalWorkerCoordinator] = set()
 
 
 class Loader:
-    """An endless iterable of batches from ``fetch_fun``, as tuples of ``torch.Tensor``.
+    """``torch.utils.data.DataLoader`` over our workers, or the Caffe2 ``fetch_fun`` input.
+
+    **Dataset form** (the first argument is a ``torch.utils.data.Dataset``, or
+    a non-callable with ``__getitem__`` + ``__len__`` or ``__iter__``)::
+
+        Loader(dataset, batch_size=1, shuffle=False, sampler=None, batch_sampler=None,
+               num_workers=0, collate_fn=None, pin_memory=False, drop_last=False,
+               timeout=0, worker_init_fn=None, generator=None, *, prefetch_factor=2,
+               persistent_workers=False, in_order=True, worker_type="thread",
+               seed=None, name="loader", stall_warning_secs=None,
+               shm_bytes_per_worker=None, external_loggers=None, log_interval_secs=None)
+
+    DataLoader's names, defaults and meanings; each ``iter()`` is one epoch of
+    ``len(loader)`` batches in the sampler's order whatever the workers, and
+    ``state_dict()`` / ``load_state_dict()`` resume exactly, with any worker
+    count or type.  ``seed`` fixes every epoch's order (default: drawn from
+    ``generator``, else from torch's RNG).  What differs from DataLoader:
+    ``docs/torch.md``; the implementation: ``_torch/dataset_loader.py``.
+
+    **fetch_fun form**: an endless iterable of batches from ``fetch_fun``, as
+    tuples of ``torch.Tensor``.
 
     Each batch holds one tensor per array ``fetch_fun`` returns, each with exactly
     ``batch_size`` rows along its batch column (with ``dont_rebatch``, the rows of

@@ -126,7 +126,7 @@ class EpochPlanner:
         self.batch_sampler = batch_sampler
         self.sampler = sampler
         self.seed = seed
-        self._cache: Dict[int, List[Any]] = {}
+        self._cache: Dict[int, Sequence[Any]] = {}
         self._lock = threading.Lock()
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -136,7 +136,7 @@ class EpochPlanner:
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__init__(state["batch_sampler"], state["sampler"], state["seed"])  # type: ignore[misc]
 
-    def plan(self, epoch: int) -> List[Any]:
+    def plan(self, epoch: int) -> Sequence[Any]:
         """The batches of ``epoch``, in order (cached: the last two epochs)."""
         with self._lock:
             found = self._cache.get(epoch)
@@ -148,22 +148,42 @@ class EpochPlanner:
                 del self._cache[old]
             return plan
 
-    def _compute(self, epoch: int) -> List[Any]:
-        if isinstance(self.sampler, ShuffledIndices):
-            self.sampler.seed = self.seed
+    def _compute(self, epoch: int) -> Sequence[Any]:
         setter = getattr(self.sampler, "set_epoch", None)
         if callable(setter):
             setter(epoch)
         source = self.batch_sampler if self.batch_sampler is not None else self.sampler
-        if isinstance(self.sampler, (ShuffledIndices, torch.utils.data.SequentialSampler)) \
-                and isinstance(source, torch.utils.data.BatchSampler):
-            return list(source)  # draws nothing from the global RNG
+        if isinstance(source, torch.utils.data.BatchSampler) and type(source) is \
+                torch.utils.data.BatchSampler and \
+                isinstance(self.sampler, (ShuffledIndices, torch.utils.data.SequentialSampler)):
+            # Our own orders draw nothing from the global RNG; cut lazily, so a
+            # worker starts without listing every batch of a large epoch.
+            order: Sequence[int] = range(len(self.sampler)) if isinstance(
+                self.sampler, torch.utils.data.SequentialSampler) else list(self.sampler)
+            return _Batches(order, source.batch_size, source.drop_last)
         # A user's sampler may draw from torch's global RNG (RandomSampler
         # without a generator does, once per epoch): seed it from (seed, epoch)
         # and give the caller's RNG state back afterwards.
         with _PLAN_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(epoch_seed(self.seed, epoch))
             return list(source)
+
+
+class _Batches(collections.abc.Sequence):
+    """``BatchSampler``'s batches of ``order``, cut when asked for."""
+
+    def __init__(self, order: Sequence[int], batch_size: int, drop_last: bool) -> None:
+        self._order = order
+        self._size = batch_size
+        self._len = len(order) // batch_size if drop_last else -(-len(order) // batch_size)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, k: Any) -> Any:
+        if not isinstance(k, int) or not 0 <= k < self._len:
+            raise IndexError(k)
+        return list(self._order[k * self._size:(k + 1) * self._size])
 
 
 # -- flatten / unflatten --------------------------------------------------------------
