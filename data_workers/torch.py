@@ -368,7 +368,9 @@ class Loader:
         return self._source
 
 
-class _DatasetLoader(DatasetLoader, Loader):
+# DatasetLoader's methods win (it comes first): epochs instead of an endless
+# stream, so __iter__, batch_size and stats() differ from the fetch_fun form's.
+class _DatasetLoader(DatasetLoader, Loader):  # type: ignore[misc]
     """``Loader(dataset, ...)``: ``DatasetLoader``'s behaviour, a ``Loader`` to ``isinstance``."""
 
 

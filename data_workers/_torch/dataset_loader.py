@@ -29,6 +29,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import torch
 import torch.utils.data
+# Public as torch.utils.data.default_collate from torch 1.11 on; here in 1.10 too.
+from torch.utils.data._utils.collate import default_collate, default_convert
 
 from .._core.errors import FetcherError, RemoteTraceback
 from .._core.args import check_int, check_positive_int, check_positive_seconds
@@ -45,20 +47,6 @@ logger = logging.getLogger(__name__)
 DATASET_STATE_VERSION = 1
 #: ``timeout=0`` (DataLoader: wait forever) as the engine's positive timeout: ~31 years.
 _FOREVER = 1e9
-
-
-def _default_collate() -> Callable[[Any], Any]:
-    collate = getattr(torch.utils.data, "default_collate", None)  # public from torch 1.11
-    if collate is None:
-        from torch.utils.data._utils.collate import default_collate as collate
-    return collate
-
-
-def _default_convert() -> Callable[[Any], Any]:
-    convert = getattr(torch.utils.data, "default_convert", None)
-    if convert is None:
-        from torch.utils.data._utils.collate import default_convert as convert
-    return convert
 
 
 def draw_seed(generator: Optional[torch.Generator]) -> int:
@@ -114,7 +102,7 @@ class DatasetLoader:
             self._batch_size = check_positive_int("batch_size", batch_size)
         auto_batch = self.batch_sampler is not None or (self.iterable and batch_size is not None)
         self.collate_fn = collate_fn if collate_fn is not None else (
-            _default_collate() if auto_batch else _default_convert())
+            default_collate if auto_batch else default_convert)
         self.generator = generator
         self.seed = check_int("seed", seed) if seed is not None else draw_seed(generator)
         if isinstance(self.sampler, ShuffledIndices):
@@ -183,7 +171,7 @@ class DatasetLoader:
             sampler, check_positive_int("batch_size", batch_size), bool(drop_last))
 
     @property
-    def batch_size(self) -> Optional[int]:  # type: ignore[override]
+    def batch_size(self) -> Optional[int]:
         """Samples per batch; None with ``batch_sampler`` or ``batch_size=None``."""
         return self._batch_size
 
