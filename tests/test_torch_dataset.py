@@ -20,7 +20,7 @@ import torch.utils.data
 
 from data_workers import DataInputError, FetcherError
 from data_workers.torch import Loader
-from torch_datasets import (Counting, FailsAt, Indexed, InitSeen, Mixed, Shards, WhereAmI,
+from torch_datasets import (Counting, FailsAt, Gate, Indexed, InitSeen, Mixed, Shards, WhereAmI,
                             plain_batches, record_init)
 
 #: (num_workers, worker_type) configurations every order test runs over.
@@ -243,6 +243,19 @@ def test_prefetch_is_bounded_in_batches() -> None:
     # Taken: 1; in the channel at most prefetch_factor per worker, 4 handed to
     # the sink, one batch being built by each worker.
     assert dataset.calls <= 4 * (1 + 2 * 2 + 4 + 2)
+
+
+def test_timeout_names_the_batch_it_waited_for_and_the_loader_stays_usable() -> None:
+    dataset = Gate(blocked=5)
+    with Loader(dataset, 2, num_workers=1, timeout=0.2) as loader:
+        batches = iter(loader)
+        assert [next(batches).tolist() for _ in range(2)] == [[0, 1], [2, 3]]
+        with pytest.raises(TimeoutError, match="timed out after 0.2 seconds waiting for batch 2 "
+                                               "of epoch 0"):
+            next(batches)
+        dataset.opened.set()
+        # As after DataLoader's timeout, that iterator is done; the next is the next epoch.
+        assert [b.tolist() for b in loader] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
 
 
 def test_next_on_the_loader_itself_says_to_use_iter() -> None:

@@ -140,3 +140,19 @@ def plain_batches(batches: List[Any]) -> List[Any]:
     return [plain(b) for b in batches]
 
 
+
+
+class Gate(torch.utils.data.Dataset):
+    """Sample ``blocked`` waits for ``opened`` (thread workers: the test's own event)."""
+
+    def __init__(self, blocked: int) -> None:
+        self.blocked = blocked
+        self.opened = threading.Event()
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index: int) -> Any:
+        if index == self.blocked:
+            self.opened.wait()
+        return index

@@ -237,8 +237,7 @@ class DatasetLoader:
     def _from_run(self, epoch: int, k: int) -> Any:
         if self._run is None or self._run_next != (epoch, k):
             self._start_run((epoch, k))
-        assert self._run is not None  # invariant: started above
-        tag, kind, value = self._decode(next(self._run), k)
+        tag, kind, value = self._decode(self._take(epoch, k), k)
         if tag != (epoch, k):
             raise RuntimeError(
                 "loader %r: expected batch %d of epoch %d, got batch %d of epoch %d: the "
@@ -247,6 +246,22 @@ class DatasetLoader:
                 % (self.name, k, epoch, tag[1], tag[0], len(self)))
         self._run_next = (epoch, k + 1) if k + 1 < len(self) else (epoch + 1, 0)
         return value
+
+    def _take(self, epoch: int, k: int) -> Sequence[Any]:
+        """The run's next message, with a timeout worded for this loader.
+
+        Raises:
+            TimeoutError: none came within ``timeout`` seconds (the loader stays usable).
+        """
+        assert self._run is not None  # invariant: the caller started it
+        try:
+            return next(self._run)
+        except TimeoutError:
+            raise TimeoutError(
+                "loader %r timed out after %g seconds waiting for batch %d of epoch %d "
+                "(worker %d's turn): a slow or stuck __getitem__ or collate_fn? "
+                "stall_warning_secs=... logs where the workers are"
+                % (self.name, self.timeout, k, epoch, k % max(1, self.num_workers))) from None
 
     def _decode(self, arrays: Sequence[Any], turn: int) -> Tuple[Tuple[int, int], int, Any]:
         """A worker's message: its (epoch, batch) tag, its kind, and the batch.
@@ -286,8 +301,7 @@ class DatasetLoader:
         try:
             while len(done) < self.num_workers:
                 self._check_current(generation)
-                assert self._run is not None  # invariant: started above
-                _, kind, batch = self._decode(next(self._run), turn)
+                _, kind, batch = self._decode(self._take(self._epoch, self._taken), turn)
                 worker = turn % self.num_workers  # the channel's strict round robin
                 turn += 1
                 if kind == END_OF_DATA:
