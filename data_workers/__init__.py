@@ -31,17 +31,19 @@ Beside them, per input: a flusher thread (metrics to external loggers on
 time), a process watcher (process workers: errors and deaths, read off the
 processes themselves) and, if asked for, a stall watchdog.
 
-Modules, by role: the contract between an input and its fetchers is
-``_core/backend.py`` (backends: ``_workers/threads.py``, ``_workers/processes.py`` with
-``_workers/child.py`` and ``_workers/shm_ring.py``); between the enqueuer and where
-batches go, ``_core/sink.py`` (Caffe2: ``_caffe2/feed.py``; a PyTorch loop:
-``_torch/sink.py``, behind ``data_workers.torch.Loader``, which imports no Caffe2).  The input itself is
-``_core/pipeline.py``; lifecycle and registry ``_core/coordinator.py``.
+Layers, one folder each (``tests/test_layers.py`` guards the arrows; drawn
+in ``docs/development.md``): ``_core/`` the engine, importing neither Caffe2
+nor torch, with the one builder both front ends call (``_core/build.py``) and
+the two contracts, ``_core/backend.py`` (fetchers) and ``_core/sink.py``
+(where batches go); ``_workers/`` the thread and process backends;
+``_caffe2/`` the Caffe2 sink and this module's upstream API; ``_torch/`` the
+sink behind ``data_workers.torch.Loader``, which imports no Caffe2.
 
 Shutdown and failures follow one protocol, written once as
 NOTE [ Shutdown and error protocol ] in ``data_workers/_core/coordinator.py``.
-The names that upstream scripts reach into (``_coordinators``, ``_state``,
-``_fetcher_id_seq``, ...) live in one compatibility layer, ``_compat.py``.
+The names that upstream scripts subclass or reach into (``WorkerCoordinator``,
+``_coordinators``, ``_state``, ``_fetcher_id_seq``, ...) live in one
+compatibility layer over the core, ``_compat.py``.
 """
 
 from __future__ import annotations
@@ -59,15 +61,15 @@ _EXPORTS: Dict[str, str] = {
     "global_coordinator": "._caffe2.api",
     "get_worker_ids": "._caffe2.api",
     "GlobalCoordinator": "._caffe2.api",
-    "BatchFeeder": "._core.pipeline",
+    "BatchFeeder": "._compat",
     "DataWorker": "._workers.threads",
     "enqueuer": "._core.pipeline",
     "LOG_INT_SECS": "._core.pipeline",
     # upstream names data_workers imported from parallel_workers
     "Metrics": "._core.metrics",
     "State": "._core.worker",
-    "WorkerCoordinator": "._core.coordinator",
-    "GlobalWorkerCoordinator": "._core.coordinator",
+    "WorkerCoordinator": "._compat",
+    "GlobalWorkerCoordinator": "._compat",
     "Worker": "._core.worker",
     "run_worker": "._core.worker",
     "parallel_workers": ".parallel_workers",
@@ -113,10 +115,10 @@ def __dir__() -> List[str]:
 if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from . import parallel_workers
     from ._caffe2.api import GlobalCoordinator, get_worker_ids, global_coordinator, init_data_input_workers
-    from ._core.coordinator import GlobalWorkerCoordinator, WorkerCoordinator
+    from ._compat import BatchFeeder, GlobalWorkerCoordinator, WorkerCoordinator
     from ._core.errors import (ChunkTypeError, ChunkValueError, DataInputError, FetcherError,
                           InputClosedError, PipelineError, RemoteTraceback, WorkerDiedError)
-    from ._core.pipeline import LOG_INT_SECS, BatchFeeder, InputCoordinator, enqueuer
+    from ._core.pipeline import LOG_INT_SECS, InputCoordinator, enqueuer
     from ._core.lifecycle import Lifecycle
     from ._core.metrics import ExternalLogger, InputStats, Metrics
     from ._workers.threads import DataWorker

@@ -20,7 +20,8 @@ import threading
 from typing import Any, Callable, Iterable, Optional
 
 from ._core.args import check_positive_int
-from ._core.coordinator import GlobalWorkerCoordinator, InitFun, WorkerCoordinator
+from ._compat import GlobalWorkerCoordinator, WorkerCoordinator
+from ._core.coordinator import InitFun
 from ._core.metrics import ExternalLogger, Metrics
 from ._core.worker import State, Worker, run_worker
 

@@ -322,7 +322,7 @@ class RayDataSource:
             ValueError: If ``worker_type`` is not "thread", ``batch_size`` is passed,
                 or the number of blob names differs from the number of columns.
         """
-        from data_workers import init_data_input_workers
+        from ._caffe2.api import init_data_input_workers
 
         if kwargs.get("worker_type", "thread") != "thread":
             raise ValueError(

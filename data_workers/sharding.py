@@ -427,7 +427,7 @@ class ShardedSource:
         Raises:
             ValueError: If ``batch_size`` or ``deterministic=False`` is passed.
         """
-        from data_workers import init_data_input_workers
+        from ._caffe2.api import init_data_input_workers
 
         if "batch_size" in kwargs:
             raise ValueError("attach() takes the batch size from the source")

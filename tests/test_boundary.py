@@ -464,7 +464,6 @@ def test_queue_and_scratch_names_come_from_one_function(ws):
     names = _enqueue.caffe2_names(["data", "label"], "gpu_0/", "val")
     assert names.queue == "gpu_0/data_label_c2queue_val"
     assert set(names.all_blobs()) <= set(workspace.Blobs())  # the blobs the input created
-    assert _enqueue.queue_name(["data", "label"], "gpu_0/", "val") == names.queue
     coord.stop()
 
 

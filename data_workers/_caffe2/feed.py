@@ -42,7 +42,7 @@ from caffe2.proto import caffe2_pb2
 from caffe2.python import core, workspace
 
 from .._core.sink import BatchLayout
-from .dtypes import TENSOR_DTYPES
+from .dtypes import CAFFE2_DTYPE_RULE, TENSOR_DTYPES
 
 __all__ = ["Caffe2Feed", "Caffe2Names", "caffe2_names", "caffe2_dtype",
            "MAX_DEQUEUE_TIMEOUT_SECS"]
@@ -176,9 +176,14 @@ class Caffe2Feed:
             ``MAX_DEQUEUE_TIMEOUT_SECS`` otherwise (checked by the caller).
     """
 
+    dtype_rule = CAFFE2_DTYPE_RULE
+    full_hint = "the Caffe2 queue is full; is the training loop still calling RunNet?"
+
     def __init__(self, blob_names: Sequence[str], namescope: str, input_source: str,
                  device_option: caffe2_pb2.DeviceOption, timeout: float) -> None:
         self.namescope = namescope
+        #: ``BatchSink.scope``: this input's blobs, queue and net live in it.
+        self.scope = namescope
         self.device_option = device_option
         self.timeout = float(timeout)
         self.outputs = [namescope + b for b in blob_names]
@@ -416,8 +421,3 @@ class Caffe2Feed:
             blobs = [self.status_blob]
         for name in blobs:
             self._ws._remove_blob(name)
-
-
-def queue_name(blob_names: Sequence[str], namescope: str, input_source: str) -> str:
-    """The Caffe2 queue blob of an input: two live inputs must not share one."""
-    return caffe2_names(blob_names, namescope, input_source).queue

@@ -29,10 +29,14 @@ from typing import Any, Callable, List, Optional, Protocol, Sequence
 from .chunk import Chunk
 from .errors import DataInputError
 from .metrics import Metrics
+from .validate import DtypeRule
 
-__all__ = ["FetcherHost", "FetcherBackend", "BackendSpec", "ChunkSource", "FetchFun"]
+__all__ = ["FetcherHost", "FetcherBackend", "BackendSpec", "ChunkSource", "FetchFun",
+           "WORKER_TYPES"]
 
 FetchFun = Callable[[int, int], Any]
+#: The backends ``_workers`` provides, by their ``worker_type`` name.
+WORKER_TYPES = ("thread", "process")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +52,8 @@ class BackendSpec:
     seed: Optional[int]
     #: Shared memory per process worker; None: the backend's default.
     shm_bytes_per_worker: Optional[int]
+    #: The sink's dtypes, which process workers check before sending a chunk.
+    dtype_rule: DtypeRule
     #: One chunk from each worker in turn (the channel's order).
     deterministic: bool = False
 

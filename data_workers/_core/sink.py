@@ -18,6 +18,8 @@ from typing import Callable, List, Protocol, Sequence, Tuple, runtime_checkable
 
 import numpy as np
 
+from .validate import DtypeRule
+
 __all__ = ["BatchSink", "LendingSink", "BatchLayout"]
 
 #: Shape and dtype of each blob of one batch.
@@ -25,7 +27,20 @@ BatchLayout = Sequence[Tuple[Tuple[int, ...], np.dtype]]
 
 
 class BatchSink(Protocol):
-    """Receives whole batches from the enqueuer thread."""
+    """Receives whole batches from the enqueuer thread.
+
+    A sink owns the rules of its consumer: which dtypes it takes, the scope its
+    objects are named in, and what it means when it stays full.
+    """
+
+    #: The arrays this sink takes; the validator applies it to the first chunk.
+    dtype_rule: DtypeRule
+    #: The prefix that names this input among its consumer's objects (a Caffe2
+    #: name scope), or "".  Shown in thread names, logs and ``InputStats``.
+    scope: str
+    #: Why a full sink blocks the enqueuer, and what to check: the stall
+    #: warning's words for the consumer's side ("... still calling RunNet?").
+    full_hint: str
 
     def destinations(self, layout: BatchLayout) -> List[np.ndarray]:
         """Arrays the next batch is written into, one per blob."""

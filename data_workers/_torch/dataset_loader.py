@@ -35,7 +35,8 @@ from torch.utils.data._utils.collate import default_collate, default_convert
 from .._core.errors import FetcherError, RemoteTraceback
 from .._core.args import check_int, check_positive_int, check_positive_seconds
 from .._core.metrics import InputStats
-from .._workers.factory import WORKER_TYPES, check_picklable
+from .._core.backend import WORKER_TYPES
+from .._workers.pickling import check_picklable
 from .dataset import (BATCH, END_OF_DATA, ERROR, DatasetFetch, EpochPlanner, ShuffledIndices, Template,
                       install_thread_worker_info, is_iterable_dataset, leaf_names,
                       make_template, unflatten)
@@ -337,8 +338,6 @@ class DatasetLoader:
         return self.collate_fn([self.dataset[first[0]]])
 
     def _start_run(self, start: Tuple[int, int]) -> None:
-        from ..torch import Loader  # the public class builds the engine
-
         self._close_run()
         in_process = self.worker_type == "process"
         fetch = self._fetch(start, self.num_workers, self.worker_type)
@@ -347,13 +346,17 @@ class DatasetLoader:
         names = ["batch_position"] + leaf_names(template) + ["objects"]
         if not in_process:
             install_thread_worker_info()
-        self._run = Loader(
+        self._run = self._make_run(
             fetch, 1, self.num_workers, worker_type=self.worker_type, deterministic=True,
             seed=self.seed, dont_rebatch=True,
             max_buffered_batches=self.prefetch_factor * self.num_workers,
             timeout=self.timeout or _FOREVER, pin_memory=self.pin_memory, names=names,
             name=self.name, **self._engine_options)
         self._run_next = start
+
+    def _make_run(self, fetch: DatasetFetch, *args: Any, **kwargs: Any) -> Any:
+        """A ``fetch_fun`` Loader over ``fetch`` (the public class builds the engine)."""
+        raise NotImplementedError("data_workers.torch.Loader provides the engine")
 
     def _close_run(self) -> None:
         run, self._run, self._run_next = self._run, None, None

@@ -57,7 +57,7 @@ import cloudpickle
 import numpy as np
 
 from .._core.errors import ChunkValueError
-from .._core.validate import ChunkValidator
+from .._core.validate import ChunkValidator, DtypeRule
 from .shm_ring import ShmArena
 
 __all__ = ["ChildImports", "ChildSpec", "child_main", "IN_WORKER_ENV"]
@@ -102,6 +102,8 @@ class ChildSpec:
     capacity: int
     #: The user chose ``capacity``; else the child sizes its ring from its first chunk.
     fixed_capacity: bool
+    #: The sink's dtypes (plain data: no Caffe2 or torch import here).
+    dtype_rule: DtypeRule
     #: Assemble whole batches here (one message per batch) instead of sending
     #: each chunk: the default order; deterministic mode keeps chunk turns.
     assemble_batches: bool = False
@@ -269,7 +271,7 @@ def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Conn
     random.seed(spec.seed)
     np.random.seed(spec.seed % (2 ** 32))
     validator = ChunkValidator(spec.blob_names, spec.batch_columns, spec.dont_rebatch,
-                               spec.input_source)
+                               spec.input_source, spec.dtype_rule)
     parent = os.getppid()
 
     def keep_going() -> bool:

@@ -1,78 +1,28 @@
-"""Choosing an input's fetcher backend from ``worker_type``.
+"""Choosing an input's fetcher backend from ``worker_type`` (``_core/build.py`` calls it).
 
-Shared by the Caffe2 input (``_caffe2/api.py``) and the PyTorch loader (``torch.py``);
 Caffe2-free.  The process backend, and cloudpickle, are imported only when asked for.
 """
 
 from __future__ import annotations
 
-import io
-from typing import Any, Callable, Protocol
+from typing import Callable
 
-from .._core.backend import BackendSpec, FetcherBackend, FetcherHost
+from .._core.backend import WORKER_TYPES, BackendSpec, FetcherBackend, FetcherHost
+from .pickling import check_picklable
 from .threads import ThreadFetchers
 
-__all__ = ["WORKER_TYPES", "check_picklable", "pickle_fetch_fun", "backend_factory"]
-
-WORKER_TYPES = ("thread", "process")
-
-
-class _Writer(Protocol):
-    """What pickling writes to: a binary file."""
-
-    def write(self, data: bytes) -> int: ...
-
-
-class _Discard:
-    """A file that keeps nothing it is given: checking a large fetch_fun costs no memory."""
-
-    def write(self, data: bytes) -> int:
-        return memoryview(data).nbytes
-
-
-def _dump(fetch_fun: Any, file: _Writer) -> None:
-    """Pickle ``fetch_fun`` into ``file`` as process workers receive it, or raise TypeError.
-
-    cloudpickle sends by value what no worker could import by name -- functions
-    and classes of ``__main__``, lambdas, closures, with the globals they use --
-    and by reference (``module.name``) what an importable module defines.
-    """
-    import cloudpickle  # only process workers need it
-
-    try:
-        cloudpickle.dump(fetch_fun, file)
-    except Exception as exc:
-        raise TypeError(
-            "worker_type='process' sends fetch_fun to each worker process, pickled with "
-            "cloudpickle together with the globals it uses, so all of it must be picklable; "
-            "%r is not: %s: %s.  Keep locks, open files, sockets, threads and the like out of "
-            "fetch_fun and its globals (create them in the worker, at the first call), or use "
-            "worker_type='thread'" % (fetch_fun, type(exc).__name__, exc)) from exc
-
-
-def check_picklable(fetch_fun: Any) -> None:
-    """Raise TypeError unless ``fetch_fun`` can be sent to a worker process.
-
-    Raises:
-        TypeError: naming ``fetch_fun`` and what in it does not pickle.
-    """
-    _dump(fetch_fun, _Discard())
-
-
-def pickle_fetch_fun(fetch_fun: Any) -> bytes:
-    """``fetch_fun`` as process workers receive it (``pickle.loads`` reads it back).
-
-    Raises:
-        TypeError: as ``check_picklable``.
-    """
-    buffer = io.BytesIO()
-    _dump(fetch_fun, buffer)
-    return buffer.getvalue()
+__all__ = ["WORKER_TYPES", "backend_factory"]
 
 
 def backend_factory(worker_type: str, spec: BackendSpec) -> Callable[[FetcherHost], FetcherBackend]:
-    """What builds the backend of an input, given the input as its host."""
+    """What builds the backend of an input, given the input as its host.
+
+    Raises:
+        TypeError: process workers, and ``spec.fetch_fun`` does not pickle (the
+            message names what in it does not).
+    """
     if worker_type == "process":
+        check_picklable(spec.fetch_fun)
         from .processes import ProcessFetchers  # not imported by thread-only scripts
 
         return lambda host: ProcessFetchers(host, spec)

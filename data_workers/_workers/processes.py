@@ -63,7 +63,7 @@ from .._core.chunk import Chunk
 from .._core.errors import DataInputError, FetcherError, PipelineError, RemoteTraceback, WorkerDiedError
 from .._core.thread_util import join_threads
 from .child import IN_WORKER_ENV, ChildImports, ChildSpec
-from .factory import pickle_fetch_fun
+from .pickling import pickle_fetch_fun
 from .shm_ring import ShmArena
 
 __all__ = ["ProcessFetchers", "DEFAULT_SHM_BYTES_PER_WORKER"]
@@ -298,24 +298,24 @@ class _ProcessWorker:
             return None
         if kind != "chunk":
             raise PipelineError("unknown data message from worker %d: %r" % (self.worker_id, kind))
-        _, span, layouts, objects, fetch_secs, chunks = message
+        _, nbytes, layouts, objects, fetch_secs, chunks = message
         host.metrics.put_metric("fetcher_time", fetch_secs)
         views = self.arena.views(layouts)
         arrays = [objects[i] if i in objects else views.pop(0)
                   for i in range(len(layouts) + len(objects))]
         arena = self.arena
-        token = arena.track(span)
+        claim = arena.track(nbytes)
         try:  # the child checked the batch fits its ring (check_batch_fits)
             chunk = host.accept(self.worker_id, arrays, chunks)
         except BaseException:
-            arena.release(token)
+            arena.release(claim)
             raise
         if chunk is None:
-            arena.release(token)
+            arena.release(claim)
             return None
-        chunk.release = lambda: arena.release(token)
+        chunk.release = lambda: arena.release(claim)
         # Caffe2 may take it uncopied if it is a whole batch (see _workers/shm_ring.py).
-        chunk.lend = lambda: arena.lend(token, span)
+        chunk.lend = lambda: arena.may_lend(claim)
         return chunk
 
     # -- control messages (process watcher thread) -------------------------------
@@ -574,7 +574,7 @@ class ProcessFetchers(FetcherBackend):
                     blob_names=tuple(spec.blob_names), batch_columns=tuple(spec.batch_columns),
                     dont_rebatch=spec.dont_rebatch, input_source=spec.input_source,
                     capacity=capacity, fixed_capacity=spec.shm_bytes_per_worker is not None,
-                    assemble_batches=assemble)))
+                    dtype_rule=spec.dtype_rule, assemble_batches=assemble)))
         except BaseException:
             self.close()  # arenas made so far
             raise
