@@ -11,7 +11,7 @@ Two workloads, 2 workers each, batch 32::
                            work and one hand-off per batch on both sides).  Ours:
                            process workers (threads would share one GIL).
 
-Three more, the dataset form (``Loader(dataset, ...)`` against
+Four more, chosen with ``--only``: the dataset form (``Loader(dataset, ...)`` against
 ``DataLoader(dataset, ...)``, the same map-style dataset object and options,
 2 process workers each, sequential sampler, default collate)::
 
@@ -20,6 +20,8 @@ Three more, the dataset form (``Loader(dataset, ...)`` against
                            2 cores x one uncontended __getitem__'s rate
     ds_image               read a JPEG, decode it with Pillow, random resized crop to 224,
                            flip, normalise to float32 CHW; batch 64; compute limit as above
+    ds_image_threads       the same, ours with thread workers (Pillow and numpy release
+                           the GIL for most of the work)
 
 Each repeat builds a fresh loader per side (alternating which goes first, so drift
 of a shared machine hits both), consumes ``warmup`` seconds of batches, then
@@ -182,7 +184,7 @@ def dataset_for(workload: str, spin_iterations: int, jpegs: Sequence[str]) -> An
         return OneSampleDataset()
     if workload == "ds_gil_bound":
         return SpinDataset(spin_iterations)
-    return JpegDataset(jpegs)
+    return JpegDataset(jpegs)  # ds_image, ds_image_threads
 
 
 def compute_limit(dataset: Any, batch: int, seconds: float = 1.0) -> float:
@@ -256,11 +258,12 @@ class _DataLoaderSide:
 
 def _dataset_side(side: str, workload: str, spin_iterations: int, jpegs: Sequence[str]) -> Any:
     dataset = dataset_for(workload, spin_iterations, jpegs)
-    batch = IMAGE_BATCH if workload == "ds_image" else BATCH
+    batch = IMAGE_BATCH if workload.startswith("ds_image") else BATCH
     if side == "ours":
         from data_workers.torch import Loader
 
-        return _Endless(Loader(dataset, batch, num_workers=WORKERS, worker_type="process"))
+        worker_type = "thread" if workload.endswith("_threads") else "process"
+        return _Endless(Loader(dataset, batch, num_workers=WORKERS, worker_type=worker_type))
     from torch.utils.data import DataLoader
 
     return _Endless(DataLoader(dataset, batch, num_workers=WORKERS))
@@ -278,7 +281,7 @@ def measure_side(side: str, workload: str, spin_iterations: int, warmup_s: float
     try:
         batch = next(source)
         first = time.perf_counter() - t0
-        if len(batch[0]) != (IMAGE_BATCH if workload == "ds_image" else BATCH):
+        if len(batch[0]) != (IMAGE_BATCH if workload.startswith("ds_image") else BATCH):
             raise RuntimeError("%s %s: batch of %d rows" % (side, workload, len(batch[0])))
         end = time.perf_counter() + warmup_s
         while time.perf_counter() < end:
@@ -300,12 +303,16 @@ def measure_side(side: str, workload: str, spin_iterations: int, warmup_s: float
 # ----------------------------------------------------------------------------- run
 
 
-WORKLOADS = ("one_sample", "gil_bound", "ds_one_sample", "ds_gil_bound", "ds_image")
+WORKLOADS = ("one_sample", "gil_bound", "ds_one_sample", "ds_gil_bound", "ds_image",
+             "ds_image_threads")
+#: What ``benchmarks.run --only torch`` measures and docs/torch.md's generated table shows;
+#: the dataset workloads are chosen with ``--only`` (each start spawns workers that import torch).
+DEFAULT_WORKLOADS = ("one_sample", "gil_bound")
 
 
 def run(quick: bool, repeats: Optional[int] = None, window_s: Optional[float] = None,
         log: Callable[[str], None] = print, warmup_s: Optional[float] = None,
-        only: Sequence[str] = WORKLOADS) -> Dict[str, Any]:
+        only: Sequence[str] = DEFAULT_WORKLOADS) -> Dict[str, Any]:
     import tempfile
 
     import torch
@@ -319,7 +326,7 @@ def run(quick: bool, repeats: Optional[int] = None, window_s: Optional[float] = 
     # ~1 ms per sample for ds_gil_bound: a tenth of the per-chunk spin.
     sample_spin = max(1, spin_iterations // 10)
     jpeg_dir = tempfile.TemporaryDirectory(prefix="torch_loader_bench")
-    jpegs = make_jpegs(jpeg_dir.name) if "ds_image" in only else []
+    jpegs = make_jpegs(jpeg_dir.name) if any(w.startswith("ds_image") for w in only) else []
     spin_s = calibration["spin_s"]
     results: Dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -341,9 +348,9 @@ def run(quick: bool, repeats: Optional[int] = None, window_s: Optional[float] = 
             for side in order:
                 runs[side].append(measure_side(side, workload, spins, warmup_s,
                                                window_s, jpegs))
-            if workload in ("ds_gil_bound", "ds_image"):
+            if workload in ("ds_gil_bound", "ds_image", "ds_image_threads"):
                 limits.append(compute_limit(dataset_for(workload, spins, jpegs),
-                                            IMAGE_BATCH if workload == "ds_image" else BATCH))
+                                            IMAGE_BATCH if workload != "ds_gil_bound" else BATCH))
             log("  %s repeat %d: ours %.0f, DataLoader %.0f batches/s" % (
                 workload, r + 1, runs["ours"][-1]["batches_per_s"],
                 runs["dataloader"][-1]["batches_per_s"]))
@@ -407,7 +414,8 @@ def report(results: Dict[str, Any]) -> str:
 
 TITLES = {"one_sample": "one sample per call", "gil_bound": "GIL-bound",
           "ds_one_sample": "dataset: one sample per __getitem__",
-          "ds_gil_bound": "dataset: ~1 ms pure-Python samples", "ds_image": "dataset: JPEG pipeline"}
+          "ds_gil_bound": "dataset: ~1 ms pure-Python samples", "ds_image": "dataset: JPEG pipeline",
+          "ds_image_threads": "dataset: JPEG pipeline, our thread workers"}
 
 
 def markdown(results: Dict[str, Any]) -> str:
@@ -447,7 +455,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--warmup", type=float, default=None,
                         help="seconds of warm-up per loader (default: half the window, <= 1)")
     parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--only", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument("--only", nargs="+", choices=WORKLOADS, default=list(DEFAULT_WORKLOADS),
+                        help="workloads to run (default: %s, those benchmarks.run renders)"
+                        % " ".join(DEFAULT_WORKLOADS))
     args = parser.parse_args(argv)
     results = run(args.quick, args.repeats, args.window, warmup_s=args.warmup, only=args.only)
     print(report(results))
