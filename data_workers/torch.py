@@ -79,8 +79,9 @@ class Loader:
 
         Loader(dataset, batch_size=1, shuffle=False, sampler=None, batch_sampler=None,
                num_workers=0, collate_fn=None, pin_memory=False, drop_last=False,
-               timeout=0, worker_init_fn=None, generator=None, *, prefetch_factor=2,
-               persistent_workers=False, in_order=True, worker_type="thread",
+               timeout=0, worker_init_fn=None, multiprocessing_context=None,
+               generator=None, *, prefetch_factor=2, persistent_workers=False,
+               pin_memory_device="", in_order=True, worker_type="thread",
                seed=None, name="loader", stall_warning_secs=None,
                shm_bytes_per_worker=None, external_loggers=None, log_interval_secs=None)
 

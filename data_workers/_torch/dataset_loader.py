@@ -63,9 +63,10 @@ class DatasetLoader:
                  num_workers: int = 0, collate_fn: Optional[Callable[[Any], Any]] = None,
                  pin_memory: bool = False, drop_last: bool = False, timeout: float = 0,
                  worker_init_fn: Optional[Callable[[int], None]] = None,
+                 multiprocessing_context: Any = None,
                  generator: Optional[torch.Generator] = None, *,
                  prefetch_factor: Optional[int] = None, persistent_workers: bool = False,
-                 in_order: bool = True, worker_type: str = "thread", seed: Optional[int] = None,
+                 pin_memory_device: str = "", in_order: bool = True, worker_type: str = "thread", seed: Optional[int] = None,
                  name: str = "loader", stall_warning_secs: Optional[float] = None,
                  shm_bytes_per_worker: Optional[int] = None,
                  external_loggers: Optional[Sequence[Any]] = None,
@@ -84,6 +85,13 @@ class DatasetLoader:
         if timeout is None or isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
                 or timeout < 0:
             raise ValueError("timeout option should be non-negative, got %r" % (timeout,))
+        if multiprocessing_context is not None:
+            raise ValueError("multiprocessing_context is DataLoader's; our worker processes are "
+                             "fresh interpreters of their own (worker_type='process'), got %r"
+                             % (multiprocessing_context,))
+        if pin_memory_device not in ("", "cuda"):
+            raise ValueError("pin_memory_device: batches are pinned for CUDA alone, got %r"
+                             % (pin_memory_device,))
         if not isinstance(pin_memory, bool):
             raise TypeError("pin_memory must be a bool, got %r" % (pin_memory,))
         if pin_memory and not torch.cuda.is_available():
