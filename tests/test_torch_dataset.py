@@ -107,6 +107,8 @@ def test_workers_see_get_worker_info_and_no_worker_loads_in_the_calling_thread()
         assert [b["worker"].tolist() for b in batches] == [[i % 2] * 3 for i in range(4)]
         assert all(b["workers"].tolist() == [2] * 3 for b in batches)
         assert [b["seed"][0].item() for b in batches[:2]] == [100, 101]
+        if worker_type == "process":  # as DataLoader's workers: one intra-op thread
+            assert all(b["torch_threads"].tolist() == [1] * 3 for b in batches)
         if worker_type == "thread":
             assert threading.get_ident() not in {t for b in batches for t in b["thread"].tolist()}
         assert torch.utils.data.get_worker_info() is None

@@ -50,7 +50,8 @@ class WhereAmI(torch.utils.data.Dataset):
         return {"index": index, "thread": threading.get_ident(),
                 "worker": -1 if info is None else info.id,
                 "workers": 0 if info is None else info.num_workers,
-                "seed": -1 if info is None else info.seed % (1 << 62)}
+                "seed": -1 if info is None else info.seed % (1 << 62),
+                "torch_threads": torch.get_num_threads()}
 
 
 class FailsAt(torch.utils.data.Dataset):

@@ -379,6 +379,9 @@ class DatasetFetch:
             id=worker_id, num_workers=self.num_workers, seed=self.seed + worker_id,
             dataset=self.dataset)
         if self.where == "process":
+            # As in DataLoader's workers: one intra-op thread, so a collate's
+            # torch.stack does not spin up a pool on cores the other workers use.
+            torch.set_num_threads(1)
             torch.manual_seed(self.seed + worker_id)
             _data_utils.worker._worker_info = info
         else:
