@@ -44,6 +44,7 @@ import torch
 
 from ._core.args import check_positive_seconds
 from ._core.backend import FetchFun
+from ._core.budget import FractionOrCount
 from ._core.build import ArgNames, build_input, check_blob_names, check_input_args
 from ._core.coordinator import GroupRegistry
 from ._core.errors import InputClosedError
@@ -135,7 +136,9 @@ class Loader:
             gives the count; one of the two is required.
         name: names this input in errors, logs and threads.
         stall_warning_secs, shm_bytes_per_worker, external_loggers,
-            log_interval_secs: as for ``init_data_input_workers``.
+            log_interval_secs, max_fetch_failures: as for ``init_data_input_workers``
+            (``max_fetch_failures``: fetcher exceptions to skip, a count or a
+            fraction of fetch calls).
 
     Raises:
         TypeError, ValueError: an argument is invalid (the message names it).
@@ -169,6 +172,7 @@ class Loader:
         shm_bytes_per_worker: Optional[int] = None,
         external_loggers: Optional[Iterable[ExternalLogger]] = None,
         log_interval_secs: float = LOG_INT_SECS,
+        max_fetch_failures: FractionOrCount = 0,
     ) -> None:
         blob_names = _check_loader_args(names, name, batch_columns, pin_memory)
         config = check_input_args(
@@ -178,7 +182,8 @@ class Loader:
             dont_rebatch=dont_rebatch, deterministic=deterministic, seed=seed,
             timeout=check_positive_seconds("timeout", timeout),
             log_interval_secs=log_interval_secs, stall_warning_secs=stall_warning_secs,
-            shm_bytes_per_worker=shm_bytes_per_worker, names=_ARG_NAMES)
+            shm_bytes_per_worker=shm_bytes_per_worker, max_fetch_failures=max_fetch_failures,
+            names=_ARG_NAMES)
         self._fetch_fun_type = type(fetch_fun).__name__
         self._source = fetch_fun if isinstance(fetch_fun, ShardedSource) else None
         if self._source is not None and self._source.batch_size != config.batch_size:
@@ -221,8 +226,19 @@ class Loader:
             self._start()
         deadline = time.monotonic() + self._config.timeout
         while True:
-            self._raise_if_halted()
+            halted = self._input.lifecycle.halted
+            if halted and self._input.failure is None:
+                raise InputClosedError("loader %r was closed" % self._config.input_source)
             left = deadline - time.monotonic()
+            # Batches handed over before a failure come first (NOTE [ Shutdown and
+            # error protocol ], rule 10); a failure or close() closes the sink,
+            # which wakes this wait at once.
+            batch = self._sink.take(0.0 if halted else max(0.0, min(left, _POLL_SECS)))
+            if batch is not None:
+                self._batches_taken += 1
+                return batch
+            if halted:
+                self._raise_failure()
             if left <= 0:
                 stats = self.stats()
                 raise TimeoutError(
@@ -231,21 +247,14 @@ class Loader:
                     "stuck stage" % (self._config.input_source, self._config.timeout,
                                      stats.chunks_fetched, stats.rows_buffered,
                                      self._config.batch_size))
-            # A failure or close() closes the sink, which wakes this wait at once.
-            batch = self._sink.take(min(left, _POLL_SECS))
-            if batch is not None:
-                self._batches_taken += 1
-                return batch
 
-    def _raise_if_halted(self) -> None:
+    def _raise_failure(self) -> None:
+        """Raise the failure that halted the input (the first time itself, then
+        ``InputClosedError`` from it)."""
         failure = self._input.failure
-        if failure is not None:
-            self._input.check()  # first time: raised here, so close() will not raise it again
-            err = InputClosedError("loader %r failed earlier: %s"
-                                   % (self._config.input_source, failure))
-            raise err from failure
-        if self._input.lifecycle.halted:
-            raise InputClosedError("loader %r was closed" % self._config.input_source)
+        self._input.check()  # first time: raised here, so close() will not raise it again
+        err = InputClosedError("loader %r failed earlier: %s" % (self._config.input_source, failure))
+        raise err from failure
 
     def _start(self) -> None:
         with self._lock:

@@ -16,6 +16,7 @@ from caffe2.proto import caffe2_pb2
 from caffe2.python import core, scope
 
 from .._core.args import check_positive_int, check_positive_seconds
+from .._core.budget import FractionOrCount
 from .._core.build import build_input, check_blob_names, check_input_args
 from .._compat import BatchFeeder, GlobalWorkerCoordinator, UpstreamInput
 from .._core.coordinator import STOP_TIMEOUT_SECS, InitFun
@@ -208,6 +209,7 @@ def init_data_input_workers(
     log_interval_secs: float = LOG_INT_SECS,
     stall_warning_secs: Optional[float] = None,
     shm_bytes_per_worker: Optional[int] = None,
+    max_fetch_failures: FractionOrCount = 0,
 ) -> GlobalCoordinator:
     """Feed ``input_blob_names`` of ``net`` from ``fetch_fun``, in the current scopes.
 
@@ -232,6 +234,12 @@ def init_data_input_workers(
         stall_warning_secs: if set, log one warning naming the stuck stage (and,
             for thread workers, the fetchers' stacks) when no batch has moved
             for this many seconds; see ``data_workers/_core/watchdog.py``.
+        max_fetch_failures: exceptions of ``fetch_fun`` to skip (bad records)
+            instead of failing the input: ``0`` (default) none, an int N up
+            to N, a float in (0, 1) that fraction of fetch calls (the first 100
+            calls count as 100).  Each is logged and counted
+            (``stats().fetch_failures``); the next one fails the input, saying
+            how many were skipped.  See ``data_workers/_core/budget.py``.
 
     Returns:
         The global coordinator (the same object for every call).
@@ -247,7 +255,7 @@ def init_data_input_workers(
         max_buffered_batches=max_buffered_batches, batch_columns=batch_columns,
         dont_rebatch=dont_rebatch, deterministic=deterministic, seed=seed, timeout=timeout,
         log_interval_secs=log_interval_secs, stall_warning_secs=stall_warning_secs,
-        shm_bytes_per_worker=shm_bytes_per_worker)
+        shm_bytes_per_worker=shm_bytes_per_worker, max_fetch_failures=max_fetch_failures)
     namescope = scope.CurrentNameScope()
     _check_no_live_twin(blob_names, namescope, input_source_name)
     device_option = scope.CurrentDeviceScope()

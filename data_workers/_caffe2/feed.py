@@ -378,11 +378,11 @@ class Caffe2Feed:
                 break
         # The BlobsQueue's own slot blobs still hold the tensors of earlier
         # batches (enqueue and dequeue swap them): up to C2_QUEUE_CAPACITY
-        # batches per stopped input.  The closed, empty queue never touches
-        # them again, so free their memory; the blobs stay (the queue points at them).
-        for name in self._slot_blobs():
-            if self._ws.has_blob(name):
-                self._drop(self._ws.create_blob(name))
+        # batches per stopped input.  A closed, empty queue never touches its
+        # slots again (a write or read on it returns before it would), so they
+        # go, with their memory.  The queue blob itself stays, closed and empty:
+        # the user's net holds a pointer to it.
+        self._remove_slot_blobs()
         if self._lending:
             # The net's output blobs may still hold the last batch lent from a
             # worker's shared memory: give them a private copy of it, so the
@@ -400,14 +400,16 @@ class Caffe2Feed:
         return ["%s_%d_%d" % (self.queue_name, i, j)
                 for i in range(C2_QUEUE_CAPACITY) for j in range(len(self.outputs))]
 
-    def discard(self) -> None:
-        """Undo ``__init__`` (the input was never handed to the user): remove the
-        queue too, and then its slot blobs (nothing points at them any more)."""
-        self.cleanup()
-        self._ws._remove_blob(self.queue_name)
+    def _remove_slot_blobs(self) -> None:
         for name in self._slot_blobs():
             if self._ws.has_blob(name):
                 self._ws._remove_blob(name)
+
+    def discard(self) -> None:
+        """Undo ``__init__`` (the input was never handed to the user): remove the
+        queue too (no net points at it)."""
+        self.cleanup()
+        self._ws._remove_blob(self.queue_name)
 
     def _remove_objects(self, blobs: Sequence[str]) -> None:
         self._cleaned = True

@@ -19,9 +19,10 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import Any, Iterable, List, Literal, Optional, Sequence, overload
+from typing import Any, Iterable, List, Literal, Optional, Sequence, Union, overload
 
-__all__ = ["check_int", "check_positive_int", "check_positive_seconds", "check_batch_columns"]
+__all__ = ["check_int", "check_positive_int", "check_positive_seconds", "check_batch_columns",
+           "check_max_fetch_failures"]
 
 
 def check_int(name: str, value: Any, *, minimum: Optional[int] = None) -> int:
@@ -123,3 +124,26 @@ def check_batch_columns(batch_columns: Any, blob_names: Sequence[str]) -> List[i
         raise ValueError("batch_columns must list one non-negative int per blob %s, got %r"
                          % (list(blob_names), batch_columns))
     return columns
+
+
+def check_max_fetch_failures(value: Any) -> Union[int, float]:
+    """``max_fetch_failures`` as an ``int`` >= 0 or a ``float`` in (0, 1)
+    (``_core/budget.py``).  Unlike other counts, an integral float (``2.0``) is refused:
+    it would read as a fraction.
+
+    Raises:
+        TypeError: a ``bool``, or neither an integral nor a real number.
+        ValueError: a negative count, or a float outside (0, 1).
+    """
+    what = ("max_fetch_failures must be an int >= 0 (fetcher exceptions to skip) or a float "
+            "in (0, 1) (a fraction of fetch calls), got")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError("%s %s %r" % (what, type(value).__name__, value))
+    if isinstance(value, numbers.Integral):
+        if value < 0:
+            raise ValueError("%s %r" % (what, value))
+        return int(value)
+    fraction = float(value)
+    if math.isnan(fraction) or not 0.0 < fraction < 1.0:
+        raise ValueError("%s %r" % (what, value))
+    return fraction

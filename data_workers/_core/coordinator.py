@@ -68,6 +68,22 @@ attack it answers.
    seconds the first time, touches no blob at all.)  The reset forgets those
    inputs, so a failure one of them had is logged (rule 2), not raised by a
    later ``stop()``.
+10. Data before failure.  What a worker (thread or process, in either order)
+   produced before it failed reaches the consumer before its failure: every
+   whole batch of those rows, in order, then the failure (the rows of a batch
+   left incomplete are dropped with it).  A worker's failure travels in-band,
+   as a failure marker queued behind its chunks (``Chunk.failure``; the
+   channel takes it even when full, so a failing worker never waits on the
+   consumer); a process's error report or death, seen at once by the process
+   watcher, is held until the data path has read every message the child
+   sent before it (``arena.sent`` at that moment).  The enqueuer, on taking a
+   marker, drops what comes after it, pushes the whole batches before it and
+   then raises the failure (rule 2).  The failure is known (``failure``,
+   ``stats()``) from the moment it happens; ``check()`` raises it, and the
+   sink closes, only from then on.  A marker never reached before a
+   ``stop()`` is still that stop()'s failure, and a marker that finds the
+   input halted fails it at once.  Only the consumer's pace delays a failure:
+   once the batches before it are taken, the next dequeue fails promptly.
 """
 
 from __future__ import annotations
@@ -124,6 +140,8 @@ class WorkerGroup:
         self._lock = threading.RLock()
         self._init_lock = threading.Lock()
         self._failure: Optional[DataInputError] = None
+        #: A worker's failure on its way behind the data before it (rule 10).
+        self._pending_failure: Optional[DataInputError] = None
         self._failure_raised = False
         self._initialized = False
         self._was_started = False
@@ -140,7 +158,14 @@ class WorkerGroup:
 
     @property
     def failure(self) -> Optional[DataInputError]:
-        return self._failure
+        """The group's failure, or a worker's failure still behind its data (rule 10)."""
+        return self._failure or self._pending_failure
+
+    def note_failure(self, err: DataInputError) -> None:
+        """Make a worker's failure known (``failure``, ``stats()``) before it fails
+        the group, once the data before it is delivered (rule 10).  Never blocks."""
+        if self._pending_failure is None:
+            self._pending_failure = err
 
     def owned_here(self) -> bool:
         """False in a child forked by the process that built this group (rule 8)."""
@@ -159,9 +184,8 @@ class WorkerGroup:
                 self.init_fun(self, global_coordinator)
             except BaseException as exc:  # noqa: B902 - rule 1: SystemExit too; else the
                 # group would stay CREATED and a later start() would run its workers
-                err = FetcherError("init_fun of %r raised %s: %s" % (self.name, type(exc).__name__, exc))
-                err.__cause__ = exc
-                self.fail(err.where(self.name, None))
+                err = FetcherError.wrapping(exc, "init_fun of %r raised" % self.name, self.name, None)
+                self.fail(err)
                 self._failure_raised = True
                 raise err
 
@@ -235,12 +259,11 @@ class WorkerGroup:
 
     def _cleanup_failed(self, what: str, exc: Exception) -> None:
         logger.error("%s of %r failed", what, self.name, exc_info=exc)
-        err = PipelineError("%s of %r failed while stopping: %s: %s"
-                            % (what, self.name, type(exc).__name__, exc))
-        err.__cause__ = exc
+        err = PipelineError.wrapping(exc, "%s of %r failed while stopping:" % (what, self.name),
+                                     self.name, None)
         with self._lock:
             if self._failure is None:
-                self._failure = err.where(self.name, None)
+                self._failure = err
 
     def stop(self, timeout: Optional[float] = None) -> bool:
         """Halt, join and clean up this group alone.  Idempotent.

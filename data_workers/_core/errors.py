@@ -19,7 +19,7 @@ protocol ] in ``_core/coordinator.py``.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Type, TypeVar
 
 __all__ = [
     "DataInputError",
@@ -31,6 +31,9 @@ __all__ = [
     "InputClosedError",
     "RemoteTraceback",
 ]
+
+
+E = TypeVar("E", bound="DataInputError")
 
 
 class DataInputError(Exception):
@@ -49,6 +52,20 @@ class DataInputError(Exception):
         self.input_source = input_source
         self.worker_id = worker_id
         return self
+
+    @classmethod
+    def wrapping(cls: Type[E], exc: BaseException, context: str, input_source: Optional[str],
+                 worker_id: Optional[int], note: str = "") -> E:
+        """A new error of this class for ``exc``, which becomes its ``__cause__``.
+
+        The message is ``context`` followed by the exception's type and text, then
+        ``note``: ``context="fetcher 3 of 'train' raised"`` gives
+        ``"fetcher 3 of 'train' raised ValueError: bad row"``.
+        """
+        err = cls("%s %s: %s%s" % (context, type(exc).__name__, exc, note))
+        err.__cause__ = exc
+        err.where(input_source, worker_id)
+        return err
 
 
 class FetcherError(DataInputError):

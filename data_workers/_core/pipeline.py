@@ -22,9 +22,10 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .backend import ChunkSource, FetcherBackend, FetcherHost
+from .budget import FetchFailureBudget, FractionOrCount
 from .channel import ChunkChannel, FifoChannel, RoundRobinChannel
 from .chunk import Chunk
 from .coordinator import InitFun, WorkerGroup
@@ -70,6 +71,8 @@ class InputConfig:
     log_interval_secs: float = LOG_INT_SECS
     shm_bytes_per_worker: Optional[int] = None
     stall_warning_secs: Optional[float] = None
+    #: Fetcher exceptions to skip: a count, or a fraction of calls (``_core/budget.py``).
+    max_fetch_failures: FractionOrCount = 0
 
 
 class BatchStage(State):
@@ -92,6 +95,14 @@ class BatchStage(State):
         self.batch_size_hooks: List[Callable[[int], None]] = []
         self.metrics = metrics
         self.counters = InputCounters()
+        self.budget = FetchFailureBudget(config.max_fetch_failures, config.input_source,
+                                         self.counters, metrics)
+        # Deterministic order: the turn (place in the round-robin stream) of each
+        # worker's next call, and the turns whose call raised and was skipped.
+        # Each worker's count has one writer (its fetcher or receiver thread).
+        self._index = {w: i for i, w in enumerate(worker_ids)}
+        self._calls: Dict[int, int] = {w: 0 for w in worker_ids}
+        self.skipped_turns: List[int] = []
         self.validator = ChunkValidator(self.blob_names, config.batch_columns,
                                         config.dont_rebatch, config.input_source, sink.dtype_rule)
         self.rebatcher = Rebatcher(config.batch_columns, config.batch_size, config.dont_rebatch,
@@ -112,6 +123,9 @@ class BatchStage(State):
         #: monotonic time the enqueuer began pushing a batch it has not pushed
         #: yet (the sink is full), else None; read by the stall watchdog.
         self.enqueue_blocked_since: Optional[float] = None
+        #: A worker's failure the enqueuer has taken from its source: raised
+        #: once the rows queued before it make no further whole batch (rule 10).
+        self.failure_due: Optional[DataInputError] = None
 
     def read_from(self, source: ChunkSource) -> None:
         """Take chunks from ``source`` instead of the channel (before start)."""
@@ -134,24 +148,35 @@ class BatchStage(State):
         self.release_buffers()
         self.sink.cleanup()
 
-    def release_buffers(self, include_rebatcher: bool = True) -> None:
-        """Give back the memory of chunks that will never be batched (on stop)."""
+    def release_buffers(self, include_rebatcher: bool = True) -> Optional[DataInputError]:
+        """Give back the memory of chunks that will never be batched (on stop).
+
+        Returns:
+            The first worker failure queued behind them (a failure marker the
+            enqueuer never reached), or None: stop() must still raise it.
+        """
         left = self.channel.drain()
         if self.source is not self.channel:
             left += self.source.drain()
         dropped = sum(c.rows for c in left)
+        failure = self.failure_due
         for chunk in left:
+            if failure is None:
+                failure = chunk.failure
             chunk.done()
         if include_rebatcher:
             dropped += self.rebatcher.release_all()
         if dropped:
             logger.debug("input %r stopped with %d rows not yet batched", self.input_source, dropped)
+        return failure
 
     # -- fetcher side -----------------------------------------------------
     def accept(self, worker_id: int, output: Any, chunks: int = 1) -> Optional[Chunk]:
         """Validate fetcher output and count it (``chunks``: fetcher results a
         worker process assembled into this one).  Raises ChunkTypeError/ChunkValueError."""
         chunk = self.validator.check(worker_id, output, self.batch_size)
+        if self.config.deterministic and worker_id in self._calls:
+            self._calls[worker_id] += 1
         if chunk is None:
             self.counters.skipped()
             logger.warning("fetcher %d of input %r returned %s; skipped", worker_id,
@@ -180,6 +205,33 @@ class BatchStage(State):
             return False
         return True
 
+    def skip_fetch_failure(self, worker_id: int, exc: BaseException) -> bool:
+        """Skip one exception of ``fetch_fun`` if the budget allows (``_core/budget.py``).
+
+        In deterministic order the skipped call still is the worker's turn: an
+        empty turn marker takes its place (blocks while the channel is full), and
+        its turn is recorded for ``ShardedSource`` checkpoints.
+
+        Returns:
+            True if skipped; False: the caller fails the input with it.
+        """
+        if not self.budget.charge(worker_id, exc):
+            return False
+        if self.config.deterministic and worker_id in self._calls:
+            calls = self._calls[worker_id]
+            self._calls[worker_id] = calls + 1
+            self.skipped_turns.append(calls * len(self._index) + self._index[worker_id])
+            self.put_chunk(Chunk(worker_id, [], 0))
+        return True
+
+    def put_failure(self, err: DataInputError, worker_id: int) -> bool:
+        """Queue a worker's failure behind every chunk it queued before (rule 10).
+
+        Never waits for room.  Returns False if the input stopped: the caller
+        then fails the input directly.
+        """
+        return self.channel.put(Chunk(worker_id, [], 0, failure=err))
+
     def set_batch_size(self, batch_size: int) -> None:
         """Change the batch size; applies from the next batch, no row is lost."""
         self.batch_size = batch_size
@@ -199,9 +251,17 @@ class BatchStage(State):
         """
         rows = self.rebatcher.next_batch_rows()
         if rows is None:
+            if self.failure_due is not None:
+                # Every whole batch queued before the failure is in the sink.
+                raise self.failure_due
             need = 1 if self.config.dont_rebatch else self.batch_size - self.rebatcher.rows_buffered
             for chunk in self.source.get_ready(timeout=_POLL_SECS, want_rows=need):
-                self.rebatcher.add(chunk)
+                if self.failure_due is not None:
+                    chunk.done()  # after the failure: never batched
+                elif chunk.failure is not None:
+                    self.failure_due = chunk.failure
+                else:
+                    self.rebatcher.add(chunk)
             return
         started = time.monotonic()
         head = None if self._lender is None else self.rebatcher.lendable_head(rows)
@@ -256,14 +316,17 @@ def enqueuer(coordinator: WorkerGroup, batch_feeder: BatchStage) -> None:
     try:
         while coordinator.is_active():
             batch_feeder.pump(coordinator)
+        if batch_feeder.failure_due is not None:
+            # Stopped before it was raised: stop() still raises it (rule 10).
+            raise batch_feeder.failure_due
     except DataInputError as e:
-        # A backend's batch source names the worker whose message failed.
-        coordinator.fail(e.where(batch_feeder.input_source, e.worker_id))
+        # A backend's batch source has named the worker whose message failed.
+        coordinator.fail(e if e.input_source is not None
+                         else e.where(batch_feeder.input_source, e.worker_id))
     except BaseException as e:  # noqa: B902 - a thread has nobody to raise to
-        err = PipelineError("re-batching/enqueue of input %r failed: %s: %s"
-                            % (batch_feeder.input_source, type(e).__name__, e))
-        err.__cause__ = e
-        coordinator.fail(err.where(batch_feeder.input_source, None))
+        coordinator.fail(PipelineError.wrapping(
+            e, "re-batching/enqueue of input %r failed:" % batch_feeder.input_source,
+            batch_feeder.input_source, None))
 
 
 class InputCoordinator(WorkerGroup):
@@ -319,6 +382,23 @@ class InputCoordinator(WorkerGroup):
     def put_chunk(self, chunk: Chunk) -> bool:
         return self.feeder.put_chunk(chunk)
 
+    def skip_fetch_failure(self, worker_id: int, exc: BaseException) -> bool:
+        return self.feeder.skip_fetch_failure(worker_id, exc)
+
+    def fetch_failure_note(self) -> str:
+        return self.feeder.budget.note()
+
+    def skipped_turns(self) -> Tuple[int, ...]:
+        """Deterministic order: the turns (0, 1, ... in round-robin order since
+        start) whose fetch call raised and was skipped (``max_fetch_failures``)."""
+        return tuple(sorted(self.feeder.skipped_turns))
+
+    def put_failure(self, err: DataInputError, worker_id: int) -> None:
+        err.where(self.name, worker_id)
+        self.note_failure(err)
+        if not self.feeder.put_failure(err, worker_id):
+            self.fail(err)  # stopped or failed already: recorded or logged (rule 2)
+
     # -- WorkerGroup hooks ---------------------------------------------
     def _start_workers(self) -> None:
         self.enqueuer_thread.start()
@@ -336,6 +416,11 @@ class InputCoordinator(WorkerGroup):
 
     def _join(self, deadline: float, started: float) -> bool:
         ok = join_threads([self.enqueuer_thread], deadline, self.name, started)
+        # The re-batcher's copy helper works only inside the enqueuer's fill:
+        # closed now, it ends once a stuck enqueuer's copy (if any) is done.
+        copier = self.feeder.rebatcher.close_helper()
+        if copier is not None:
+            ok = join_threads([copier], deadline, self.name, started) and ok
         ok = self.backend.join(deadline, started) and ok
         threads = [self.flusher_thread] + ([self.watchdog.thread] if self.watchdog else [])
         return join_threads(threads, deadline, self.name, started) and ok
@@ -344,7 +429,10 @@ class InputCoordinator(WorkerGroup):
         # The re-batcher's chunks are given back unless the enqueuer (their
         # only user) is stuck; then their shared memory stays mapped (close()
         # leaves a mapping that still has views).
-        self.feeder.release_buffers(include_rebatcher=not self.enqueuer_thread.is_alive())
+        queued_failure = self.feeder.release_buffers(
+            include_rebatcher=not self.enqueuer_thread.is_alive())
+        if queued_failure is not None:
+            self.fail(queued_failure)
         if not self.enqueuer_thread.is_alive():
             self.feeder.sink.cleanup()  # drops lent batches: their shared memory goes back
         self.backend.close()
@@ -395,6 +483,7 @@ class InputCoordinator(WorkerGroup):
             chunks_fetched=counters.chunks_fetched,
             rows_fetched=counters.rows_fetched,
             chunks_skipped=counters.chunks_skipped,
+            fetch_failures=counters.fetch_failures,
             batches_enqueued=counters.batches_enqueued,
             rows_enqueued=counters.rows_enqueued,
             batches_lent=counters.batches_lent,
