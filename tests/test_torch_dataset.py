@@ -18,9 +18,9 @@ import pytest
 import torch
 import torch.utils.data
 
-from data_workers import DataInputError, FetcherError
+from data_workers import DataInputError, FetcherError, WorkerDiedError
 from data_workers.torch import Loader
-from torch_datasets import (Counting, FailsAt, Gate, Indexed, InitSeen, Mixed, Shards, WhereAmI,
+from torch_datasets import (BrokenShards, Counting, DiesAt, FailsAt, Gate, Indexed, InitSeen, Mixed, Shards, WhereAmI,
                             plain_batches, record_init)
 
 #: (num_workers, worker_type) configurations every order test runs over.
@@ -236,6 +236,47 @@ def test_a_failing_sample_raises_at_the_next_batch_and_stops_the_loader(worker_t
     assert loader.close() is True
     with pytest.raises(KeyError):  # num_workers=0: the dataset's own exception, as DataLoader
         list(Loader(FailsAt(1), 4))
+
+
+def test_a_worker_process_that_dies_fails_the_loader_at_once() -> None:
+    loader = Loader(DiesAt(9), 4, num_workers=2, worker_type="process")
+    with pytest.raises(WorkerDiedError):
+        list(loader)
+    loader.close()  # raises nothing more: iteration raised the failure
+
+
+def test_an_iterable_datasets_error_comes_in_its_workers_turn() -> None:
+    with Loader(BrokenShards(), 1, num_workers=2) as loader:
+        got = []
+        with pytest.raises(FetcherError, match="OSError in DataLoader worker 1") as caught:
+            for batch in loader:
+                got.append(batch.tolist())
+    assert got == [[0], [100], [1]]  # worker 0, worker 1, worker 0, then worker 1's turn
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+def test_user_samplers_are_listed_per_epoch_without_touching_the_callers_rng() -> None:
+    dataset = Indexed(30)
+    # RandomSampler draws its seed from torch's global RNG: seeded from (seed, epoch).
+    runs = []
+    for workers, worker_type in ((0, "thread"), (2, "thread"), (2, "process")):
+        torch.manual_seed(7)
+        before = torch.rand(3)
+        torch.manual_seed(7)
+        with Loader(dataset, 4, sampler=torch.utils.data.RandomSampler(dataset),
+                    num_workers=workers, worker_type=worker_type, seed=5) as loader:
+            runs.append(epochs(loader, 2))
+        assert torch.equal(torch.rand(3), before)  # the caller's RNG went on untouched
+    assert runs[0] == runs[1] == runs[2] and runs[0][0] != runs[0][1]
+    # set_epoch is called with the loader's epoch (DistributedSampler needs no call of yours).
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=2, rank=1, seed=3)
+    with Loader(dataset, 4, sampler=sampler, num_workers=2) as loader:
+        got = epochs(loader, 2)
+    for epoch in range(2):
+        reference = torch.utils.data.DistributedSampler(dataset, num_replicas=2, rank=1, seed=3)
+        reference.set_epoch(epoch)
+        order = list(reference)
+        assert got[epoch] == [order[i:i + 4] for i in range(0, len(order), 4)]
 
 
 def test_prefetch_is_bounded_in_batches() -> None:

@@ -157,3 +157,30 @@ class Gate(torch.utils.data.Dataset):
         if index == self.blocked:
             self.opened.wait()
         return index
+
+
+class DiesAt(torch.utils.data.Dataset):
+    """The worker process loading sample ``fatal`` ends at once (no exception, no message)."""
+
+    def __init__(self, fatal: int) -> None:
+        self.fatal = fatal
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, index: int) -> Any:
+        if index == self.fatal:
+            import os
+            os._exit(3)
+        return index
+
+
+class BrokenShards(torch.utils.data.IterableDataset):
+    """Worker 1's iterator raises after its first sample."""
+
+    def __iter__(self) -> Iterator[int]:
+        info = torch.utils.data.get_worker_info()
+        yield 100 * (0 if info is None else info.id)
+        if info is not None and info.id == 1:
+            raise OSError("shard 1 unreadable")
+        yield 1
