@@ -28,7 +28,8 @@ class Indexed(torch.utils.data.Dataset):
 
 
 class Mixed(torch.utils.data.Dataset):
-    """Every kind of leaf default_collate knows: dict, namedtuple, str, float, tensor, array."""
+    """Every kind of leaf default_collate knows: dict, namedtuple, str, float, tensor, array,
+    and tensors of dtypes numpy has no twin for (bfloat16, complex)."""
 
     def __len__(self) -> int:
         return 10
@@ -36,7 +37,9 @@ class Mixed(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Any:
         return {"image": torch.full((2, 2), float(index)), "name": "item%d" % index,
                 "pair": Pair(np.arange(3, dtype=np.int32) + index, float(index) / 2),
-                "tags": [index, index + 1]}
+                "tags": [index, index + 1],
+                "odd": (torch.full((2,), index, dtype=torch.bfloat16),
+                        torch.tensor([index], dtype=torch.complex64))}
 
 
 class WhereAmI(torch.utils.data.Dataset):

@@ -38,6 +38,8 @@ import torch
 import torch.utils.data
 from torch.utils.data import _utils as _data_utils
 
+from .sink import TORCH_DTYPE_RULE
+
 __all__ = ["is_dataset", "is_iterable_dataset", "EpochPlanner", "DatasetFetch", "Template",
            "make_template", "flatten", "unflatten", "leaf_names", "epoch_seed", "BATCH", "PICKLED",
            "ERROR", "END_OF_DATA",
@@ -195,6 +197,11 @@ class _Batches(collections.abc.Sequence):
 Template = Tuple[Any, ...]
 
 
+# Tensors of other dtypes (bfloat16, complex, ...) have no numpy twin the sink
+# takes: they travel as object leaves, pickled.
+_NUMPY_OF = {torch.from_numpy(np.empty(0, d)).dtype: d for d in TORCH_DTYPE_RULE.dtypes}
+
+
 def _has_array(obj: Any) -> bool:
     if isinstance(obj, (torch.Tensor, np.ndarray)):
         return True
@@ -209,21 +216,22 @@ def flatten(batch: Any, arrays: List[np.ndarray], objects: List[Any]) -> Templat
     """Append ``batch``'s array leaves to ``arrays``, other leaves to ``objects``.
 
     Tensors become numpy views of their memory (no copy for a CPU tensor);
-    a container with no array inside (a list of str) is one object leaf.
+    a container with no array inside (a list of str), and a tensor or array of
+    a dtype the torch sink cannot hold (bfloat16), is one object leaf.
 
     Returns:
         The template ``unflatten`` rebuilds the batch from.
     """
-    if isinstance(batch, torch.Tensor):
+    if isinstance(batch, torch.Tensor) and batch.dtype in _NUMPY_OF:
         tensor = batch.detach()
         if tensor.device.type != "cpu":
             tensor = tensor.cpu()
         arrays.append(tensor.numpy())
         return ("T", len(arrays) - 1, arrays[-1].dtype.str)
-    if isinstance(batch, np.ndarray) and batch.dtype.kind != "O":
+    if isinstance(batch, np.ndarray) and batch.dtype in TORCH_DTYPE_RULE.dtypes:
         arrays.append(batch)
         return ("N", len(arrays) - 1, batch.dtype.str)
-    if _has_array(batch):
+    if not isinstance(batch, (torch.Tensor, np.ndarray)) and _has_array(batch):
         if isinstance(batch, collections.abc.Mapping):
             keys = tuple(batch.keys())
             return ("dict", keys, tuple(flatten(batch[k], arrays, objects) for k in keys))
