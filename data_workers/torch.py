@@ -53,7 +53,7 @@ from ._core.metrics import ExternalLogger, InputStats
 from ._core.pipeline import LOG_INT_SECS
 from ._torch.dataset import is_dataset
 from ._torch.dataset_loader import DatasetLoader
-from ._torch.sink import TorchSink
+from ._torch.sink import TorchSink, check_pin_memory
 from ._workers.factory import backend_factory
 from .sharding import InputCheckpoint, ShardedSource
 
@@ -400,9 +400,5 @@ def _check_loader_args(names: Any, name: Any, batch_columns: Any,
     if not blob_names:
         raise ValueError("batch_columns must list one non-negative int per array, got %r"
                          % (batch_columns,))
-    if not isinstance(pin_memory, bool):
-        raise TypeError("pin_memory must be a bool, got %r" % (pin_memory,))
-    if pin_memory and not torch.cuda.is_available():
-        raise ValueError("pin_memory=True pins batches for copies to a CUDA device, and "
-                         "torch.cuda.is_available() is False here; pass pin_memory=False")
+    check_pin_memory(pin_memory)
     return blob_names

@@ -20,8 +20,8 @@ import torch.utils.data
 
 from data_workers import DataInputError, FetcherError, WorkerDiedError
 from data_workers.torch import Loader
-from torch_datasets import (BrokenShards, Counting, DiesAt, FailsAt, Gate, Indexed, InitSeen, Mixed, Shards, WhereAmI,
-                            plain_batches, record_init)
+from torch_datasets import (BrokenShards, Counting, DiesAt, FailsAt, Gate, Indexed, InitSeen,
+                            Mixed, Shards, WhereAmI, plain_batches, record_init)
 
 #: (num_workers, worker_type) configurations every order test runs over.
 CONFIGS = [(0, "thread"), (1, "thread"), (3, "thread"), (2, "process")]
@@ -36,7 +36,8 @@ def epochs(loader: Loader, n: int) -> List[List[List[int]]]:
 
 
 @pytest.mark.parametrize("num_workers,worker_type", CONFIGS)
-def test_each_epoch_is_the_samplers_order_cut_in_batches(num_workers: int, worker_type: str) -> None:
+def test_each_epoch_is_the_samplers_order_cut_in_batches(num_workers: int,
+                                                         worker_type: str) -> None:
     dataset = Indexed(50)
     with Loader(dataset, 7, shuffle=True, num_workers=num_workers, worker_type=worker_type,
                 seed=11) as loader:

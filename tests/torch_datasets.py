@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any, Dict, Iterator, List
+from typing import Any, Iterator, List
 
 import numpy as np
 import torch

@@ -10,7 +10,7 @@ engine (a ``fetch_fun`` Loader with ``deterministic=True, dont_rebatch=True``)::
             v
     DatasetFetch, worker w              takes positions p with p % num_workers == w, in
       samples = [dataset[i] for i in plan(e)[k]]    order; one call = one whole batch
-      collate_fn(samples) -> flatten -> [tag, arrays..., objects]
+      collate_fn(samples) -> flatten -> [tag, arrays..., pickled other leaves]
             v
     RoundRobinChannel -> TorchSink      one chunk per worker in turn: the stream
             v                           comes back in position order
@@ -19,8 +19,11 @@ engine (a ``fetch_fun`` Loader with ``deterministic=True, dont_rebatch=True``)::
 Why workers walk the plans themselves instead of being sent indices: a worker
 process gets its ``fetch_fun`` once, at start, and the plans of later epochs
 are a function of (seed, epoch), so every worker computes the same plan and
-no message per batch goes to the workers.  The tag (epoch, batch number)
-travels with each batch, so the training thread checks the order it relies on.
+no message per batch goes to the workers.  The tag (epoch, batch, kind)
+travels with each batch, so the training thread checks the order it relies on;
+the kind says whether the slot holds a batch, a batch pickled whole, an
+exception raised making it (raised in the batch's turn), or an iterable
+worker's end of data.
 
 Imports torch (this is the torch sink's layer), never Caffe2.
 """
@@ -460,7 +463,7 @@ class DatasetFetch:
                 + [np.array([pickle.dumps(objects, pickle.HIGHEST_PROTOCOL)], object)])
 
     def _message(self, kind: int, epoch: int, k: int, payload: Any) -> List[np.ndarray]:
-        """A batch slot that holds no arrays: ``payload`` pickled, empty leaves of the right dtypes."""
+        """A batch slot holding no arrays: ``payload`` pickled, empty leaves of the right dtypes."""
         leaves = [np.zeros((0,), np.dtype(d)) for d in leaf_dtypes(self.template)]
         return ([np.array([[epoch, k, kind]], np.int64)] + leaves
                 + [np.array([pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)], object)])
@@ -474,7 +477,8 @@ class DatasetFetch:
         except Exception:
             original = None
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        where = "in DataLoader worker %d" % worker_id if self.where != "here" else "in the main thread"
+        where = ("in DataLoader worker %d" % worker_id if self.where != "here"
+                 else "in the main thread")
         return self._message(ERROR, epoch, k, (original, type(exc).__name__, str(exc), where, text))
 
 

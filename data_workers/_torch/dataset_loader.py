@@ -23,27 +23,25 @@ Failure and shutdown of a run: NOTE [ Shutdown and error protocol ] in
 
 from __future__ import annotations
 
-import logging
 import pickle
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.utils.data
 # Public as torch.utils.data.default_collate from torch 1.11 on; here in 1.10 too.
 from torch.utils.data._utils.collate import default_collate, default_convert
 
-from .._core.errors import FetcherError, RemoteTraceback
 from .._core.args import check_int, check_positive_int, check_positive_seconds
-from .._core.metrics import InputStats
 from .._core.backend import WORKER_TYPES
+from .._core.errors import FetcherError, RemoteTraceback
+from .._core.metrics import InputStats
 from .._workers.pickling import check_picklable
-from .dataset import (BATCH, END_OF_DATA, ERROR, DatasetFetch, EpochPlanner, ShuffledIndices, Template,
-                      install_thread_worker_info, is_iterable_dataset, leaf_names,
+from .dataset import (BATCH, END_OF_DATA, ERROR, DatasetFetch, EpochPlanner, ShuffledIndices,
+                      Template, install_thread_worker_info, is_iterable_dataset, leaf_names,
                       make_template, unflatten)
+from .sink import check_pin_memory
 
 __all__ = ["DatasetLoader", "DATASET_STATE_VERSION"]
-
-logger = logging.getLogger(__name__)
 
 DATASET_STATE_VERSION = 1
 #: ``timeout=0`` (DataLoader: wait forever) as the engine's positive timeout: ~31 years.
@@ -66,7 +64,8 @@ class DatasetLoader:
                  multiprocessing_context: Any = None,
                  generator: Optional[torch.Generator] = None, *,
                  prefetch_factor: Optional[int] = None, persistent_workers: bool = False,
-                 pin_memory_device: str = "", in_order: bool = True, worker_type: str = "thread", seed: Optional[int] = None,
+                 pin_memory_device: str = "", in_order: bool = True, worker_type: str = "thread",
+                 seed: Optional[int] = None,
                  name: str = "loader", stall_warning_secs: Optional[float] = None,
                  shm_bytes_per_worker: Optional[int] = None,
                  external_loggers: Optional[Sequence[Any]] = None,
@@ -92,11 +91,7 @@ class DatasetLoader:
         if pin_memory_device not in ("", "cuda"):
             raise ValueError("pin_memory_device: batches are pinned for CUDA alone, got %r"
                              % (pin_memory_device,))
-        if not isinstance(pin_memory, bool):
-            raise TypeError("pin_memory must be a bool, got %r" % (pin_memory,))
-        if pin_memory and not torch.cuda.is_available():
-            raise ValueError("pin_memory=True pins batches for copies to a CUDA device, and "
-                             "torch.cuda.is_available() is False here; pass pin_memory=False")
+        check_pin_memory(pin_memory)
         if worker_init_fn is not None and not callable(worker_init_fn):
             raise TypeError("worker_init_fn must be callable, got %r" % (worker_init_fn,))
         if collate_fn is not None and not callable(collate_fn):
@@ -159,7 +154,8 @@ class DatasetLoader:
                                  "option, but got sampler=%r" % (sampler,))
             if batch_sampler is not None:
                 raise ValueError("DataLoader with IterableDataset: expected unspecified "
-                                 "batch_sampler option, but got batch_sampler=%r" % (batch_sampler,))
+                                 "batch_sampler option, but got batch_sampler=%r"
+                                 % (batch_sampler,))
             return None, None
         if sampler is not None and shuffle:
             raise ValueError("sampler option is mutually exclusive with shuffle")
