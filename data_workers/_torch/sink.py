@@ -48,7 +48,7 @@ import torch
 from .._core.sink import BatchLayout
 from .._core.validate import DtypeRule
 
-__all__ = ["TorchSink", "CAPACITY", "TORCH_DTYPE_RULE"]
+__all__ = ["TorchSink", "CAPACITY", "TORCH_DTYPE_RULE", "check_pin_memory"]
 
 #: Batches handed over but not yet taken (the Caffe2 queue holds 4 too).
 CAPACITY = 4
@@ -77,6 +77,21 @@ _TORCH_DTYPES = {
 TORCH_DTYPE_RULE = DtypeRule(
     holder="a torch tensor", dtypes=frozenset(_TORCH_DTYPES),
     object_arrays="numpy object arrays in the batch (no tensor type holds them)")
+
+def check_pin_memory(pin_memory: Any) -> bool:
+    """``pin_memory``, checked where a loader is built (both Loader forms).
+
+    Raises:
+        TypeError: not a bool.
+        ValueError: True without CUDA: refused rather than silently unpinned.
+    """
+    if not isinstance(pin_memory, bool):
+        raise TypeError("pin_memory must be a bool, got %r" % (pin_memory,))
+    if pin_memory and not torch.cuda.is_available():
+        raise ValueError("pin_memory=True pins batches for copies to a CUDA device, and "
+                         "torch.cuda.is_available() is False here; pass pin_memory=False")
+    return pin_memory
+
 
 _Key = Tuple[Tuple[int, ...], np.dtype]
 #: What one handed-out array of a batch is: a pooled numpy base, or a pinned
