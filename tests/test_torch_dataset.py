@@ -82,9 +82,9 @@ def test_batches_equal_dataloaders(options: Any) -> None:
 
 
 @pytest.mark.parametrize("options,message", [
-    (dict(shuffle=True, sampler=[0, 1]), "mutually exclusive with shuffle"),
-    (dict(batch_size=2, batch_sampler=[[0]]), "batch_sampler option is mutually exclusive"),
-    (dict(batch_size=None, drop_last=True), "mutually exclusive with drop_last"),
+    (dict(shuffle=True, sampler=[0, 1]), "shuffle=True and a sampler"),
+    (dict(batch_size=2, batch_sampler=[[0]]), "batch_sampler decides each batch"),
+    (dict(batch_size=None, drop_last=True), "drop_last=True"),
     (dict(prefetch_factor=2), "prefetch_factor"),
     (dict(persistent_workers=True), "persistent_workers"),
     (dict(timeout=-1), "timeout"),

@@ -76,14 +76,18 @@ class DatasetLoader:
             raise ValueError("worker_type must be one of %s, got %r" % (WORKER_TYPES, worker_type))
         if prefetch_factor is not None:
             if self.num_workers == 0:
-                raise ValueError("prefetch_factor option could only be specified in "
-                                 "multiprocessing: let num_workers > 0 to enable it")
+                raise ValueError("prefetch_factor=%r counts batches per worker, and "
+                                 "num_workers=0 loads in the calling thread: leave "
+                                 "prefetch_factor unset, or pass num_workers >= 1"
+                                 % (prefetch_factor,))
             prefetch_factor = check_positive_int("prefetch_factor", prefetch_factor)
         if persistent_workers and self.num_workers == 0:
-            raise ValueError("persistent_workers option needs num_workers > 0")
+            raise ValueError("persistent_workers=True keeps workers between epochs, and "
+                             "num_workers=0 has none: pass num_workers >= 1 or leave it False")
         if timeout is None or isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
                 or timeout < 0:
-            raise ValueError("timeout option should be non-negative, got %r" % (timeout,))
+            raise ValueError("timeout must be a number of seconds >= 0 (0: wait as long as it "
+                             "takes), got %r" % (timeout,))
         if multiprocessing_context is not None:
             raise ValueError("multiprocessing_context is DataLoader's; our worker processes are "
                              "fresh interpreters of their own (worker_type='process'), got %r"
@@ -144,29 +148,28 @@ class DatasetLoader:
     def _samplers(dataset: Any, batch_size: Optional[int], shuffle: Optional[bool],
                   sampler: Optional[Any], batch_sampler: Optional[Any],
                   drop_last: bool) -> Tuple[Any, Any]:
-        """The (sampler, batch_sampler) pair, with DataLoader's rules and messages."""
+        """The (sampler, batch_sampler) pair, by DataLoader's rules (in our words)."""
         if is_iterable_dataset(dataset):
-            if shuffle not in (None, False):
-                raise ValueError("DataLoader with IterableDataset: expected unspecified shuffle "
-                                 "option, but got shuffle=%r" % (shuffle,))
-            if sampler is not None:
-                raise ValueError("DataLoader with IterableDataset: expected unspecified sampler "
-                                 "option, but got sampler=%r" % (sampler,))
-            if batch_sampler is not None:
-                raise ValueError("DataLoader with IterableDataset: expected unspecified "
-                                 "batch_sampler option, but got batch_sampler=%r"
-                                 % (batch_sampler,))
+            for option, value, unset in (("shuffle", shuffle, shuffle in (None, False)),
+                                         ("sampler", sampler, sampler is None),
+                                         ("batch_sampler", batch_sampler, batch_sampler is None)):
+                if not unset:
+                    raise ValueError(
+                        "%s=%r: an iterable dataset decides its own order, so it takes no %s; "
+                        "shuffle or sample inside the dataset's __iter__" % (option, value, option))
             return None, None
         if sampler is not None and shuffle:
-            raise ValueError("sampler option is mutually exclusive with shuffle")
+            raise ValueError("shuffle=True and a sampler both choose the order; pass one of "
+                             "them (a sampler that shuffles, or shuffle=True alone)")
         if batch_sampler is not None:
             if batch_size != 1 or shuffle or sampler is not None or drop_last:
-                raise ValueError("batch_sampler option is mutually exclusive with batch_size, "
-                                 "shuffle, sampler, and drop_last")
+                raise ValueError("a batch_sampler decides each batch itself, so batch_size, "
+                                 "shuffle, sampler and drop_last must keep their defaults "
+                                 "beside it")
             return None, batch_sampler
         if batch_size is None and drop_last:
-            raise ValueError("batch_size=None option disables auto-batching and is mutually "
-                             "exclusive with drop_last")
+            raise ValueError("batch_size=None hands out single samples, so there is no last "
+                             "batch for drop_last=True to drop; pass one or the other")
         if sampler is None:
             sampler = ShuffledIndices(len(dataset)) if shuffle else \
                 torch.utils.data.SequentialSampler(dataset)
