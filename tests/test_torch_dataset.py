@@ -249,7 +249,7 @@ def test_a_worker_process_that_dies_fails_the_loader_at_once() -> None:
 def test_an_iterable_datasets_error_comes_in_its_workers_turn() -> None:
     with Loader(BrokenShards(), 1, num_workers=2) as loader:
         got = []
-        with pytest.raises(FetcherError, match="OSError in DataLoader worker 1") as caught:
+        with pytest.raises(FetcherError, match="in thread worker 1 raised OSError") as caught:
             for batch in loader:
                 got.append(batch.tolist())
     assert got == [[0], [100], [1]]  # worker 0, worker 1, worker 0, then worker 1's turn

@@ -477,8 +477,8 @@ class DatasetFetch:
         except Exception:
             original = None
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        where = ("in DataLoader worker %d" % worker_id if self.where != "here"
-                 else "in the main thread")
+        where = ("in %s worker %d" % (self.where, worker_id) if self.where != "here"
+                 else "in the calling thread (num_workers=0)")
         return self._message(ERROR, epoch, k, (original, type(exc).__name__, str(exc), where, text))
 
 

@@ -289,8 +289,9 @@ class DatasetLoader:
             return (epoch, k), kind, payload
         original, type_name, text, where, tb_text = payload
         self._close_run()
-        err = FetcherError("Caught %s %s of loader %r, making batch %d of epoch %d: %s\n"
-                           "Original %s" % (type_name, where, self.name, k, epoch, text, tb_text))
+        err = FetcherError("loader %r: making batch %d of epoch %d %s raised %s: %s\n"
+                           "Where it was raised: %s" % (self.name, k, epoch, where, type_name,
+                                                        text, tb_text))
         raise err from (original if original is not None else RemoteTraceback(tb_text))
 
     def _iterable_epoch(self, generation: int) -> Iterator[Any]:
