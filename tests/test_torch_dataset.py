@@ -232,7 +232,7 @@ def test_a_failing_sample_raises_at_the_next_batch_and_stops_the_loader(worker_t
     # Raised at its batch's turn, as DataLoader does: the batches before it arrive.
     assert isinstance(caught.value, DataInputError)
     assert isinstance(caught.value.__cause__, KeyError)
-    assert "KeyError in DataLoader worker 1" in str(caught.value)
+    assert "worker 1 raised KeyError" in str(caught.value)
     assert "batch 3 of epoch 0" in str(caught.value) and "no sample 13" in str(caught.value)
     assert loader.close() is True
     with pytest.raises(KeyError):  # num_workers=0: the dataset's own exception, as DataLoader
