@@ -216,7 +216,7 @@ def _for_users(doc: str) -> str:
     doc = "\n\n".join(p for p in paragraphs if not re.match(r"\s*(See\s+)?NOTE\s+\[", p))
     doc = re.sub(r"\s*\((?:see\s+)?NOTE\s+\[[^\]]*\][^)]*\)", "", doc)
     doc = re.sub(r"\s*\(``_\w+/[\w./]+``\)", "", doc)
-    doc = re.sub(r"\s*See ``(?:data_workers/)?_\w+/[\w./]+``\.", "", doc)
+    doc = re.sub(r"\s*(?:See|Implemented in)\s+``(?:data_workers/)?_\w+/[\w./]+``\.", "", doc)
     for name, value in _constants().items():
         doc = doc.replace(f"``{name}``", value)
     return doc

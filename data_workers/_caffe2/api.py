@@ -10,7 +10,7 @@ import logging
 import math
 import numbers
 import time
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from caffe2.proto import caffe2_pb2
 from caffe2.python import core, scope
@@ -23,6 +23,7 @@ from .._core.coordinator import STOP_TIMEOUT_SECS, InitFun
 from .._core.metrics import ExternalLogger, InputStats
 from .._core.pipeline import LOG_INT_SECS, InputCoordinator
 from .._workers.factory import backend_factory
+from . import start_watch as _start_watch
 from . import workspace_guard as _workspace_guard
 from .feed import MAX_DEQUEUE_TIMEOUT_SECS, Caffe2Feed, caffe2_names
 
@@ -72,11 +73,18 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
         """
         return [g for g in self._live_groups() if isinstance(g, InputCoordinator)]
 
+    def start(self) -> None:
+        try:
+            super().start()
+        finally:
+            _start_watch.settle()  # started inputs need no start watch
+
     def _stop_groups(self, groups: List[Any], raise_failure: bool,
                      timeout: Optional[float]) -> bool:
         try:
             return super()._stop_groups(groups, raise_failure, timeout)
         finally:
+            _start_watch.settle()
             with self._lock:
                 stopped = [g for g in groups if isinstance(g, InputCoordinator)
                            and g not in self._unjoined]
@@ -246,6 +254,7 @@ def init_data_input_workers(
     log_interval_secs: float = LOG_INT_SECS,
     stall_warning_secs: Optional[float] = None,
     shm_bytes_per_worker: Optional[int] = None,
+    dtypes: Optional[Mapping[str, Any]] = None,
     max_fetch_failures: FractionOrCount = 0,
 ) -> GlobalCoordinator:
     """Feed ``input_blob_names`` of ``net`` from ``fetch_fun``, in the current scopes.
@@ -344,6 +353,10 @@ def init_data_input_workers(
         stall_warning_secs: if set, log one warning naming the stuck stage (and,
             for thread workers, the fetchers' stacks) when no batch has moved
             for this many seconds (the stall watchdog in the reliability guide).
+        dtypes: the dtype some or all blobs must have, e.g. ``{"data": np.float32,
+            "label": np.int32}``: a chunk with another dtype is a ``ChunkTypeError``
+            naming the blob, at the first chunk, instead of an error from the
+            operator that reads the blob.
         max_fetch_failures: exceptions of ``fetch_fun`` to skip (bad records)
             instead of failing the input: ``0`` (default) none, an int N up
             to N, a float in (0, 1) that fraction of fetch calls (the first 100
@@ -374,7 +387,8 @@ def init_data_input_workers(
         max_buffered_batches=max_buffered_batches, batch_columns=batch_columns,
         dont_rebatch=dont_rebatch, deterministic=deterministic, seed=seed, timeout=timeout,
         log_interval_secs=log_interval_secs, stall_warning_secs=stall_warning_secs,
-        shm_bytes_per_worker=shm_bytes_per_worker, max_fetch_failures=max_fetch_failures)
+        shm_bytes_per_worker=shm_bytes_per_worker, dtypes=dtypes,
+        max_fetch_failures=max_fetch_failures)
     namescope = scope.CurrentNameScope()
     _check_no_live_twin(blob_names, namescope, input_source_name)
     device_option = scope.CurrentDeviceScope()
@@ -394,4 +408,5 @@ def init_data_input_workers(
         sink.discard()
         raise
     global_coordinator.add(coordinator)
+    _start_watch.watch(coordinator, lambda c: c in global_coordinator.groups)
     return global_coordinator

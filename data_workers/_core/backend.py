@@ -24,7 +24,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import threading
-from typing import Any, Callable, List, Optional, Protocol, Sequence
+from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
+
+import numpy as np
 
 from .chunk import Chunk
 from .errors import DataInputError
@@ -59,6 +61,8 @@ class BackendSpec:
     #: ``max_fetch_failures`` is set: a fetch_fun exception goes to the host's
     #: ``skip_fetch_failure`` instead of failing the worker at once.
     skip_fetch_failures: bool = False
+    #: The dtype each blob must have (None: any); checked where chunks are validated.
+    dtypes: Optional[Tuple[Optional[np.dtype], ...]] = None
 
 
 class ChunkSource(Protocol):

@@ -155,6 +155,17 @@ class InputStats:
     elapsed_secs: float
     #: ``repr`` of the failure that broke the input, if any.
     failure: Optional[str]
+    #: Share of the recent past (the last one to two ``log_interval_secs``, or
+    #: since start) in which the consumer -- the net's dequeue, the loop's
+    #: ``next()`` -- waited for a batch: near 0 the input keeps up, near 1
+    #: training waits on input (more or other workers: ``python -m data_workers profile``).
+    input_bound: float = 0.0
+
+    def __repr__(self) -> str:
+        return ("InputStats(%r, %s, %d %s workers, %d batches, %.0f rows/s, input-bound %.0f%%%s)"
+                % (self.input_source, self.state, self.workers, self.worker_type,
+                   self.batches_enqueued, self.inputs_per_sec, 100 * self.input_bound,
+                   "" if self.failure is None else ", failure=" + self.failure))
 
 
 class InputCounters:

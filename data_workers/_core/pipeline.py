@@ -22,17 +22,20 @@ import dataclasses
 import logging
 import threading
 import time
+from types import TracebackType
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from .backend import ChunkSource, FetcherBackend, FetcherHost
 from .budget import FetchFailureBudget, FractionOrCount
 from .channel import ChunkChannel, FifoChannel, RoundRobinChannel
 from .chunk import Chunk
 from .coordinator import InitFun, WorkerGroup
-from .errors import DataInputError, PipelineError
+from .errors import ChunkTypeError, ChunkValueError, DataInputError, PipelineError, point_at_fetcher
 from .metrics import InputCounters, InputStats, Metrics
 from .rebatch import Rebatcher
-from .sink import BatchSink, LendingSink
+from .sink import BatchLayout, BatchSink, LendingSink
 from .thread_util import join_threads
 from .validate import ChunkValidator
 from .watchdog import StallProbe, StallWatchdog
@@ -73,6 +76,8 @@ class InputConfig:
     stall_warning_secs: Optional[float] = None
     #: Fetcher exceptions to skip: a count, or a fraction of calls (``_core/budget.py``).
     max_fetch_failures: FractionOrCount = 0
+    #: The dtype each blob must have (None: any); None: no ``dtypes=`` given.
+    dtypes: Optional[Tuple[Optional[np.dtype], ...]] = None
 
 
 class BatchStage(State):
@@ -104,7 +109,8 @@ class BatchStage(State):
         self._calls: Dict[int, int] = {w: 0 for w in worker_ids}
         self.skipped_turns: List[int] = []
         self.validator = ChunkValidator(self.blob_names, config.batch_columns,
-                                        config.dont_rebatch, config.input_source, sink.dtype_rule)
+                                        config.dont_rebatch, config.input_source, sink.dtype_rule,
+                                        config.dtypes)
         self.rebatcher = Rebatcher(config.batch_columns, config.batch_size, config.dont_rebatch,
                                    name="data_workers %s%s" % (sink.scope, config.input_source))
         self.channel: ChunkChannel
@@ -126,6 +132,12 @@ class BatchStage(State):
         #: A worker's failure the enqueuer has taken from its source: raised
         #: once the rows queued before it make no further whole batch (rule 10).
         self.failure_due: Optional[DataInputError] = None
+        #: The first batch's layout has been logged (once per input).
+        self._described = False
+        #: (monotonic time, sink.consumer_wait_secs()) at the last two log
+        #: intervals, oldest first: ``input_bound`` is measured from the older.
+        self._wait_marks: List[Tuple[float, float]] = []
+        self._wait_sampled = 0.0
 
     def read_from(self, source: ChunkSource) -> None:
         """Take chunks from ``source`` instead of the channel (before start)."""
@@ -135,6 +147,27 @@ class BatchStage(State):
     def start(self) -> None:
         self.counters.started()
         self._last_log = time.monotonic()
+        self._wait_marks = [(self._last_log, self._consumer_wait())]
+
+    def _consumer_wait(self) -> float:
+        try:
+            return float(self.sink.consumer_wait_secs())
+        except Exception:  # a sink that cannot tell: never input-bound
+            logger.debug("input %r: consumer wait unknown", self.input_source, exc_info=True)
+            return 0.0
+
+    def input_bound(self, now: Optional[float] = None) -> float:
+        """Share of the recent past (the last one to two log intervals, or since
+        start) in which the consumer waited for a batch: 0 (input keeps up) to 1."""
+        marks = self._wait_marks
+        if not marks:
+            return 0.0
+        since, waited = marks[0]
+        now = time.monotonic() if now is None else now
+        span = now - since
+        if span <= 0:
+            return 0.0
+        return min(1.0, max(0.0, (self._consumer_wait() - waited) / span))
 
     def stop(self) -> None:
         """Halt, downstream first; never blocks (NOTE [ Shutdown and error protocol ])."""
@@ -249,6 +282,11 @@ class BatchStage(State):
         batch being cut.  (A backend's own source is bounded by its workers'
         shared memory instead: they wait for ring space.)
         """
+        now = time.monotonic()
+        if now - self._wait_sampled >= _POLL_SECS:
+            # A sink's wait counter may wrap (Caffe2Feed.consumer_wait_secs): read it often.
+            self._wait_sampled = now
+            self._consumer_wait()
         rows = self.rebatcher.next_batch_rows()
         if rows is None:
             if self.failure_due is not None:
@@ -272,6 +310,8 @@ class BatchStage(State):
             self.rebatcher.pop_head()
             lent = True
             arrays, head.arrays = head.arrays, []
+            if not self._described:
+                self._describe([(a.shape, a.dtype) for a in arrays])
             self.enqueue_blocked_since = started
             try:
                 pushed = self._lender.lend(arrays, head.done)
@@ -279,7 +319,10 @@ class BatchStage(State):
                 self.enqueue_blocked_since = None
                 del arrays, head
         else:
-            dests = self.sink.destinations(self.rebatcher.batch_layout(rows))
+            layout = self.rebatcher.batch_layout(rows)
+            if not self._described:
+                self._describe(layout)
+            dests = self.sink.destinations(layout)
             self.rebatcher.fill(dests, rows)
             self.enqueue_blocked_since = started
             try:
@@ -290,6 +333,13 @@ class BatchStage(State):
             self.counters.enqueued(rows, lent)
             self.metrics.put_metric("enqueue_time", time.monotonic() - started)
 
+    def _describe(self, layout: BatchLayout) -> None:
+        """Log, once, what the batches look like: a wrong dtype or shape shows here first."""
+        self._described = True
+        logger.info("input %r: first batch: %s", self.input_source, ", ".join(
+            "%s %s %s" % (name, np.dtype(dtype).name, tuple(shape))
+            for name, (shape, dtype) in zip(self.blob_names, layout)))
+
     def log_interval(self) -> None:
         """Log inputs/sec and hand the metrics to the external loggers (flusher thread)."""
         now = time.monotonic()
@@ -297,9 +347,16 @@ class BatchStage(State):
         rows = self.counters.snapshot().rows_enqueued
         per_sec = int((rows - self._logged_rows) / delta) if delta > 0 else 0
         depth = self.source.depth()
-        logger.info("%s/%s: %d inputs/sec, %d chunks queued",
-                    self.input_source, self.namescope, per_sec, depth)
+        marks = self._wait_marks
+        waited = self._consumer_wait()
+        bound = (min(1.0, max(0.0, (waited - marks[-1][1]) / delta))
+                 if marks and delta > 0 else 0.0)
+        self._wait_marks = (marks[-1:] if marks else []) + [(now, waited)]
+        logger.info("%s/%s: %d inputs/sec, %d chunks queued, input-bound %.0f%% (the consumer "
+                    "waited for batches %.0f%% of the last %.1f s)", self.input_source,
+                    self.namescope, per_sec, depth, 100 * bound, 100 * bound, delta)
         self.metrics.put_metric("inputs_per_sec", per_sec, False)
+        self.metrics.put_metric("input_bound", bound, False)
         self.metrics.put_metric("queue_size", depth, False)
         self.metrics.put_metric("time_elapsed", delta, False)
         self.metrics.flush()
@@ -336,13 +393,19 @@ class InputCoordinator(WorkerGroup):
 
     Args:
         make_backend: builds the fetcher backend for this input (its host).
+        fetch_fun: the user's fetcher; a chunk it returned that the validator
+            refuses gets a traceback that begins at its definition.
     """
 
     def __init__(self, config: InputConfig, worker_ids: List[int], init_fun: Optional[InitFun],
                  feeder: BatchStage,
-                 make_backend: Callable[[FetcherHost], FetcherBackend]) -> None:
+                 make_backend: Callable[[FetcherHost], FetcherBackend],
+                 fetch_fun: Optional[Callable[..., Any]] = None) -> None:
         super().__init__(config.input_source, worker_ids, init_fun, state=feeder)
         self.config = config
+        self._fetch_fun = fetch_fun
+        #: The first refused chunk's error and its traceback from the fetch_fun on.
+        self._pointed: Optional[Tuple[DataInputError, Optional[TracebackType]]] = None
         self.feeder = feeder
         prefix = "data_workers %s%s" % (feeder.namescope, config.input_source)
         self.enqueuer_thread = threading.Thread(
@@ -395,11 +458,33 @@ class InputCoordinator(WorkerGroup):
 
     def put_failure(self, err: DataInputError, worker_id: int) -> None:
         err.where(self.name, worker_id)
+        self._point_at_fetcher(err)
         self.note_failure(err)
         if not self.feeder.put_failure(err, worker_id):
             self.fail(err)  # stopped or failed already: recorded or logged (rule 2)
 
     # -- WorkerGroup hooks ---------------------------------------------
+    def fail(self, err: DataInputError) -> None:
+        self._point_at_fetcher(err)
+        super().fail(err)
+
+    def _point_at_fetcher(self, err: DataInputError) -> None:
+        """Begin a refused chunk's traceback at the user's ``fetch_fun`` (``errors.py``).
+
+        Done where the worker reports it; when the enqueuer raises it again
+        later (queued behind earlier data, rule 10), the frames it adds are
+        dropped: the worker's are the ones that say where the chunk came from.
+        """
+        if not isinstance(err, (ChunkTypeError, ChunkValueError)) or self._fetch_fun is None:
+            return
+        pointed = self._pointed
+        if pointed is not None and pointed[0] is err:
+            err.__traceback__ = pointed[1]
+            return
+        point_at_fetcher(err, self._fetch_fun)
+        if pointed is None:
+            self._pointed = (err, err.__traceback__)
+
     def _start_workers(self) -> None:
         self.enqueuer_thread.start()
         self.flusher_thread.start()
@@ -493,4 +578,11 @@ class InputCoordinator(WorkerGroup):
             inputs_per_sec=counters.inputs_per_sec,
             elapsed_secs=counters.elapsed_secs,
             failure=None if failure is None else repr(failure),
+            input_bound=self.feeder.input_bound(),
         )
+
+    def describe(self) -> str:
+        stats = self.stats()
+        return "%r %s, %d %s workers, %d batches, input-bound %.0f%%%s" % (
+            self.name, stats.state, stats.workers, stats.worker_type, stats.batches_enqueued,
+            100 * stats.input_bound, "" if self.failure is None else ", failed")

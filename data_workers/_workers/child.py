@@ -113,6 +113,8 @@ class ChildSpec:
     #: ``max_fetch_failures`` is set: report a fetch_fun exception in-band
     #: ("fetch_failed") and go on; the trainer's budget decides.
     report_fetch_failures: bool = False
+    #: ``BackendSpec.dtypes``.
+    dtypes: Optional[Tuple[Optional[np.dtype], ...]] = None
 
 
 def _error_fields(exc: BaseException) -> Tuple[Optional[bytes], str, str, str]:
@@ -282,7 +284,7 @@ def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Conn
     random.seed(spec.seed)
     np.random.seed(spec.seed % (2 ** 32))
     validator = ChunkValidator(spec.blob_names, spec.batch_columns, spec.dont_rebatch,
-                               spec.input_source, spec.dtype_rule)
+                               spec.input_source, spec.dtype_rule, spec.dtypes)
     parent = os.getppid()
 
     def keep_going() -> bool:
@@ -423,4 +425,10 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _code = main(sys.argv[1:])
+    # Everything is reported and released: skip the interpreter's teardown, as
+    # multiprocessing's children do (with torch imported it takes seconds, which
+    # the trainer's stop() would spend waiting for this process to end).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_code)

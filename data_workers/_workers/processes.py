@@ -648,7 +648,7 @@ class ProcessFetchers(FetcherBackend):
                     dont_rebatch=spec.dont_rebatch, input_source=spec.input_source,
                     capacity=capacity, fixed_capacity=spec.shm_bytes_per_worker is not None,
                     dtype_rule=spec.dtype_rule, assemble_batches=assemble,
-                    report_fetch_failures=spec.skip_fetch_failures)))
+                    report_fetch_failures=spec.skip_fetch_failures, dtypes=spec.dtypes)))
         except BaseException:
             self.close()  # arenas made so far
             raise
