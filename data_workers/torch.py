@@ -49,7 +49,7 @@ from ._core.build import ArgNames, build_input, check_blob_names, check_input_ar
 from ._core.coordinator import GroupRegistry
 from ._core.errors import InputClosedError
 from ._core.lifecycle import Lifecycle
-from ._core.metrics import ExternalLogger, InputStats
+from ._core.metrics import ExternalLogger, InputCounters, InputStats, Metrics
 from ._core.pipeline import LOG_INT_SECS
 from ._torch.dataset import is_dataset
 from ._torch.dataset_loader import DatasetLoader
@@ -379,6 +379,9 @@ class _DatasetLoader(DatasetLoader, Loader):  # type: ignore[misc]
 
     def _make_run(self, fetch: Any, *args: Any, **kwargs: Any) -> Loader:
         return Loader(fetch, *args, **kwargs)
+
+    def _engine_counters(self, run: Any) -> Tuple[InputCounters, Metrics]:
+        return run._input.feeder.counters, run._input.metrics
 
 
 #: The Loader's spelling of the parameters the Caffe2 front end names otherwise.
