@@ -343,6 +343,14 @@ def test_failing_samples_are_left_out_and_everything_else_keeps_its_place(
         assert stats is not None and stats.fetch_failures == 2 * len(BAD)
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_failing_first_sample_is_skipped_too(num_workers: int) -> None:
+    # The loader reads one sample itself to learn the batch's structure.
+    with Loader(BadSamples(LENGTH, [0, 1]), BATCH, num_workers=num_workers,
+                max_fetch_failures=2) as loader:
+        assert labels(list(loader))[0] == [2, 3]
+
+
 def test_skipped_samples_are_logged_with_the_workers_traceback(
         caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="data_workers"):

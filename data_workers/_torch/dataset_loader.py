@@ -224,6 +224,10 @@ class DatasetLoader:
         if self._closed:
             raise RuntimeError("loader %r was closed" % self.name)
         if self._open:
+            if self.num_workers == 0 and not self.iterable and self._taken < len(self):
+                # An epoch left midway: where workers would start a new run, the
+                # budget starts afresh here too.
+                self._budget, self._samples_seen = None, 0
             self._epoch += 1
             self._taken = 0
         self._open = True
@@ -301,9 +305,10 @@ class DatasetLoader:
     def _run_counters(self) -> Tuple[InputCounters, Metrics]:
         """Where the budget counts a skipped sample: the run's counters and metrics
         (``stats().fetch_failures``, external loggers), or, with no run
-        (``num_workers=0``), counters of its own."""
+        (``num_workers=0``, whose ``stats()`` is None), counters of its own that
+        only the log lines show."""
         if self._run is None:
-            return InputCounters(), Metrics(self._engine_options["external_loggers"])
+            return InputCounters(), Metrics()
         return self._engine_counters(self._run)
 
     def _engine_counters(self, run: Any) -> Tuple[InputCounters, Metrics]:
@@ -411,10 +416,18 @@ class DatasetLoader:
         plan = self.planner.plan(self._epoch)
         if not plan:
             raise ValueError("loader %r: the sampler yields no batch" % self.name)
-        first = plan[0]
-        if self.batch_sampler is None:
-            return self.collate_fn(self.dataset[first])
-        return self.collate_fn([self.dataset[first[0]]])
+        single = self.batch_sampler is None
+        if self.max_fetch_failures == 0:
+            first = plan[0]
+            return self.collate_fn(self.dataset[first] if single else [self.dataset[first[0]]])
+        # Failing samples may be skipped: the first sample of the epoch that
+        # loads shows the structure (the failed ones are charged at their turn).
+        for indices in plan:
+            samples, _ = load_samples(self.dataset, indices, single, "in the main thread")
+            if samples:
+                return self.collate_fn(samples[0] if single else samples[:1])
+        raise ValueError("loader %r: no sample of epoch %d loads (every __getitem__ raised); "
+                         "fix the dataset" % (self.name, self._epoch))
 
     def _start_run(self, start: Tuple[int, int]) -> None:
         self._close_run()
