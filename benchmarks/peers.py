@@ -23,7 +23,6 @@ chart ``peers.png``::
 
     python -m benchmarks.run --only peers            # 3 repeats x (3 s warm-up + 4 s window)
     python -m benchmarks.run --only peers --quick    # 1 repeat x (1 s + 1 s): a smoke run
-    python -m benchmarks.peers ...                   # the same as the first, with ARGS
 
 Module level imports stay light (stdlib + numpy): process workers import this
 module to unpickle the fetchers.
@@ -486,8 +485,3 @@ def write_chart(doc: Dict[str, Any], path: str) -> None:
                   title="process workers vs thread workers vs torch DataLoader + FeedBlob "
                         "(same run, 2 workers each)")
 
-
-if __name__ == "__main__":  # the same as `python -m benchmarks.run --only peers ARGS`
-    from benchmarks import run as _run
-
-    sys.exit(_run.main(["--only", "peers"] + sys.argv[1:]))

@@ -9,7 +9,7 @@ It starts ``WORKERS`` process workers, times ``start()`` to the first batch out
 of the net and to the first batch of every worker (a batch holds one worker's
 rows, tagged with its id), then reads each worker's memory from
 ``/proc/PID/smaps_rollup`` and writes everything to ``OUT.json``.  The trainer
-imports torch when it lends its first batch to Caffe2 (``_enqueue.py``), about
+imports torch when it lends its first batch to Caffe2 (``_caffe2/feed.py``), about
 1-2 s that overlap the workers' start-up; ``torch-first`` imports it before the
 clock starts, leaving the workers' own start-up.  The entry
 point is guarded, so the script also runs where workers re-import it (the

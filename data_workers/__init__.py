@@ -31,17 +31,19 @@ Beside them, per input: a flusher thread (metrics to external loggers on
 time), a process watcher (process workers: errors and deaths, read off the
 processes themselves) and, if asked for, a stall watchdog.
 
-Modules, by role: the contract between an input and its fetchers is
-``_backend.py`` (backends: ``_thread_workers.py``, ``_process_workers.py`` with
-``_process_child.py`` and ``_shm_ring.py``); between the enqueuer and where
-batches go, ``_sink.py`` (Caffe2: ``_enqueue.py``; a PyTorch loop:
-``_torch_sink.py``, behind ``data_workers.torch.Loader``, which imports no Caffe2).  The input itself is
-``_input.py``; lifecycle and registry ``_coordinator.py``.
+Layers, one folder each (``tests/test_layers.py`` guards the arrows; drawn
+in ``docs/development.md``): ``_core/`` the engine, importing neither Caffe2
+nor torch, with the one builder both front ends call (``_core/build.py``) and
+the two contracts, ``_core/backend.py`` (fetchers) and ``_core/sink.py``
+(where batches go); ``_workers/`` the thread and process backends;
+``_caffe2/`` the Caffe2 sink and this module's upstream API; ``_torch/`` the
+sink behind ``data_workers.torch.Loader``, which imports no Caffe2.
 
 Shutdown and failures follow one protocol, written once as
-NOTE [ Shutdown and error protocol ] in ``data_workers/_coordinator.py``.
-The names that upstream scripts reach into (``_coordinators``, ``_state``,
-``_fetcher_id_seq``, ...) live in one compatibility layer, ``_compat.py``.
+NOTE [ Shutdown and error protocol ] in ``data_workers/_core/coordinator.py``.
+The names that upstream scripts subclass or reach into (``WorkerCoordinator``,
+``_coordinators``, ``_state``, ``_fetcher_id_seq``, ...) live in one
+compatibility layer over the core, ``_compat.py``.
 """
 
 from __future__ import annotations
@@ -52,38 +54,38 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING, Any, Dict, List
 __version__ = "0.1.0"
 
 # Names are resolved on first use (PEP 562), so that a worker process, which
-# imports data_workers._process_child, does not pay for importing Caffe2.
+# imports data_workers._workers.child, does not pay for importing Caffe2.
 _EXPORTS: Dict[str, str] = {
     # upstream caffe2.python.data_workers names
-    "init_data_input_workers": "._api",
-    "global_coordinator": "._api",
-    "get_worker_ids": "._api",
-    "GlobalCoordinator": "._api",
-    "BatchFeeder": "._input",
-    "DataWorker": "._thread_workers",
-    "enqueuer": "._input",
-    "LOG_INT_SECS": "._input",
+    "init_data_input_workers": "._caffe2.api",
+    "global_coordinator": "._caffe2.api",
+    "get_worker_ids": "._caffe2.api",
+    "GlobalCoordinator": "._caffe2.api",
+    "BatchFeeder": "._compat",
+    "DataWorker": "._workers.threads",
+    "enqueuer": "._core.pipeline",
+    "LOG_INT_SECS": "._core.pipeline",
     # upstream names data_workers imported from parallel_workers
-    "Metrics": "._metrics",
-    "State": "._worker",
-    "WorkerCoordinator": "._coordinator",
-    "GlobalWorkerCoordinator": "._coordinator",
-    "Worker": "._worker",
-    "run_worker": "._worker",
+    "Metrics": "._core.metrics",
+    "State": "._core.worker",
+    "WorkerCoordinator": "._compat",
+    "GlobalWorkerCoordinator": "._compat",
+    "Worker": "._core.worker",
+    "run_worker": "._core.worker",
     "parallel_workers": ".parallel_workers",
     # ours
-    "InputCoordinator": "._input",
-    "InputStats": "._metrics",
-    "ExternalLogger": "._metrics",
-    "Lifecycle": "._lifecycle",
-    "DataInputError": "._errors",
-    "FetcherError": "._errors",
-    "WorkerDiedError": "._errors",
-    "ChunkTypeError": "._errors",
-    "ChunkValueError": "._errors",
-    "PipelineError": "._errors",
-    "InputClosedError": "._errors",
-    "RemoteTraceback": "._errors",
+    "InputCoordinator": "._core.pipeline",
+    "InputStats": "._core.metrics",
+    "ExternalLogger": "._core.metrics",
+    "Lifecycle": "._core.lifecycle",
+    "DataInputError": "._core.errors",
+    "FetcherError": "._core.errors",
+    "WorkerDiedError": "._core.errors",
+    "ChunkTypeError": "._core.errors",
+    "ChunkValueError": "._core.errors",
+    "PipelineError": "._core.errors",
+    "InputClosedError": "._core.errors",
+    "RemoteTraceback": "._core.errors",
     # sharded, resumable sources (data_workers/sharding.py)
     "ShardedSource": ".sharding",
     "InputCheckpoint": ".sharding",
@@ -123,14 +125,14 @@ def __dir__() -> List[str]:
 
 if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from . import parallel_workers
-    from ._api import GlobalCoordinator, get_worker_ids, global_coordinator, init_data_input_workers
-    from ._coordinator import GlobalWorkerCoordinator, WorkerCoordinator
-    from ._errors import (ChunkTypeError, ChunkValueError, DataInputError, FetcherError,
+    from ._caffe2.api import GlobalCoordinator, get_worker_ids, global_coordinator, init_data_input_workers
+    from ._compat import BatchFeeder, GlobalWorkerCoordinator, WorkerCoordinator
+    from ._core.errors import (ChunkTypeError, ChunkValueError, DataInputError, FetcherError,
                           InputClosedError, PipelineError, RemoteTraceback, WorkerDiedError)
-    from ._input import LOG_INT_SECS, BatchFeeder, InputCoordinator, enqueuer
-    from ._lifecycle import Lifecycle
-    from ._metrics import ExternalLogger, InputStats, Metrics
-    from ._thread_workers import DataWorker
-    from ._worker import State, Worker, run_worker
+    from ._core.pipeline import LOG_INT_SECS, InputCoordinator, enqueuer
+    from ._core.lifecycle import Lifecycle
+    from ._core.metrics import ExternalLogger, InputStats, Metrics
+    from ._workers.threads import DataWorker
+    from ._core.worker import State, Worker, run_worker
     from .sharding import (ArrayDataset, IndexableDataset, InputCheckpoint, LastBatchPolicy,
                            ShardedSource, device_shard)

@@ -1,11 +1,14 @@
-"""The upstream internals that existing Caffe2 scripts and tests reach into.
+"""The upstream classes and internals that existing Caffe2 scripts reach into.
 
-Compatibility layer, kept deliberately in one place.  Scripts written for
-``caffe2.python.data_workers`` / ``parallel_workers`` commonly read these
-private names; ours are spelled differently (``name``, ``groups``,
-``next_worker_id``, ``feeder``, ``stats()``), so these mixins map the upstream
-spelling onto them.  New code should use the public names; every alias here
-is pinned by ``tests/test_compat_internals.py``.
+The compatibility layer, on top of the core and kept in one place.  Scripts
+written for ``caffe2.python.data_workers`` / ``parallel_workers`` subclass
+``WorkerCoordinator`` and read private names; ours are spelled differently
+(``name``, ``groups``, ``next_worker_id``, ``feeder``, ``stats()``).  The
+classes below are the core's (``WorkerGroup``, ``GroupRegistry``,
+``BatchStage``, ``InputCoordinator``) with upstream's spelling added; the
+upstream front ends (``init_data_input_workers``, ``parallel_workers``) build
+these, the torch ``Loader`` builds the core's.  New code should use the public
+names; every alias here is pinned by ``tests/test_compat_internals.py``.
 
 ========================================  =====================================
 upstream spelling                         ours
@@ -31,12 +34,14 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
-from ._exit_hook import register_exit_hook
+from ._core.coordinator import GroupRegistry, WorkerGroup
+from ._core.exit_hook import register_exit_hook
+from ._core.pipeline import BatchStage, InputCoordinator
 
-__all__ = ["WorkerCoordinatorInternals", "GlobalCoordinatorInternals", "BatchFeederInternals"]
+__all__ = ["WorkerCoordinator", "GlobalWorkerCoordinator", "BatchFeeder", "UpstreamInput"]
 
 
-class WorkerCoordinatorInternals:
+class _WorkerCoordinatorNames:
     """Upstream ``WorkerCoordinator`` attribute names."""
 
     name: str
@@ -74,7 +79,7 @@ class WorkerCoordinatorInternals:
         return bool(self.stop())  # type: ignore[attr-defined]
 
 
-class GlobalCoordinatorInternals:
+class _GlobalCoordinatorNames:
     """Upstream ``GlobalWorkerCoordinator`` attribute names."""
 
     groups: List[Any]
@@ -103,7 +108,7 @@ class GlobalCoordinatorInternals:
         register_exit_hook(self)
 
 
-class BatchFeederInternals:
+class _BatchFeederNames:
     """Upstream ``BatchFeeder`` attribute names."""
 
     namescope: str
@@ -134,3 +139,20 @@ class BatchFeederInternals:
     @property
     def _input_source_name(self) -> str:
         return self.input_source
+
+
+class WorkerCoordinator(WorkerGroup, _WorkerCoordinatorNames):
+    """Upstream's ``WorkerCoordinator``: a ``WorkerGroup`` with upstream's names."""
+
+
+class GlobalWorkerCoordinator(GroupRegistry, _GlobalCoordinatorNames):
+    """Upstream's ``GlobalWorkerCoordinator``: a ``GroupRegistry`` with upstream's names."""
+
+
+class BatchFeeder(BatchStage, _BatchFeederNames):
+    """Upstream's ``BatchFeeder``: the core's ``BatchStage`` with upstream's names."""
+
+
+class UpstreamInput(InputCoordinator, WorkerCoordinator):
+    """An input built by ``init_data_input_workers``: what
+    ``global_coordinator._coordinators`` holds, with upstream's names."""

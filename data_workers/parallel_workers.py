@@ -19,10 +19,11 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Iterable, Optional
 
-from ._args import check_positive_int
-from ._coordinator import GlobalWorkerCoordinator, InitFun, WorkerCoordinator
-from ._metrics import ExternalLogger, Metrics
-from ._worker import State, Worker, run_worker
+from ._core.args import check_positive_int
+from ._compat import GlobalWorkerCoordinator, WorkerCoordinator
+from ._core.coordinator import InitFun
+from ._core.metrics import ExternalLogger, Metrics
+from ._core.worker import State, Worker, run_worker
 
 __all__ = [
     "init_workers",

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ._args import check_int, check_positive_int
+from ._core.args import check_int, check_positive_int
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import ray.data
@@ -175,7 +175,7 @@ class RayDataSource:
         # call into Ray, which may block for as long as Ray takes: nothing else waits
         # on it without a bound (the counters are read without it; close() waits
         # _CLOSE_WAIT_S at most), as NOTE [ Shutdown and error protocol ], rule 7
-        # (_coordinator.py), asks of every wait.
+        # (_core/coordinator.py), asks of every wait.
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._batches: Iterator[dict[str, np.ndarray]] | None = None
@@ -322,7 +322,7 @@ class RayDataSource:
             ValueError: If ``worker_type`` is not "thread", ``batch_size`` is passed,
                 or the number of blob names differs from the number of columns.
         """
-        from data_workers import init_data_input_workers
+        from ._caffe2.api import init_data_input_workers
 
         if kwargs.get("worker_type", "thread") != "thread":
             raise ValueError(

@@ -58,7 +58,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, cast
 
 import numpy as np
 
-from ._args import check_int, check_positive_int
+from ._core.args import check_int, check_positive_int
 
 __all__ = [
     "ArrayDataset",
@@ -427,7 +427,7 @@ class ShardedSource:
         Raises:
             ValueError: If ``batch_size`` or ``deterministic=False`` is passed.
         """
-        from data_workers import init_data_input_workers
+        from ._caffe2.api import init_data_input_workers
 
         if "batch_size" in kwargs:
             raise ValueError("attach() takes the batch size from the source")

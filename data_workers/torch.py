@@ -22,14 +22,14 @@ different sink at its end::
     ChunkValidator -> ChunkChannel -> Rebatcher     (same engine, one copy per row)
             v
     TorchSink (enqueuer thread)        bounded hand-off, 4 batches, pooled buffers
-            v                          (``_torch_sink.py``)
+            v                          (``_torch/sink.py``)
     Loader.__next__                    the training loop's thread: tensors sharing
                                        the batch buffers' memory
 
 Nothing on this path imports Caffe2, so it runs with any PyTorch build.  A
 ``Loader`` is one input with its own coordinator (not the Caffe2
 ``global_coordinator`` registry) and follows NOTE [ Shutdown and error
-protocol ] in ``_coordinator.py``.
+protocol ] in ``_core/coordinator.py``.
 """
 
 from __future__ import annotations
@@ -38,19 +38,20 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, Iterable, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
 
-from ._args import check_batch_columns, check_int, check_positive_int, check_positive_seconds
-from ._backend import BackendSpec, FetchFun
-from ._worker_types import WORKER_TYPES, backend_factory, check_picklable
-from ._coordinator import GlobalWorkerCoordinator
-from ._errors import InputClosedError
-from ._input import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
-from ._lifecycle import Lifecycle
-from ._metrics import ExternalLogger, InputStats, Metrics
-from ._torch_sink import TorchSink
+from ._core.args import check_positive_seconds
+from ._core.backend import FetchFun
+from ._core.build import ArgNames, build_input, check_blob_names, check_input_args
+from ._core.coordinator import GroupRegistry
+from ._core.errors import InputClosedError
+from ._core.lifecycle import Lifecycle
+from ._core.metrics import ExternalLogger, InputStats
+from ._core.pipeline import LOG_INT_SECS
+from ._torch.sink import TorchSink
+from ._workers.factory import backend_factory
 from .sharding import InputCheckpoint, ShardedSource
 
 __all__ = ["Loader"]
@@ -65,7 +66,7 @@ _STATE_VERSION = 1
 # coordinators weakly, and a loader its user dropped without close() must still
 # be stopped (and its shared memory released) at interpreter exit.
 _running_lock = threading.RLock()
-_running: Set[GlobalWorkerCoordinator] = set()
+_running: Set[GroupRegistry] = set()
 
 
 class Loader:
@@ -138,44 +139,30 @@ class Loader:
         external_loggers: Optional[Iterable[ExternalLogger]] = None,
         log_interval_secs: float = LOG_INT_SECS,
     ) -> None:
-        args = _check_args(
-            fetch_fun, batch_size, num_workers, worker_type, seed, batch_columns,
-            max_buffered_batches, timeout, pin_memory, names, name)
-        batch_size, num_workers, seed = args.batch_size, args.num_workers, args.seed
-        blob_names, columns = args.blob_names, args.batch_columns
-        stall_warning_secs = check_positive_seconds("stall_warning_secs", stall_warning_secs,
-                                                    or_none=True)
-        log_interval_secs = check_positive_seconds("log_interval_secs", log_interval_secs)
-        if worker_type == "process":
-            check_picklable(fetch_fun)
-            shm_bytes_per_worker = check_positive_int("shm_bytes_per_worker",
-                                                      shm_bytes_per_worker, or_none=True)
+        blob_names = _check_loader_args(names, name, batch_columns, pin_memory)
+        config = check_input_args(
+            fetch_fun=fetch_fun, blob_names=blob_names, batch_size=batch_size,
+            num_workers=num_workers, input_source=name, worker_type=worker_type,
+            max_buffered_batches=max_buffered_batches, batch_columns=batch_columns,
+            dont_rebatch=dont_rebatch, deterministic=deterministic, seed=seed,
+            timeout=check_positive_seconds("timeout", timeout),
+            log_interval_secs=log_interval_secs, stall_warning_secs=stall_warning_secs,
+            shm_bytes_per_worker=shm_bytes_per_worker, names=_ARG_NAMES)
         self._fetch_fun_type = type(fetch_fun).__name__
         self._source = fetch_fun if isinstance(fetch_fun, ShardedSource) else None
-        if self._source is not None and self._source.batch_size != batch_size:
+        if self._source is not None and self._source.batch_size != config.batch_size:
             raise ValueError("batch_size %d differs from the ShardedSource's batch_size %d"
-                             % (batch_size, self._source.batch_size))
-        config = InputConfig(
-            blob_names=blob_names, batch_size=batch_size, input_source=name, namescope="",
-            device_option=None, num_workers=num_workers,
-            max_buffered_batches=args.max_buffered_batches, dont_rebatch=bool(dont_rebatch),
-            batch_columns=columns, timeout=args.timeout, worker_type=worker_type,
-            deterministic=bool(deterministic), seed=seed, log_interval_secs=log_interval_secs,
-            shm_bytes_per_worker=shm_bytes_per_worker, stall_warning_secs=stall_warning_secs)
-        spec = BackendSpec(
-            fetch_fun=fetch_fun, input_source=name, blob_names=blob_names,
-            batch_columns=columns, dont_rebatch=config.dont_rebatch, seed=seed,
-            shm_bytes_per_worker=shm_bytes_per_worker, deterministic=config.deterministic)
+                             % (config.batch_size, self._source.batch_size))
         self._config = config
         self._sink = TorchSink(blob_names, pin_memory=pin_memory)
-        worker_ids = list(range(num_workers))
-        feeder = BatchFeeder(config, worker_ids, Metrics(external_loggers), self._sink)
-        self._input = InputCoordinator(
-            config, worker_ids, None if self._source is None else self._source.init_fun,
-            feeder, backend_factory(worker_type, spec))
+        self._input = build_input(
+            config, fetch_fun, self._sink, backend_factory,
+            worker_ids=list(range(config.num_workers)),
+            init_fun=None if self._source is None else self._source.init_fun,
+            external_loggers=external_loggers)
         # A registry of its own: one stop() deadline, the lazy exit hook, and
         # nothing shared with the Caffe2 inputs of the same process.
-        self._group = GlobalWorkerCoordinator()
+        self._group = GroupRegistry()
         self._group.add(self._input)
         self._batches_taken = 0
         # Reentrant: close() may run from a signal handler interrupting _start().
@@ -241,7 +228,7 @@ class Loader:
     def close(self, timeout: Optional[float] = None) -> bool:
         """Stop the fetchers, join them and release every buffer.  Idempotent.
 
-        NOTE [ Shutdown and error protocol ] (``_coordinator.py``): halts, joins
+        NOTE [ Shutdown and error protocol ] (``_core/coordinator.py``): halts, joins
         against one deadline, cleans up, then raises the input's failure unless
         iteration raised it already.  Tensors already handed out stay valid.
 
@@ -338,44 +325,30 @@ class Loader:
         return self._source
 
 
-class _Checked(NamedTuple):
-    """The Loader's arguments, checked and normalised (``np.int64(32)`` -> ``32``)."""
-
-    batch_size: int
-    num_workers: int
-    max_buffered_batches: int
-    timeout: float
-    seed: Optional[int]
-    blob_names: Tuple[str, ...]
-    batch_columns: Tuple[int, ...]
+#: The Loader's spelling of the parameters the Caffe2 front end names otherwise.
+_ARG_NAMES = ArgNames(blob_names="names", num_workers="num_workers")
 
 
-def _check_args(fetch_fun: Any, batch_size: Any, num_workers: Any, worker_type: Any, seed: Any,
-                batch_columns: Any, max_buffered_batches: Any, timeout: Any, pin_memory: Any,
-                names: Any, name: Any) -> _Checked:
-    """Every check of ``Loader``, with the rules of ``_args.py`` shared with the Caffe2 input."""
-    if not callable(fetch_fun):
-        raise TypeError("fetch_fun must be callable as fetch_fun(worker_id, batch_size), got %r"
-                        % (fetch_fun,))
-    if worker_type not in WORKER_TYPES:
-        raise ValueError("worker_type must be one of %s, got %r" % (WORKER_TYPES, worker_type))
+def _check_loader_args(names: Any, name: Any, batch_columns: Any,
+                       pin_memory: Any) -> Tuple[str, ...]:
+    """The checks only the Loader has; ``check_input_args`` makes the shared ones.
+
+    Returns:
+        One name per array ``fetch_fun`` returns (``names``, else generated from
+        the number of ``batch_columns``).
+    """
     if not isinstance(name, str) or not name:
         raise TypeError("name must be a non-empty str, got %r" % (name,))
-    if names is not None and (isinstance(names, str) or not isinstance(names, (list, tuple))
-                              or not names or not all(isinstance(n, str) for n in names)):
-        raise TypeError("names must be a non-empty list of str, one per array fetch_fun "
-                        "returns, got %r" % (names,))
     if names is None and batch_columns is None:
         raise TypeError("Loader needs to know how many arrays fetch_fun returns: pass "
                         "names=[...] (one per array, e.g. the Caffe2 input_blob_names) or "
                         "batch_columns=[...]")
     if names is not None:
-        blob_names = tuple(names)
+        blob_names = check_blob_names(names, "names", noun="array")
     else:
         count = len(batch_columns) if isinstance(batch_columns, (list, tuple)) else 0
         blob_names = tuple("array%d" % i for i in range(count))
-    columns = check_batch_columns(batch_columns, blob_names)
-    if not columns:
+    if not blob_names:
         raise ValueError("batch_columns must list one non-negative int per array, got %r"
                          % (batch_columns,))
     if not isinstance(pin_memory, bool):
@@ -383,10 +356,4 @@ def _check_args(fetch_fun: Any, batch_size: Any, num_workers: Any, worker_type: 
     if pin_memory and not torch.cuda.is_available():
         raise ValueError("pin_memory=True pins batches for copies to a CUDA device, and "
                          "torch.cuda.is_available() is False here; pass pin_memory=False")
-    return _Checked(
-        batch_size=check_positive_int("batch_size", batch_size),
-        num_workers=check_positive_int("num_workers", num_workers),
-        max_buffered_batches=check_positive_int("max_buffered_batches", max_buffered_batches),
-        timeout=check_positive_seconds("timeout", timeout),
-        seed=None if seed is None else check_int("seed", seed),
-        blob_names=blob_names, batch_columns=tuple(columns))
+    return blob_names

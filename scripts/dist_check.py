@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SDIST_MUST_HAVE = ["setup.py", "pyproject.toml", "README.md", "LICENSE",
                    "data_workers/__init__.py", "data_workers/py.typed"]
 WHEEL_MUST_HAVE = ["data_workers/__init__.py", "data_workers/py.typed",
-                   "data_workers/_process_child.py"]
+                   "data_workers/_workers/child.py"]
 WHEEL_MUST_NOT_HAVE_PREFIXES = ["tests/", "benchmarks/", "examples/", "docs/"]
 
 # Run inside the new venv: the package comes from the wheel, and its metadata is truthful.

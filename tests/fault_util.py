@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover - pinned in requirements.txt
     psutil = None
 
 try:
-    from data_workers import _process_workers  # noqa: F401
+    from data_workers._workers import processes as _process_workers  # noqa: F401
 
     HAVE_PROCESS_WORKERS = True
 except ImportError:  # pragma: no cover - only while process workers were being written
@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - only while process workers were being 
 WORKER_TYPES = [
     "thread",
     pytest.param("process", marks=pytest.mark.skipif(
-        not HAVE_PROCESS_WORKERS, reason="data_workers._process_workers is not importable yet")),
+        not HAVE_PROCESS_WORKERS, reason="data_workers._workers.processes is not importable yet")),
 ]
 #: The "process" parameter alone, for faults only a process can have.
 PROCESS_ONLY = WORKER_TYPES[1:]

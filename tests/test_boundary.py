@@ -37,7 +37,9 @@ import pytest
 from caffe2.python import core, scope, workspace
 
 import data_workers
-from data_workers import _dtypes, _enqueue, parallel_workers
+from data_workers import parallel_workers
+from data_workers._caffe2 import dtypes as _dtypes
+from data_workers._caffe2 import feed as _enqueue
 from data_workers.sharding import ShardedSource
 from fault_util import PROMPT_SECS, WORKER_TYPES
 
@@ -217,7 +219,7 @@ ROWS: List[Row] = [
         fetch=Sparse(), kwargs=dict(dont_rebatch=True), batch_size=4, shapes=[(4,), (10,)]),
     Row("dont_rebatch 0-d blob", RUNS, RUNS, blobs=("data", "lr"), fetch=WithScalar(),
         kwargs=dict(dont_rebatch=True), batch_size=4, shapes=[(4, 3), ()]),
-    # -- chunks: dtypes (the table in data_workers/_dtypes.py) -------------------------------
+    # -- chunks: dtypes (the table in data_workers/_caffe2/dtypes.py) -------------------------------
     Row("dtypes float16 + uint16", RUNS, RUNS, fetch=Rows(np.float16, np.uint16)),
     Row("dtypes int8 + bool", RUNS, RUNS, fetch=Rows(np.int8, np.bool_)),
     Row("dtype uint32", fails_later(), fails_later(data_workers.ChunkTypeError, "dtype uint32"),
@@ -462,7 +464,6 @@ def test_queue_and_scratch_names_come_from_one_function(ws):
     names = _enqueue.caffe2_names(["data", "label"], "gpu_0/", "val")
     assert names.queue == "gpu_0/data_label_c2queue_val"
     assert set(names.all_blobs()) <= set(workspace.Blobs())  # the blobs the input created
-    assert _enqueue.queue_name(["data", "label"], "gpu_0/", "val") == names.queue
     coord.stop()
 
 

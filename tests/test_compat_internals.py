@@ -52,3 +52,27 @@ def test_upstream_module_level_names_exist():
     for name in ["init_workers", "Metrics", "State", "WorkerCoordinator",
                  "GlobalWorkerCoordinator", "Worker", "run_worker", "global_coordinator"]:
         assert hasattr(pw, name), name
+
+
+def test_what_scripts_that_subclass_or_check_types_see(ws):
+    """The upstream classes sit on top of the core's: an input built by
+    init_data_input_workers is both an upstream WorkerCoordinator and our
+    InputCoordinator, and a script's own WorkerCoordinator subclass still runs."""
+    coord = init_tagged(make_net(), batch_size=8)
+    c = coord._coordinators[0]
+    assert isinstance(c, data_workers.WorkerCoordinator)
+    assert isinstance(c, data_workers.InputCoordinator)
+    assert isinstance(c._state, data_workers.BatchFeeder)
+    assert isinstance(coord, data_workers.GlobalWorkerCoordinator)
+    assert isinstance(data_workers.parallel_workers.global_coordinator,
+                      data_workers.GlobalWorkerCoordinator)
+
+    started = []
+
+    class Mine(data_workers.WorkerCoordinator):
+        def _start_workers(self):
+            started.append(self._worker_name)
+
+    mine = Mine("mine", [0], None)
+    mine._start()
+    assert started == ["mine"] and mine._wait_finish() is True

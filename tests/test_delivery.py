@@ -9,8 +9,8 @@ import pytest
 from caffe2.python import core, workspace
 
 import data_workers
-from data_workers import _rebatch
-from data_workers._validate import Chunk
+from data_workers._core import rebatch as _rebatch
+from data_workers._core.validate import Chunk
 from util import TaggedFetcher, check_tagged, init_tagged, make_net, run_and_collect
 
 pytestmark = pytest.mark.timeout(60)

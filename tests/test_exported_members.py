@@ -41,7 +41,7 @@ def test_worker_processes_do_not_import_caffe2():
     import subprocess
     import sys
 
-    code = ("import sys, data_workers._process_child; "
+    code = ("import sys, data_workers._workers.child; "
             "sys.exit(any(m.startswith('caffe2') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

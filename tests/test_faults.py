@@ -22,7 +22,7 @@ import pytest
 from caffe2.python import core, workspace
 
 import data_workers
-from data_workers import _coordinator
+from data_workers._core import coordinator as _coordinator
 from fault_util import (
     BAD_OUTPUTS,
     PROMPT_SECS,
@@ -380,7 +380,7 @@ _EXIT_SCRIPT = textwrap.dedent("""
     def main():
         workspace.GlobalInit(["caffe2", "--caffe2_log_level=3"])
         if MODE == "split_copies":  # every piece copied by two threads
-            from data_workers import _rebatch
+            from data_workers._core import rebatch as _rebatch
             _rebatch.SPLIT_COPY_MIN_BYTES = 1
         net = core.Net("exit_test")
         coord = data_workers.init_data_input_workers(

@@ -23,7 +23,7 @@ valid UTF-8 (lone surrogate)
                              dont_rebatch=True: each blob keeps its shape)
 numpy scalars, lists         ChunkTypeError: not a numpy array
 dtypes a Caffe2 blob cannot  ChunkTypeError: unsupported dtype, naming what is
-hold (uint32/64, float128,   supported (the table in data_workers/_dtypes.py;
+hold (uint32/64, float128,   supported (the table in data_workers/_caffe2/dtypes.py;
 complex, datetime, void/     str/bytes: .astype(object))
 structured), str/bytes
 dtypes, big-endian
@@ -51,7 +51,8 @@ import pytest
 from caffe2.python import core, workspace
 
 import data_workers
-from data_workers import _validate
+from data_workers._caffe2.dtypes import CAFFE2_DTYPE_RULE
+from data_workers._core import validate as _validate
 from fault_util import (
     PROCESS_ONLY,
     PROMPT_SECS,
@@ -221,7 +222,7 @@ class MemmapFetcher:
 
 def _primed_validator() -> _validate.ChunkValidator:
     """A validator that has recorded the (4, 3) float64 + (4,) int32 layout."""
-    validator = _validate.ChunkValidator(["data", "label"], [0, 0], False, "train")
+    validator = _validate.ChunkValidator(["data", "label"], [0, 0], False, "train", CAFFE2_DTYPE_RULE)
     assert validator.check(0, hostile_output("nan_inf", 0, 0), 6) is not None
     return validator
 
@@ -231,7 +232,7 @@ def test_recorded_layout_never_lets_a_rejected_form_through(kind):
     """Once a layout is recorded, chunks matching it take a short path; every
     rejected form must still get the full checks and the very same error."""
     output = hostile_output(kind, 0, 0)
-    fresh = _validate.ChunkValidator(["data", "label"], [0, 0], False, "train")
+    fresh = _validate.ChunkValidator(["data", "label"], [0, 0], False, "train", CAFFE2_DTYPE_RULE)
     with pytest.raises(REJECTED[kind][0]) as want:
         fresh.check(0, output, 6)
     with pytest.raises(REJECTED[kind][0]) as got:

@@ -49,7 +49,7 @@ def test_stop_is_bounded_when_consumer_stopped_consuming(ws):
 
 
 def test_stop_gives_up_on_a_fetcher_stuck_in_user_code(ws, caplog, monkeypatch):
-    from data_workers import _coordinator
+    from data_workers._core import coordinator as _coordinator
 
     monkeypatch.setattr(_coordinator, "STOP_TIMEOUT_SECS", 0.5)
     release = threading.Event()

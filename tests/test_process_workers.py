@@ -206,7 +206,7 @@ def test_data_socket_reads_every_message_whatever_the_reads_cut():
     """The trainer's end of a data socket parses multiprocessing's framing itself, one
     read per wake-up: messages cut across reads, several in one read, and frames
     larger than its buffer all come out whole and in order."""
-    from data_workers._process_workers import _DataSocket
+    from data_workers._workers.processes import _DataSocket
 
     ours, theirs = socket.socketpair()
     sender = Connection(theirs.detach())

@@ -43,7 +43,7 @@ PROPERTY_SETTINGS = dict(deadline=None, derandomize=True, database=None,
                          suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                 HealthCheck.too_slow])
 requires_process = pytest.mark.skipif(not HAVE_PROCESS_WORKERS,
-                                      reason="data_workers._process_workers is not importable yet")
+                                      reason="data_workers._workers.processes is not importable yet")
 
 
 @st.composite

@@ -4,7 +4,7 @@ One test body is stamped over fault x point x worker_type (as CPython's
 ``test_concurrent_futures`` stamps one body over each executor).  Each cell
 has one expected outcome, named in ``OUTCOMES`` below and checked with a
 bounded wait.  The rules are NOTE [ Shutdown and error protocol ] in
-``data_workers/_coordinator.py``.
+``data_workers/_core/coordinator.py``.
 
 =============== ============== =================================================================
 fault           point          expected outcome (thread and process unless said)
@@ -59,7 +59,7 @@ import pytest
 from caffe2.python import core, workspace
 
 import data_workers
-from data_workers import _coordinator
+from data_workers._core import coordinator as _coordinator
 from fault_util import PROMPT_SECS, fetcher_processes, make_input, no_shm_leak, wait_for  # noqa: F401
 from protocol_fetchers import (FETCHER_FAULTS, LOGGER_FAULTS, PROCESS_ONLY_FAULTS, ChunkFetcher,
                                InjectedError, MatrixFetcher, MatrixLogger, announce,

@@ -1,6 +1,6 @@
 """Attacks on the shutdown and failure protocol, one promise of issue 9 per test.
 
-The rules are NOTE [ Shutdown and error protocol ] in ``data_workers/_coordinator.py``;
+The rules are NOTE [ Shutdown and error protocol ] in ``data_workers/_core/coordinator.py``;
 the fault matrix (every fault at every point) is ``test_protocol_matrix.py``.
 A hanging external logger in the final flush is its ``logger_hangs-during_stop``
 cells.  Tests that could crash or kill their interpreter (resets under running
@@ -25,7 +25,7 @@ import pytest
 from caffe2.python import core, workspace
 
 import data_workers
-from data_workers import _process_workers
+from data_workers._workers import processes as _process_workers
 from fault_util import (PROMPT_SECS, BlockingFetcher, SteadyFetcher, count_dequeue_ops,
                         fetcher_processes, make_input, no_shm_leak, open_fds,  # noqa: F401
                         shm_segments, wait_for)

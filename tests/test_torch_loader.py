@@ -183,7 +183,10 @@ def test_dtype_without_a_tensor_type_is_a_clear_error() -> None:
     def unsigned16(worker_id: int, batch_size: int) -> List[np.ndarray]:
         return [np.zeros((4, 2), np.uint16)]
 
-    with pytest.raises(data_workers.ChunkTypeError, match="'pixels' has dtype uint16"):
+    # Refused at the first chunk, by the torch sink's own rule (a Caffe2 blob takes uint16).
+    with pytest.raises(data_workers.ChunkTypeError,
+                       match="fetcher 0 .* dtype uint16 for blob 'pixels', which a torch tensor "
+                             "cannot hold; supported are .*float32"):
         with Loader(unsigned16, 4, 1, names=["pixels"]) as loader:
             next(loader)
 
@@ -362,7 +365,7 @@ def test_bad_arguments_name_the_parameter(kwargs: Any, error: type, match: str) 
 
 
 def test_numpy_numbers_are_counts_as_for_the_caffe2_input() -> None:
-    """The rules of data_workers/_args.py: integral numpy values work, stored as int."""
+    """The rules of data_workers/_core/args.py: integral numpy values work, stored as int."""
     with Loader(SteadyFetcher(), np.int64(4), np.int32(1), names=NAMES, seed=np.int64(3),
                 batch_columns=[np.int64(0), np.int64(0)], timeout=np.float64(10)) as loader:
         data, _ = next(loader)

@@ -14,7 +14,8 @@ import time
 import pytest
 from caffe2.python import core, workspace
 
-from data_workers import _coordinator, _watchdog
+from data_workers._core import coordinator as _coordinator
+from data_workers._core import watchdog as _watchdog
 from fault_util import (
     PROCESS_ONLY,
     BlockingFetcher,
@@ -127,14 +128,14 @@ def test_net_not_dequeuing(worker_type, watchdog_log):
     # ... and the training loop goes away (evaluation, checkpointing, a bug).
     assert watchdog_log.wait(seen + 1, 20)
     msg = watchdog_log.messages[seen]
-    assert _watchdog.STALL_NET in msg and "RunNet" in msg, msg
+    assert _watchdog.STALL_CONSUMER in msg and "Caffe2 queue is full" in msg and "RunNet" in msg, msg
     assert not watchdog_log.wait(seen + 2, 4 * STALL)
     # The loop comes back: batches move, the watchdog re-arms, and a second,
     # separate stall gets its own warning.
     for _ in range(6):
         workspace.RunNet(net.Proto().name)
     assert watchdog_log.wait(seen + 2, 20)
-    assert _watchdog.STALL_NET in watchdog_log.messages[seen + 1]
+    assert _watchdog.STALL_CONSUMER in watchdog_log.messages[seen + 1]
     assert coord.stop() is True
 
 

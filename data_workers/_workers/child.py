@@ -1,6 +1,6 @@
 """The program a worker process runs: load fetch_fun, call it, write arrays to the ring, report.
 
-Started by ``_process_workers.py`` as ``python -m data_workers._process_child
+Started by ``_workers/processes.py`` as ``python -m data_workers._workers.child
 DATA_FD CONTROL_FD ARENA_FD PARENT_PID DEATH_SIGNAL`` (see there for why not
 ``multiprocessing``).  The trainer first sends, on the control socket::
 
@@ -56,9 +56,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import cloudpickle
 import numpy as np
 
-from ._errors import ChunkValueError
-from ._shm_ring import ShmArena
-from ._validate import ChunkValidator
+from .._core.errors import ChunkValueError
+from .._core.validate import ChunkValidator, DtypeRule
+from .shm_ring import ShmArena
 
 __all__ = ["ChildImports", "ChildSpec", "child_main", "IN_WORKER_ENV"]
 
@@ -102,6 +102,8 @@ class ChildSpec:
     capacity: int
     #: The user chose ``capacity``; else the child sizes its ring from its first chunk.
     fixed_capacity: bool
+    #: The sink's dtypes (plain data: no Caffe2 or torch import here).
+    dtype_rule: DtypeRule
     #: Assemble whole batches here (one message per batch) instead of sending
     #: each chunk: the default order; deterministic mode keeps chunk turns.
     assemble_batches: bool = False
@@ -269,7 +271,7 @@ def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Conn
     random.seed(spec.seed)
     np.random.seed(spec.seed % (2 ** 32))
     validator = ChunkValidator(spec.blob_names, spec.batch_columns, spec.dont_rebatch,
-                               spec.input_source)
+                               spec.input_source, spec.dtype_rule)
     parent = os.getppid()
 
     def keep_going() -> bool:

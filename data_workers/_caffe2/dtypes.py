@@ -27,8 +27,9 @@ object array holding anything else     refused by FeedBlob ("Unsupported python
 (int, None, dict)                      object type")
 =====================================  ==========================================
 
-Caffe2-free: the validator runs in worker processes.  ``_enqueue.py`` maps the
-type names below to ``core.DataType`` values.
+Caffe2-free: worker processes apply ``CAFFE2_DTYPE_RULE`` to their output and
+unpickle it without importing Caffe2.  ``_caffe2/feed.py`` maps the type names
+below to ``core.DataType`` values.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-__all__ = ["TENSOR_DTYPES", "SUPPORTED_DTYPES_TEXT", "unsupported_element"]
+from .._core.validate import DtypeRule
+
+__all__ = ["TENSOR_DTYPES", "CAFFE2_DTYPE_RULE", "SUPPORTED_DTYPES_TEXT", "unsupported_element"]
 
 #: numpy dtype -> name of the ``caffe2.python.core.DataType`` a blob of it holds.
 #: Native byte order only: ``np.dtype(">f8")`` is not equal to any key.
@@ -54,11 +57,6 @@ TENSOR_DTYPES: Dict[np.dtype, str] = {
     np.dtype(np.float64): "DOUBLE",
 }
 
-#: What error messages say is supported.
-SUPPORTED_DTYPES_TEXT = (
-    "supported are native-byte-order %s, and object arrays of str or bytes (string tensors)"
-    % ", ".join(str(d) for d in TENSOR_DTYPES))
-
 
 def unsupported_element(item: Any) -> Optional[str]:
     """Why an element of an object array cannot go into a string tensor, or None if it can."""
@@ -73,3 +71,13 @@ def unsupported_element(item: Any) -> Optional[str]:
             return "the str %s, which is not valid UTF-8 (%s)" % (ascii(item[:40]), exc.reason)
         return None
     return "an element of type %s" % type(item).__name__
+
+
+#: What the Caffe2 feed takes; the validator enforces it at the first chunk.
+CAFFE2_DTYPE_RULE = DtypeRule(
+    holder="a Caffe2 blob", dtypes=frozenset(TENSOR_DTYPES),
+    object_arrays="Caffe2 string tensors and may hold only bytes or UTF-8-encodable str",
+    object_element=unsupported_element)
+
+#: What error messages say is supported.
+SUPPORTED_DTYPES_TEXT = CAFFE2_DTYPE_RULE.supported_text()

@@ -5,7 +5,9 @@ turns that into a ``Chunk`` or raises ``ChunkTypeError`` / ``ChunkValueError``
 naming the worker, the blob, what was expected and what came.  ``None`` and
 zero-row chunks keep upstream's lenient behaviour: skipped (and counted).
 
-Supported dtypes are those a Caffe2 blob can hold (the table in ``_dtypes.py``).
+Which dtypes are supported is the sink's rule (``DtypeRule``): a Caffe2 blob
+holds other types than a torch tensor.  The rule is plain data, so worker
+processes apply it too without importing the sink.
 
 In re-batching mode the first accepted chunk fixes each blob's dtype and
 trailing shape (every dimension but the batch column); a later chunk that
@@ -22,15 +24,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._chunk import Chunk
-from ._dtypes import SUPPORTED_DTYPES_TEXT, TENSOR_DTYPES, unsupported_element
-from ._errors import ChunkTypeError, ChunkValueError
+from .chunk import Chunk
+from .errors import ChunkTypeError, ChunkValueError
 
-__all__ = ["Chunk", "BlobSpec", "ChunkValidator"]
+__all__ = ["Chunk", "BlobSpec", "ChunkValidator", "DtypeRule"]
 
 #: Fraction of physical memory one chunk, or one batch built from its rows,
 #: may need.  Sizes are *virtual*: a broadcast view counts as the array it
@@ -59,6 +60,28 @@ class BlobSpec:
     dtype: np.dtype
     #: The shape with the batch column removed.
     trailing_shape: Tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class DtypeRule:
+    """The arrays a sink can take, checked at the first chunk (in whichever process
+    validates it).  Plain data: it is pickled to worker processes.
+    """
+
+    #: What a batch array becomes, for messages: "a Caffe2 blob", "a torch tensor".
+    holder: str
+    #: The numeric dtypes taken, native byte order (``np.dtype(">f8")`` is not one).
+    dtypes: FrozenSet[np.dtype]
+    #: What object arrays become, for messages; "" if object arrays are refused.
+    object_arrays: str = ""
+    #: Why one element of an object array cannot be taken, or None if it can;
+    #: None: any element.  A module-level function (it is pickled by name).
+    object_element: Optional[Callable[[Any], Optional[str]]] = None
+
+    def supported_text(self) -> str:
+        names = ", ".join(str(d) for d in sorted(self.dtypes, key=lambda d: (d.kind, d.itemsize)))
+        extra = ", and object arrays (%s)" % self.object_arrays if self.object_arrays else ""
+        return "supported are native-byte-order %s%s" % (names, extra)
 
 
 def _describe(value: Any) -> str:
@@ -91,8 +114,9 @@ class ChunkValidator:
     """
 
     def __init__(self, blob_names: Sequence[str], batch_columns: Sequence[int],
-                 dont_rebatch: bool, input_source: str) -> None:
+                 dont_rebatch: bool, input_source: str, dtype_rule: DtypeRule) -> None:
         self.blob_names = list(blob_names)
+        self.dtype_rule = dtype_rule
         self.batch_columns = list(batch_columns)
         self.dont_rebatch = dont_rebatch
         self.input_source = input_source
@@ -104,10 +128,6 @@ class ChunkValidator:
         self._row_bytes: Optional[int] = None
         #: Bytes one chunk, or one batch of its rows, may need (see MEMORY_BUDGET_FRACTION).
         self.max_bytes = default_memory_budget()
-
-    @property
-    def specs(self) -> Optional[List[BlobSpec]]:
-        return self._specs
 
     def _where(self, worker_id: int) -> str:
         return "fetcher %d of input %r" % (worker_id, self.input_source)
@@ -216,25 +236,27 @@ class ChunkValidator:
                 raise ChunkTypeError(
                     "%s returned a masked array for blob %r; its mask would be lost. "
                     "Return arr.filled(value) or a separate mask blob" % (self._where(worker_id), name))
-            if arr.dtype.kind != "O" and arr.dtype not in TENSOR_DTYPES:
+            rule = self.dtype_rule
+            if arr.dtype.kind == "O" and not rule.object_arrays \
+                    or arr.dtype.kind != "O" and arr.dtype not in rule.dtypes:
                 raise ChunkTypeError(
-                    "%s returned dtype %s for blob %r, which a Caffe2 blob cannot hold; %s%s"
-                    % (self._where(worker_id), arr.dtype, name, SUPPORTED_DTYPES_TEXT,
-                       _conversion_hint(arr.dtype)))
+                    "%s returned dtype %s for blob %r, which %s cannot hold; %s%s"
+                    % (self._where(worker_id), arr.dtype, name, rule.holder,
+                       rule.supported_text(), _conversion_hint(arr.dtype)))
             if arr.ndim <= column and not self.dont_rebatch:
                 raise ChunkValueError(
                     "%s returned shape %s for blob %r, which has no batch column %d "
                     "(batch_columns)" % (self._where(worker_id), arr.shape, name, column))
-            if arr.dtype.kind == "O":
+            if arr.dtype.kind == "O" and rule.object_element is not None:
                 for item in arr.flat:
                     if type(item) is bytes:
                         continue
-                    problem = unsupported_element(item)
+                    problem = rule.object_element(item)
                     if problem is not None:
                         raise ChunkTypeError(
                             "%s returned an object array for blob %r holding %s; object "
-                            "arrays become Caffe2 string tensors and may hold only bytes or "
-                            "UTF-8-encodable str" % (self._where(worker_id), name, problem))
+                            "arrays become %s" % (self._where(worker_id), name, problem,
+                                                  rule.object_arrays))
         if not self.dont_rebatch:
             rows = output[0].shape[self.batch_columns[0]]
             for name, column, arr in zip(self.blob_names, self.batch_columns, output):

@@ -2,10 +2,10 @@
 
 In the manner of ``concurrent.futures._base`` vs ``thread.py`` / ``process.py``:
 this module states what a backend must do (``FetcherBackend``) and the little it
-may use of its input (``FetcherHost``); ``_thread_workers.py`` and
-``_process_workers.py`` implement it.  The input's coordinator drives every
+may use of its input (``FetcherHost``); ``_workers/threads.py`` and
+``_workers/processes.py`` implement it.  The input's coordinator drives every
 backend through these methods alone, in the order of
-NOTE [ Shutdown and error protocol ] (``_coordinator.py``)::
+NOTE [ Shutdown and error protocol ] (``_core/coordinator.py``)::
 
     batch_source()          once, when the input is built: None (the backend's
                             threads put chunks into the input's channel) or a
@@ -26,13 +26,17 @@ import dataclasses
 import threading
 from typing import Any, Callable, List, Optional, Protocol, Sequence
 
-from ._chunk import Chunk
-from ._errors import DataInputError
-from ._metrics import Metrics
+from .chunk import Chunk
+from .errors import DataInputError
+from .metrics import Metrics
+from .validate import DtypeRule
 
-__all__ = ["FetcherHost", "FetcherBackend", "BackendSpec", "ChunkSource", "FetchFun"]
+__all__ = ["FetcherHost", "FetcherBackend", "BackendSpec", "ChunkSource", "FetchFun",
+           "WORKER_TYPES"]
 
 FetchFun = Callable[[int, int], Any]
+#: The backends ``_workers`` provides, by their ``worker_type`` name.
+WORKER_TYPES = ("thread", "process")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +52,14 @@ class BackendSpec:
     seed: Optional[int]
     #: Shared memory per process worker; None: the backend's default.
     shm_bytes_per_worker: Optional[int]
+    #: The sink's dtypes, which process workers check before sending a chunk.
+    dtype_rule: DtypeRule
     #: One chunk from each worker in turn (the channel's order).
     deterministic: bool = False
 
 
 class ChunkSource(Protocol):
-    """What the enqueuer takes chunks from: the input's channel (``_channel.py``),
+    """What the enqueuer takes chunks from: the input's channel (``_core/channel.py``),
     or a backend that hands whole batches over itself (``FetcherBackend.batch_source``)."""
 
     def get_ready(self, timeout: Optional[float] = None, want_rows: int = 1) -> List[Chunk]:

@@ -9,11 +9,11 @@ Threads of one input (the whole pipeline is drawn once, in ``data_workers/__init
     flusher thread: every log_interval_secs, metrics to the external loggers
     watchdog thread (optional): one warning when no batch moves
 
-``BatchFeeder`` is everything between the fetchers and the sink;
+``BatchStage`` is everything between the fetchers and the sink;
 ``InputCoordinator`` owns its threads, its backend and its lifecycle.
-Caffe2-free: the Caffe2 queue is one sink (``_enqueue.py``) among others.
+Caffe2-free: the Caffe2 queue is one sink (``_caffe2/feed.py``) among others.
 
-Failure and shutdown: NOTE [ Shutdown and error protocol ] in ``_coordinator.py``.
+Failure and shutdown: NOTE [ Shutdown and error protocol ] in ``_core/coordinator.py``.
 """
 
 from __future__ import annotations
@@ -24,21 +24,20 @@ import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence
 
-from ._backend import ChunkSource, FetcherBackend, FetcherHost
-from ._channel import ChunkChannel, FifoChannel, RoundRobinChannel
-from ._chunk import Chunk
-from ._compat import BatchFeederInternals
-from ._coordinator import InitFun, WorkerCoordinator
-from ._errors import DataInputError, PipelineError
-from ._metrics import InputCounters, InputStats, Metrics
-from ._rebatch import Rebatcher
-from ._sink import BatchSink, LendingSink
-from ._threads import join_threads
-from ._validate import ChunkValidator
-from ._watchdog import StallProbe, StallWatchdog
-from ._worker import State
+from .backend import ChunkSource, FetcherBackend, FetcherHost
+from .channel import ChunkChannel, FifoChannel, RoundRobinChannel
+from .chunk import Chunk
+from .coordinator import InitFun, WorkerGroup
+from .errors import DataInputError, PipelineError
+from .metrics import InputCounters, InputStats, Metrics
+from .rebatch import Rebatcher
+from .sink import BatchSink, LendingSink
+from .thread_util import join_threads
+from .validate import ChunkValidator
+from .watchdog import StallProbe, StallWatchdog
+from .worker import State
 
-__all__ = ["InputConfig", "BatchFeeder", "InputCoordinator", "enqueuer", "LOG_INT_SECS"]
+__all__ = ["InputConfig", "BatchStage", "InputCoordinator", "enqueuer", "LOG_INT_SECS"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +49,16 @@ _POLL_SECS = 0.5
 
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
-    """Everything ``init_data_input_workers`` was told about one input, validated."""
+    """What a front end was told about one input, checked (``_core/build.py``).
+
+    Only what the engine needs: where batches go, and in which device or name
+    scope, is the sink's business.  ``batch_size`` is the size at creation; the
+    feeder's ``batch_size`` follows ``set_batch_size``.
+    """
 
     blob_names: Sequence[str]
     batch_size: int
     input_source: str
-    namescope: str
-    #: The sink's device (a Caffe2 ``DeviceOption`` for the Caffe2 queue).
-    device_option: Any
     num_workers: int
     max_buffered_batches: int
     dont_rebatch: bool
@@ -71,8 +72,9 @@ class InputConfig:
     stall_warning_secs: Optional[float] = None
 
 
-class BatchFeeder(State, BatchFeederInternals):
-    """The re-batch/enqueue stage of one input (upstream's ``BatchFeeder`` role).
+class BatchStage(State):
+    """The re-batch/enqueue stage of one input (upstream's ``BatchFeeder`` role;
+    ``data_workers.BatchFeeder`` adds upstream's attribute names, ``_compat.py``).
 
     Fetchers ``put`` their output here; the enqueuer thread calls ``pump`` in
     a loop, which moves chunks from its source (the channel, or the backend's
@@ -83,7 +85,7 @@ class BatchFeeder(State, BatchFeederInternals):
                  sink: BatchSink) -> None:
         self.config = config
         self.blob_names = list(config.blob_names)
-        self.namescope = config.namescope
+        self.namescope = sink.scope
         self.input_source = config.input_source
         self.batch_size = config.batch_size
         #: Called with the new size by set_batch_size (process workers share it).
@@ -91,9 +93,9 @@ class BatchFeeder(State, BatchFeederInternals):
         self.metrics = metrics
         self.counters = InputCounters()
         self.validator = ChunkValidator(self.blob_names, config.batch_columns,
-                                        config.dont_rebatch, config.input_source)
+                                        config.dont_rebatch, config.input_source, sink.dtype_rule)
         self.rebatcher = Rebatcher(config.batch_columns, config.batch_size, config.dont_rebatch,
-                                   name="data_workers %s%s" % (config.namescope, config.input_source))
+                                   name="data_workers %s%s" % (sink.scope, config.input_source))
         self.channel: ChunkChannel
         if config.deterministic:
             per_worker = max(1, -(-config.max_buffered_batches // max(1, len(worker_ids))))
@@ -158,7 +160,7 @@ class BatchFeeder(State, BatchFeederInternals):
         self.counters.fetched(chunk.rows, chunks)
         return chunk
 
-    def put(self, output: Any, coordinator: Optional[WorkerCoordinator] = None,
+    def put(self, output: Any, coordinator: Optional[WorkerGroup] = None,
             worker_id: int = -1) -> bool:
         """Validate one fetcher result and queue it for re-batching.
 
@@ -186,7 +188,7 @@ class BatchFeeder(State, BatchFeederInternals):
             hook(batch_size)
 
     # -- enqueuer side ----------------------------------------------------
-    def pump(self, coordinator: WorkerCoordinator) -> None:
+    def pump(self, coordinator: WorkerGroup) -> None:
         """One step of the enqueuer: push one batch if the buffered rows make one,
         else take from the source only the chunks the next batch needs.
 
@@ -245,7 +247,7 @@ class BatchFeeder(State, BatchFeederInternals):
         self._last_log = now
 
 
-def enqueuer(coordinator: WorkerCoordinator, batch_feeder: BatchFeeder) -> None:
+def enqueuer(coordinator: WorkerGroup, batch_feeder: BatchStage) -> None:
     """The enqueuer thread: move batches into the sink until the input stops or fails.
 
     Every exception type becomes the input's failure (NOTE [ Shutdown and
@@ -264,22 +266,22 @@ def enqueuer(coordinator: WorkerCoordinator, batch_feeder: BatchFeeder) -> None:
         coordinator.fail(err.where(batch_feeder.input_source, None))
 
 
-class InputCoordinator(WorkerCoordinator):
+class InputCoordinator(WorkerGroup):
     """Coordinates one input: its fetcher backend, its enqueuer, flusher and watchdog.
 
-    Implements ``FetcherHost`` (``_backend.py``) for its backend.
+    Implements ``FetcherHost`` (``_core/backend.py``) for its backend.
 
     Args:
         make_backend: builds the fetcher backend for this input (its host).
     """
 
     def __init__(self, config: InputConfig, worker_ids: List[int], init_fun: Optional[InitFun],
-                 feeder: BatchFeeder,
+                 feeder: BatchStage,
                  make_backend: Callable[[FetcherHost], FetcherBackend]) -> None:
         super().__init__(config.input_source, worker_ids, init_fun, state=feeder)
         self.config = config
         self.feeder = feeder
-        prefix = "data_workers %s%s" % (config.namescope, config.input_source)
+        prefix = "data_workers %s%s" % (feeder.namescope, config.input_source)
         self.enqueuer_thread = threading.Thread(
             target=enqueuer, args=(self, feeder), daemon=True, name=prefix + " enqueuer")
         self._flush_halted = threading.Event()
@@ -288,7 +290,8 @@ class InputCoordinator(WorkerCoordinator):
         self.watchdog: Optional[StallWatchdog] = None
         if config.stall_warning_secs is not None:
             self.watchdog = StallWatchdog(
-                prefix, self.name, self.probe, self._fetcher_locations, config.stall_warning_secs)
+                prefix, self.name, self.probe, self._fetcher_locations, config.stall_warning_secs,
+                feeder.sink.full_hint)
         self.backend: FetcherBackend = make_backend(self)
         source = self.backend.batch_source()
         if source is not None:
@@ -316,7 +319,7 @@ class InputCoordinator(WorkerCoordinator):
     def put_chunk(self, chunk: Chunk) -> bool:
         return self.feeder.put_chunk(chunk)
 
-    # -- WorkerCoordinator hooks ---------------------------------------------
+    # -- WorkerGroup hooks ---------------------------------------------
     def _start_workers(self) -> None:
         self.enqueuer_thread.start()
         self.flusher_thread.start()
@@ -374,7 +377,7 @@ class InputCoordinator(WorkerCoordinator):
             chunks_queued=feeder.source.depth(),
             waiting_for=feeder.source.waiting_for(),
             input_source=self.config.input_source,
-            namescope=self.config.namescope)
+            scope=self.feeder.namescope)
 
     def _fetcher_locations(self, only: Optional[int]) -> str:
         return self.backend.locations(only)
@@ -384,7 +387,7 @@ class InputCoordinator(WorkerCoordinator):
         failure = self.failure
         return InputStats(
             input_source=self.config.input_source,
-            namescope=self.config.namescope,
+            namescope=self.feeder.namescope,
             state=self.lifecycle.value,
             worker_type=self.config.worker_type,
             workers=len(self.worker_ids),

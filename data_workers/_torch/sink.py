@@ -1,6 +1,6 @@
 """The PyTorch side of one input: a bounded hand-off of whole batches to the consumer.
 
-A ``BatchSink`` (contract: ``_sink.py``) like the Caffe2 queue, for a Python
+A ``BatchSink`` (contract: ``_core/sink.py``) like the Caffe2 queue, for a Python
 consumer (``data_workers.torch.Loader``) instead of a net::
 
     enqueuer thread                              consumer thread (the training loop)
@@ -30,7 +30,7 @@ Object (string) arrays have no tensor type; they are handed out as the numpy
 arrays themselves, never pooled.
 
 Waiting and closing follow NOTE [ Shutdown and error protocol ] in
-``_coordinator.py``: ``close()`` never blocks and wakes both sides; every wait
+``_core/coordinator.py``: ``close()`` never blocks and wakes both sides; every wait
 is also bounded, so it rechecks the closed flag on its own.
 """
 
@@ -45,10 +45,10 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ._errors import ChunkTypeError
-from ._sink import BatchLayout
+from .._core.sink import BatchLayout
+from .._core.validate import DtypeRule
 
-__all__ = ["TorchSink", "CAPACITY", "torch_dtype"]
+__all__ = ["TorchSink", "CAPACITY", "TORCH_DTYPE_RULE"]
 
 #: Batches handed over but not yet taken (the Caffe2 queue holds 4 too).
 CAPACITY = 4
@@ -71,15 +71,17 @@ _TORCH_DTYPES = {
     np.dtype(np.float64): torch.float64,
 }
 
+#: What the validator lets through to this sink: a dtype without a tensor type
+#: (uint16, uint32, ...) fails at the first chunk, naming the worker and blob.
+#: Object arrays have no tensor type either; they are handed out as numpy arrays.
+TORCH_DTYPE_RULE = DtypeRule(
+    holder="a torch tensor", dtypes=frozenset(_TORCH_DTYPES),
+    object_arrays="numpy object arrays in the batch (no tensor type holds them)")
+
 _Key = Tuple[Tuple[int, ...], np.dtype]
 #: What one handed-out array of a batch is: a pooled numpy base, or a pinned
 #: tensor (whose ``numpy()`` view is the destination), or an object array.
 _Slot = Tuple[np.ndarray, Optional[torch.Tensor]]
-
-
-def torch_dtype(dtype: np.dtype) -> Optional[torch.dtype]:
-    """The torch dtype sharing numpy ``dtype``'s memory layout, or None (no tensor type)."""
-    return _TORCH_DTYPES.get(np.dtype(dtype))
 
 
 class _BufferPool:
@@ -131,6 +133,11 @@ class TorchSink:
         capacity: batches handed over and not yet taken.
     """
 
+    dtype_rule = TORCH_DTYPE_RULE
+    scope = ""
+    full_hint = ("the loader holds %d batches the loop has not taken; is it still calling "
+                 "next()?" % CAPACITY)
+
     def __init__(self, names: Sequence[str], pin_memory: bool = False,
                  capacity: int = CAPACITY) -> None:
         self.names = list(names)
@@ -150,19 +157,14 @@ class TorchSink:
     def destinations(self, layout: BatchLayout) -> List[np.ndarray]:
         """Arrays to write the next batch into: pooled buffers, pinned tensors' memory.
 
-        Raises:
-            ChunkTypeError: an array's dtype has no torch tensor type (e.g. uint16).
+        Every dtype of ``layout`` passed ``TORCH_DTYPE_RULE`` at the first chunk.
         """
         slots: List[_Slot] = []
         for name, (shape, dtype) in zip(self.names, layout):
             if dtype.kind == "O":
                 slots.append((np.empty(shape, dtype), None))
                 continue
-            tdtype = _TORCH_DTYPES.get(dtype)
-            if tdtype is None:
-                raise ChunkTypeError(
-                    "array %r has dtype %s, which torch %s has no tensor type for; cast it "
-                    "in fetch_fun (e.g. to int32 or float32)" % (name, dtype, torch.__version__))
+            tdtype = _TORCH_DTYPES[dtype]
             if self.pin_memory:
                 tensor = torch.empty(shape, dtype=tdtype, pin_memory=True)
                 slots.append((tensor.numpy(), tensor))
@@ -232,10 +234,6 @@ class TorchSink:
             self._not_full.notify_all()
             self._not_empty.notify_all()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def cleanup(self) -> None:
         """Drop the batches nobody took and the free buffers.  Idempotent.
 
@@ -246,8 +244,3 @@ class TorchSink:
             self._batches.clear()
         self._filling = []
         self._pool.close()
-
-    def depth(self) -> int:
-        """Batches handed over and not yet taken."""
-        with self._lock:
-            return len(self._batches)

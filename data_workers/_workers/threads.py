@@ -1,6 +1,6 @@
 """Thread fetchers: ``fetch_fun`` runs on threads of the training process.
 
-The default backend (contract: ``_backend.py``).  Cheap to start and free to
+The default backend (contract: ``_core/backend.py``).  Cheap to start and free to
 share memory with the trainer, but a fetcher that holds the GIL (pure-Python
 decoding) cannot use a second core; use ``worker_type="process"`` for those.
 """
@@ -11,10 +11,10 @@ import threading
 import time
 from typing import Any, List, Optional
 
-from ._backend import BackendSpec, FetcherBackend, FetcherHost, FetchFun
-from ._metrics import Metrics
-from ._threads import join_threads, thread_stack
-from ._worker import Worker, run_worker
+from .._core.backend import BackendSpec, FetcherBackend, FetcherHost, FetchFun
+from .._core.metrics import Metrics
+from .._core.thread_util import join_threads, thread_stack
+from .._core.worker import Worker, run_worker
 
 __all__ = ["DataWorker", "ThreadFetchers"]
 

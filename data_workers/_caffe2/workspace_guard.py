@@ -1,6 +1,6 @@
 """``ResetWorkspace()`` stops the inputs that live in the workspace it resets.
 
-NOTE [ Shutdown and error protocol ], rule 9 (``_coordinator.py``).  Resetting
+NOTE [ Shutdown and error protocol ], rule 9 (``_core/coordinator.py``).  Resetting
 a Caffe2 workspace frees its blobs and nets at once; an enqueuer writing into
 a scratch blob's memory, or blocked inside the enqueue net, would then write
 to freed memory and crash the interpreter.  So the first input built wraps

@@ -5,7 +5,7 @@ in the process that registered it: a child forked by the trainer
 (``os.fork()``, multiprocessing's fork start method) inherits the registry,
 but its exit must not stop the trainer's inputs, whose shared memory and
 sockets it also inherited.  See NOTE [ Shutdown and error protocol ] in
-``_coordinator.py``, rule 8.
+``_core/coordinator.py``, rule 8.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Coordinators: the lifecycle, failure and shutdown logic shared by every worker group.
 
-``WorkerCoordinator`` runs one named group of workers (for data inputs, one
-input source in one name/device scope); ``GlobalWorkerCoordinator`` is the
+``WorkerGroup`` runs one named group of workers (for data inputs, one
+input source in one name/device scope); ``GroupRegistry`` is the
 registry the training loop talks to (``start`` / ``stop`` / ``check``).
 
 NOTE [ Shutdown and error protocol ]
@@ -14,7 +14,7 @@ attack it answers.
    propagate them to), in a worker process, in ``init_fun`` or in the
    re-batch/enqueue stage is caught at the top of that worker's loop, wrapped
    in a ``DataInputError`` subclass that says where (worker id, input source;
-   the original is ``__cause__``) and handed to ``WorkerCoordinator.fail``.
+   the original is ``__cause__``) and handed to ``WorkerGroup.fail``.
 2. ``fail`` keeps the first failure (later ones are usually its consequences:
    logged at debug level), logs it once, moves RUNNING -> BROKEN and *halts*.
    A failure found while stopping (a worker process that died before it was
@@ -55,13 +55,13 @@ attack it answers.
 8. Only the process that built an input touches it.  A child forked by the
    trainer inherits its objects, shared memory and exit hook; there every
    shared-memory write, stop and exit hook is a no-op (owner pid checks,
-   ``_exit_hook.py``).  One ``atexit`` hook, registered lazily at the first
+   ``_core/exit_hook.py``).  One ``atexit`` hook, registered lazily at the first
    ``start()``, stops everything without raising.
 9. A Caffe2 workspace outlives its inputs.  An input does all its Caffe2 work
    in the workspace that was current when it was built (captured then, never
    looked up per batch), and ``ResetWorkspace()`` of that workspace first
    stops the inputs that live in it, with a warning naming them
-   (``_workspace_guard.py``), and waits (up to ``STOP_TIMEOUT_SECS``) for any
+   (``_caffe2/workspace_guard.py``), and waits (up to ``STOP_TIMEOUT_SECS``) for any
    enqueuer there that outlived a ``stop()``'s deadline, or refuses the reset
    if one still runs: a reset can never free blob memory an enqueuer is
    writing to.  (A lend that finds its queue closed once torch is imported,
@@ -79,13 +79,12 @@ import threading
 import time
 from typing import Any, Callable, List, Optional
 
-from ._compat import GlobalCoordinatorInternals, WorkerCoordinatorInternals
-from ._errors import DataInputError, FetcherError, InputClosedError, PipelineError
-from ._exit_hook import register_exit_hook
-from ._lifecycle import Lifecycle
-from ._threads import join_threads
+from .errors import DataInputError, FetcherError, InputClosedError, PipelineError
+from .exit_hook import register_exit_hook
+from .lifecycle import Lifecycle
+from .thread_util import join_threads
 
-__all__ = ["WorkerCoordinator", "GlobalWorkerCoordinator", "STOP_TIMEOUT_SECS"]
+__all__ = ["WorkerGroup", "GroupRegistry", "STOP_TIMEOUT_SECS"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ STOP_TIMEOUT_SECS = 5.0
 InitFun = Callable[[Any, Any], None]
 
 
-class WorkerCoordinator(WorkerCoordinatorInternals):
+class WorkerGroup:
     """One named group of workers with a lifecycle and a failure slot.
 
     Subclasses add their own workers through ``_start_workers`` / ``_halt`` /
@@ -294,17 +293,17 @@ def _timeout(timeout: Optional[float]) -> float:
     return float(timeout)
 
 
-class GlobalWorkerCoordinator(GlobalCoordinatorInternals):
+class GroupRegistry:
     """The registry of worker groups that ``init_*`` returns (the same object each call)."""
 
     def __init__(self) -> None:
         # Reentrant: see NOTE [ Shutdown and error protocol ], rule 7.
         self._lock = threading.RLock()
-        self.groups: List[WorkerCoordinator] = []
+        self.groups: List[WorkerGroup] = []
         self.next_worker_id = 0
         self.worker_ids: List[int] = []
 
-    def add(self, coordinator: WorkerCoordinator) -> None:
+    def add(self, coordinator: WorkerGroup) -> None:
         with self._lock:
             self.groups.append(coordinator)
 
@@ -318,7 +317,7 @@ class GlobalWorkerCoordinator(GlobalCoordinatorInternals):
     def get_worker_ids(self) -> List[int]:
         return list(self.worker_ids)
 
-    def _live_groups(self) -> List[WorkerCoordinator]:
+    def _live_groups(self) -> List[WorkerGroup]:
         with self._lock:
             return [c for c in self.groups if c.owned_here()]
 
@@ -340,7 +339,7 @@ class GlobalWorkerCoordinator(GlobalCoordinatorInternals):
         for c in self._live_groups():
             c.check()
 
-    def _stop_groups(self, groups: List[WorkerCoordinator], raise_failure: bool,
+    def _stop_groups(self, groups: List[WorkerGroup], raise_failure: bool,
                      timeout: Optional[float]) -> bool:
         """NOTE [ Shutdown and error protocol ], rules 4-6: halt all, join all, clean, forget."""
         started = time.monotonic()
@@ -389,7 +388,7 @@ class GlobalWorkerCoordinator(GlobalCoordinatorInternals):
         groups = [c for c in self._live_groups() if c.name == worker_name]
         return self._stop_groups(groups, raise_failure=True, timeout=None)
 
-    def __enter__(self) -> "GlobalWorkerCoordinator":
+    def __enter__(self) -> "GroupRegistry":
         self.start()
         return self
 

@@ -1,12 +1,12 @@
-"""Process fetchers: ``fetch_fun`` runs in worker processes (contract: ``_backend.py``).
+"""Process fetchers: ``fetch_fun`` runs in worker processes (contract: ``_core/backend.py``).
 
 For fetchers that hold the GIL (pure-Python decoding, parsing, augmentation):
 each worker is a process with its own interpreter, so N workers use N cores.
-Arrays come back through a shared-memory ring per worker (``_shm_ring.py``);
+Arrays come back through a shared-memory ring per worker (``_workers/shm_ring.py``);
 only a few bytes of metadata cross the socket.
 
 How workers start, and why: each is a fresh interpreter (``subprocess``,
-``python -m data_workers._process_child``).  The trainer already runs Caffe2
+``python -m data_workers._workers.child``).  The trainer already runs Caffe2
 and our own threads when workers start; ``fork`` would copy their locked
 mutexes and half-initialised thread pools into the child, where they can
 deadlock.  ``multiprocessing``'s spawn and forkserver start methods are safe
@@ -37,7 +37,7 @@ Threads in the trainer, per input::
                                  pidfd: a death or an error is reported within
                                  _WATCH_SECS, however full the pipeline is
 
-Shutdown: NOTE [ Shutdown and error protocol ] in ``_coordinator.py``.
+Shutdown: NOTE [ Shutdown and error protocol ] in ``_core/coordinator.py``.
 """
 
 from __future__ import annotations
@@ -58,20 +58,20 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ._backend import BackendSpec, ChunkSource, FetcherBackend, FetcherHost
-from ._chunk import Chunk
-from ._errors import DataInputError, FetcherError, PipelineError, RemoteTraceback, WorkerDiedError
-from ._process_child import IN_WORKER_ENV, ChildImports, ChildSpec
-from ._shm_ring import ShmArena
-from ._threads import join_threads
-from ._worker_types import pickle_fetch_fun
+from .._core.backend import BackendSpec, ChunkSource, FetcherBackend, FetcherHost
+from .._core.chunk import Chunk
+from .._core.errors import DataInputError, FetcherError, PipelineError, RemoteTraceback, WorkerDiedError
+from .._core.thread_util import join_threads
+from .child import IN_WORKER_ENV, ChildImports, ChildSpec
+from .pickling import pickle_fetch_fun
+from .shm_ring import ShmArena
 
 __all__ = ["ProcessFetchers", "DEFAULT_SHM_BYTES_PER_WORKER"]
 
 logger = logging.getLogger(__name__)
 
 #: Shared memory mapped per worker process unless told otherwise: virtual, the
-#: child uses RING_BATCHES batches of it (``_shm_ring.py``, "Sizing").
+#: child uses RING_BATCHES batches of it (``_workers/shm_ring.py``, "Sizing").
 DEFAULT_SHM_BYTES_PER_WORKER = 4 << 30
 #: How often receivers and the process watcher recheck the lifecycle.
 _POLL_SECS = 0.1
@@ -219,7 +219,7 @@ class _ProcessWorker:
         death_signal = signal.SIGKILL if threading.current_thread() is threading.main_thread() else 0
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "data_workers._process_child",
+                [sys.executable, "-m", "data_workers._workers.child",
                  str(theirs.fileno()), str(ctl_theirs.fileno()), str(self.arena.fd),
                  str(os.getpid()), str(int(death_signal))],
                 pass_fds=(theirs.fileno(), ctl_theirs.fileno(), self.arena.fd), close_fds=True,
@@ -314,7 +314,7 @@ class _ProcessWorker:
             arena.release(token)
             return None
         chunk.release = lambda: arena.release(token)
-        # Caffe2 may take it uncopied if it is a whole batch (see _shm_ring.py).
+        # Caffe2 may take it uncopied if it is a whole batch (see _workers/shm_ring.py).
         chunk.lend = lambda: arena.lend(token, span)
         return chunk
 
@@ -429,7 +429,7 @@ class _BatchReader(ChunkSource):
     A wake-up pipe makes ``halt()`` and the start of each worker end a
     waiting poll at once.  The lock is held while sockets are read, so that
     ``join`` closes them only when no read is in progress (reentrant: NOTE
-    [ Shutdown and error protocol ], rule 7, ``_coordinator.py``).
+    [ Shutdown and error protocol ], rule 7, ``_core/coordinator.py``).
     """
 
     def __init__(self, owner: "ProcessFetchers") -> None:
@@ -574,7 +574,7 @@ class ProcessFetchers(FetcherBackend):
                     blob_names=tuple(spec.blob_names), batch_columns=tuple(spec.batch_columns),
                     dont_rebatch=spec.dont_rebatch, input_source=spec.input_source,
                     capacity=capacity, fixed_capacity=spec.shm_bytes_per_worker is not None,
-                    assemble_batches=assemble)))
+                    dtype_rule=spec.dtype_rule, assemble_batches=assemble)))
         except BaseException:
             self.close()  # arenas made so far
             raise

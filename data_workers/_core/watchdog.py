@@ -3,14 +3,15 @@
 Enabled per input with ``init_data_input_workers(..., stall_warning_secs=S)``.
 A daemon thread of the input reads a frozen ``StallProbe`` of it::
 
-    fetchers --rows_fetched--> re-batcher --batches_enqueued--> Caffe2 queue --> net
-       ^ "fetchers produced nothing"  ^ "re-batcher is waiting"   ^ "net has not dequeued"
+    fetchers --rows_fetched--> re-batcher --batches_enqueued--> sink --> consumer
+       ^ "fetchers produced nothing"  ^ "re-batcher is waiting"   ^ "consumer has not taken"
 
 When ``batches_enqueued`` has not moved for ``S`` seconds it logs ONE warning
-(``logging.WARNING`` on ``data_workers._watchdog``) that names the stage:
+(``logging.WARNING`` on ``data_workers._core.watchdog``) that names the stage:
 
-* the enqueuer is blocked pushing a batch: the Caffe2 queue is full, so the
-  net has not dequeued (the training loop stopped calling ``RunNet``, or is slow);
+* the enqueuer is blocked pushing a batch: the sink is full, so its consumer
+  has not taken a batch (the sink's ``full_hint`` says what to check: a Caffe2
+  net that no longer runs, a loop that no longer calls ``next()``);
 * fetchers returned rows during the stall, but fewer than a batch: the
   re-batcher is waiting for rows (it says how many it has of how many);
 * fetchers returned nothing during the stall: with thread workers the warning
@@ -23,7 +24,7 @@ The watchdog re-arms once a batch moves again, so a second, separate stall
 gets its own warning.  It never raises and never stops the input: a stall may
 be legitimate (a paused training loop), only the user can tell.  Its thread is
 woken by ``halt()`` (NOTE [ Shutdown and error protocol ] in
-``_coordinator.py``), so it never delays ``stop()``.
+``_core/coordinator.py``), so it never delays ``stop()``.
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ import threading
 import time
 from typing import Callable, Optional
 
-__all__ = ["StallWatchdog", "StallProbe", "STALL_FETCHERS", "STALL_REBATCHER", "STALL_NET"]
+__all__ = ["StallWatchdog", "StallProbe", "STALL_FETCHERS", "STALL_REBATCHER", "STALL_CONSUMER"]
 
 logger = logging.getLogger(__name__)
 
 #: Stage names used in the warning (tests and log filters match on them).
 STALL_FETCHERS = "fetchers produced nothing"
 STALL_REBATCHER = "the re-batcher is waiting for rows"
-STALL_NET = "the net has not dequeued: the Caffe2 queue is full"
+STALL_CONSUMER = "the consumer has not taken a batch"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +61,8 @@ class StallProbe:
     #: deterministic order: the worker whose chunk is needed next, if only one will do.
     waiting_for: Optional[int]
     input_source: str
-    namescope: str
+    #: The sink's scope (a Caffe2 name scope), or "".
+    scope: str
 
 
 class StallWatchdog:
@@ -72,11 +74,14 @@ class StallWatchdog:
         probe: returns the input's current ``StallProbe``.
         locations: where the fetchers are (argument: one worker id, or None for all).
         stall_secs: seconds without a batch moving before the warning.
+        full_hint: the sink's words for a consumer that stopped taking batches.
     """
 
     def __init__(self, thread_name: str, group: str, probe: Callable[[], StallProbe],
-                 locations: Callable[[Optional[int]], str], stall_secs: float) -> None:
+                 locations: Callable[[Optional[int]], str], stall_secs: float,
+                 full_hint: str) -> None:
         self._group = group
+        self._full_hint = full_hint
         self._probe = probe
         self._locations = locations
         self.stall_secs = float(stall_secs)
@@ -120,12 +125,12 @@ class StallWatchdog:
 
     def _warn(self, probe: StallProbe, stalled: float, rows_during_stall: int) -> None:
         where = "input %r%s" % (probe.input_source,
-                                " (scope %r)" % probe.namescope if probe.namescope else "")
+                                " (scope %r)" % probe.scope if probe.scope else "")
         if probe.enqueue_blocked_since is not None:
             logger.warning(
-                "%s: no batch moved for %.1f s: %s (the enqueuer has been waiting %.1f s "
-                "to push a batch; is the training loop still calling RunNet?)",
-                where, stalled, STALL_NET, time.monotonic() - probe.enqueue_blocked_since)
+                "%s: no batch moved for %.1f s: %s: %s (the enqueuer has been waiting "
+                "%.1f s to push a batch)", where, stalled, STALL_CONSUMER, self._full_hint,
+                time.monotonic() - probe.enqueue_blocked_since)
             return
         if probe.waiting_for is not None and probe.chunks_queued > 0:
             # deterministic=True: other workers' chunks wait for this one's turn.

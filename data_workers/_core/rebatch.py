@@ -26,7 +26,7 @@ from typing import Deque, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._chunk import Chunk
+from .chunk import Chunk
 
 __all__ = ["Rebatcher", "SPLIT_COPY_MIN_BYTES"]
 

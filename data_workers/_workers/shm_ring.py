@@ -28,7 +28,7 @@ a large virtual one), but a child whose size was not chosen uses only
 written cost nothing.
 
 Lending.  The parent may hand a whole-batch chunk to Caffe2 without copying
-(``_enqueue.Caffe2Feed.lend``); Caffe2 releases it ``LEND_LAG`` enqueues later,
+(``_caffe2.feed.Caffe2Feed.lend``); Caffe2 releases it ``LEND_LAG`` enqueues later,
 and releases may come out of order.  The parent therefore tracks chunks in
 write order and advances ``released`` only over a prefix of released chunks,
 and it lends only from a ring that always has room for the batches whose
@@ -74,7 +74,7 @@ RING_BATCHES = 10
 #: Enqueues after which Caffe2 has dropped a lent batch: the queue's 4 slots,
 #: then the net's output blob hands it back to a slot, which the 5th enqueue
 #: after it swaps into a scratch blob, where the 6th replaces it
-#: (``_enqueue.Caffe2Feed.lend``).
+#: (``_caffe2.feed.Caffe2Feed.lend``).
 LEND_LAG = 6
 #: The smallest ring a child sizes for itself.
 MIN_RING_BYTES = 64 << 20

@@ -39,7 +39,7 @@ class Metrics:
     """
 
     def __init__(self, external_loggers: Optional[Iterable[ExternalLogger]] = None) -> None:
-        # Reentrant: NOTE [ Shutdown and error protocol ], rule 7 (_coordinator.py).
+        # Reentrant: NOTE [ Shutdown and error protocol ], rule 7 (_core/coordinator.py).
         self._lock = threading.RLock()
         self._metrics: Dict[str, float] = {}
         self._external_loggers = list(external_loggers or [])
@@ -140,7 +140,7 @@ class InputCounters:
     lock at all.  A reader may be the main thread interrupted by a signal
     handler that calls ``stop()``: had it held the writers' lock, every fetcher
     and the flusher would block on it and stop() would wait out its deadline
-    (NOTE [ Shutdown and error protocol ], rule 7, ``_coordinator.py``).
+    (NOTE [ Shutdown and error protocol ], rule 7, ``_core/coordinator.py``).
     """
 
     def __init__(self) -> None:

@@ -18,7 +18,7 @@ takes every ready chunk per wake-up (``get_ready``).
 ``close()`` wakes every waiter; ``put`` then returns False and ``get_ready``
 an empty list.  Nothing is dropped silently: ``drain()`` returns what was left
 so the owner can release it (see NOTE [ Shutdown and error protocol ] in
-``_coordinator.py``).
+``_core/coordinator.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import collections
 import threading
 from typing import Deque, Dict, List, Optional, Sequence
 
-from ._chunk import Chunk
+from .chunk import Chunk
 
 __all__ = ["ChunkChannel", "FifoChannel", "RoundRobinChannel"]
 
@@ -36,7 +36,7 @@ class ChunkChannel:
     """Base: the lock, the consumer's condition and the closed flag."""
 
     def __init__(self) -> None:
-        # Reentrant: NOTE [ Shutdown and error protocol ], rule 7 (_coordinator.py).
+        # Reentrant: NOTE [ Shutdown and error protocol ], rule 7 (_core/coordinator.py).
         self._lock = threading.RLock()
         self._not_empty = threading.Condition(self._lock)
         self._closed = False
@@ -122,7 +122,7 @@ class ChunkChannel:
 
     def depth(self) -> int:
         """Chunks buffered.  Takes no lock: ``stats()`` reads it, and a signal
-        handler calling ``stop()`` may interrupt that read (rule 7, ``_coordinator.py``)."""
+        handler calling ``stop()`` may interrupt that read (rule 7, ``_core/coordinator.py``)."""
         return self._count()
 
     def _count(self) -> int:

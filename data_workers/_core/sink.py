@@ -1,6 +1,6 @@
 """Where finished batches go: the contract between the enqueuer and a sink.
 
-The Caffe2 queue (``_enqueue.Caffe2Feed``) is one sink; others hand batches to
+The Caffe2 queue (``_caffe2.feed.Caffe2Feed``) is one sink; others hand batches to
 a Python consumer.  The enqueuer thread is a sink's only producer::
 
     dests = sink.destinations(layout)   arrays to write the next batch into
@@ -8,7 +8,7 @@ a Python consumer.  The enqueuer thread is a sink's only producer::
     sink.enqueue(dests)                 hand the batch over; blocks while full
 
 ``close()`` is part of halting (NOTE [ Shutdown and error protocol ] in
-``_coordinator.py``, rule 3): it never blocks, and a blocked ``enqueue``
+``_core/coordinator.py``, rule 3): it never blocks, and a blocked ``enqueue``
 returns False.  ``cleanup()`` runs after the enqueuer has ended.
 """
 
@@ -18,6 +18,8 @@ from typing import Callable, List, Protocol, Sequence, Tuple, runtime_checkable
 
 import numpy as np
 
+from .validate import DtypeRule
+
 __all__ = ["BatchSink", "LendingSink", "BatchLayout"]
 
 #: Shape and dtype of each blob of one batch.
@@ -25,7 +27,20 @@ BatchLayout = Sequence[Tuple[Tuple[int, ...], np.dtype]]
 
 
 class BatchSink(Protocol):
-    """Receives whole batches from the enqueuer thread."""
+    """Receives whole batches from the enqueuer thread.
+
+    A sink owns the rules of its consumer: which dtypes it takes, the scope its
+    objects are named in, and what it means when it stays full.
+    """
+
+    #: The arrays this sink takes; the validator applies it to the first chunk.
+    dtype_rule: DtypeRule
+    #: The prefix that names this input among its consumer's objects (a Caffe2
+    #: name scope), or "".  Shown in thread names, logs and ``InputStats``.
+    scope: str
+    #: Why a full sink blocks the enqueuer, and what to check: the stall
+    #: warning's words for the consumer's side ("... still calling RunNet?").
+    full_hint: str
 
     def destinations(self, layout: BatchLayout) -> List[np.ndarray]:
         """Arrays the next batch is written into, one per blob."""
@@ -46,7 +61,7 @@ class LendingSink(BatchSink, Protocol):
 
     ``lend`` hands over arrays that live in a worker's shared memory; the sink
     calls ``release`` once nothing refers to them any more, which may be
-    several batches later and out of order (``_shm_ring.py``, "Lending").
+    several batches later and out of order (``_workers/shm_ring.py``, "Lending").
     """
 
     def can_lend(self, arrays: Sequence[np.ndarray]) -> bool:

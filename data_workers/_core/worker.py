@@ -10,11 +10,11 @@ import abc
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ._errors import DataInputError, FetcherError
-from ._metrics import Metrics
+from .errors import DataInputError, FetcherError
+from .metrics import Metrics
 
 if TYPE_CHECKING:
-    from ._coordinator import WorkerCoordinator
+    from .coordinator import WorkerGroup
 
 __all__ = ["State", "Worker", "run_worker"]
 
@@ -38,7 +38,7 @@ class Worker:
     #: How error messages name this kind of worker.
     describe_as = "worker"
 
-    def __init__(self, coordinator: "WorkerCoordinator", worker_id: int,
+    def __init__(self, coordinator: "WorkerGroup", worker_id: int,
                  worker_fun: Optional[Callable[..., Any]] = None,
                  metrics: Optional[Metrics] = None) -> None:
         self._coordinator = coordinator
@@ -74,7 +74,7 @@ class Worker:
         self._metrics.log_metrics()
 
 
-def run_worker(coordinator: "WorkerCoordinator", worker: Worker) -> None:
+def run_worker(coordinator: "WorkerGroup", worker: Worker) -> None:
     """The loop of a worker thread: run until the group stops or fails.
 
     Every exception type ends the loop as the group's failure: a thread has no

@@ -13,8 +13,8 @@ go out of step (upstream used a queue per blob and enqueued them one by one).
 
 Everything runs in the workspace that was current when the input was built,
 through a handle captured then (NOTE [ Shutdown and error protocol ], rule 9,
-in ``_coordinator.py``): a later ``SwitchWorkspace`` does not move an input,
-and ``ResetWorkspace`` of its workspace stops it first (``_workspace_guard.py``).
+in ``_core/coordinator.py``): a later ``SwitchWorkspace`` does not move an input,
+and ``ResetWorkspace`` of its workspace stops it first (``_caffe2/workspace_guard.py``).
 When the input stops, ``cleanup`` drains the queue and removes the scratch
 blobs, the status blob and the enqueue net; the queue blob itself stays,
 closed and empty, because the user's net holds a pointer to it.
@@ -41,8 +41,8 @@ import numpy as np
 from caffe2.proto import caffe2_pb2
 from caffe2.python import core, workspace
 
-from ._dtypes import TENSOR_DTYPES
-from ._sink import BatchLayout
+from .._core.sink import BatchLayout
+from .dtypes import CAFFE2_DTYPE_RULE, TENSOR_DTYPES
 
 __all__ = ["Caffe2Feed", "Caffe2Names", "caffe2_names", "caffe2_dtype",
            "MAX_DEQUEUE_TIMEOUT_SECS"]
@@ -55,7 +55,7 @@ C2_QUEUE_CAPACITY = 4
 #: The queue object itself lives on the host, whatever device its batches are on.
 _CPU = caffe2_pb2.DeviceOption(device_type=caffe2_pb2.CPU)
 
-#: The validator's table (``_dtypes.py``) as Caffe2 tensor types.
+#: The validator's table (``_caffe2/dtypes.py``) as Caffe2 tensor types.
 _DTYPES = {dtype: getattr(core.DataType, name) for dtype, name in TENSOR_DTYPES.items()}
 
 #: The longest dequeue wait Caffe2 honours, in seconds.  DequeueBlobs keeps
@@ -164,7 +164,7 @@ class _Lease:
 
 
 class Caffe2Feed:
-    """Creates and drives the Caffe2 objects of one input (a ``BatchSink``, ``_sink.py``).
+    """Creates and drives the Caffe2 objects of one input (a ``BatchSink``, ``_core/sink.py``).
 
     Args:
         blob_names: the input's blob names as given by the user (unscoped).
@@ -176,9 +176,14 @@ class Caffe2Feed:
             ``MAX_DEQUEUE_TIMEOUT_SECS`` otherwise (checked by the caller).
     """
 
+    dtype_rule = CAFFE2_DTYPE_RULE
+    full_hint = "the Caffe2 queue is full; is the training loop still calling RunNet?"
+
     def __init__(self, blob_names: Sequence[str], namescope: str, input_source: str,
                  device_option: caffe2_pb2.DeviceOption, timeout: float) -> None:
         self.namescope = namescope
+        #: ``BatchSink.scope``: this input's blobs, queue and net live in it.
+        self.scope = namescope
         self.device_option = device_option
         self.timeout = float(timeout)
         self.outputs = [namescope + b for b in blob_names]
@@ -191,7 +196,7 @@ class Caffe2Feed:
         self._host_staging = is_gpu(device_option)
         #: Set at the first lent batch (see ``destinations``).
         self._lending = False
-        # Reentrant: NOTE [ Shutdown and error protocol ], rule 7 (_coordinator.py).
+        # Reentrant: NOTE [ Shutdown and error protocol ], rule 7 (_core/coordinator.py).
         self._close_lock = threading.RLock()
         self._closed = False
         self._cleaned = False
@@ -295,7 +300,7 @@ class Caffe2Feed:
         return not self._host_staging and all(a.dtype in _LENDABLE for a in arrays)
 
     def lend(self, arrays: List[np.ndarray], release: Callable[[], None]) -> bool:
-        """Enqueue shared-memory arrays uncopied (``_sink.LendingSink``).
+        """Enqueue shared-memory arrays uncopied (``_core.sink.LendingSink``).
 
         Each array becomes a torch tensor over the same memory, fed to a scratch
         blob; Caffe2 keeps it through the queue and the net's output blob and
@@ -416,8 +421,3 @@ class Caffe2Feed:
             blobs = [self.status_blob]
         for name in blobs:
             self._ws._remove_blob(name)
-
-
-def queue_name(blob_names: Sequence[str], namescope: str, input_source: str) -> str:
-    """The Caffe2 queue blob of an input: two live inputs must not share one."""
-    return caffe2_names(blob_names, namescope, input_source).queue

@@ -1,20 +1,14 @@
-"""Choosing an input's fetcher backend from ``worker_type``.
+"""Sending ``fetch_fun`` to worker processes: cloudpickle, checked up front.
 
-Shared by the Caffe2 input (``_api.py``) and the PyTorch loader (``torch.py``);
-Caffe2-free.  The process backend, and cloudpickle, are imported only when asked for.
+Caffe2-free; cloudpickle is imported only when a process input is built.
 """
 
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
-from ._backend import BackendSpec, FetcherBackend, FetcherHost
-from ._thread_workers import ThreadFetchers
-
-__all__ = ["WORKER_TYPES", "check_picklable", "pickle_fetch_fun", "backend_factory"]
-
-WORKER_TYPES = ("thread", "process")
+__all__ = ["check_picklable", "pickle_fetch_fun"]
 
 
 class _Writer(Protocol):
@@ -68,12 +62,3 @@ def pickle_fetch_fun(fetch_fun: Any) -> bytes:
     buffer = io.BytesIO()
     _dump(fetch_fun, buffer)
     return buffer.getvalue()
-
-
-def backend_factory(worker_type: str, spec: BackendSpec) -> Callable[[FetcherHost], FetcherBackend]:
-    """What builds the backend of an input, given the input as its host."""
-    if worker_type == "process":
-        from ._process_workers import ProcessFetchers  # not imported by thread-only scripts
-
-        return lambda host: ProcessFetchers(host, spec)
-    return lambda host: ThreadFetchers(host, spec)

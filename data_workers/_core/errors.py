@@ -14,7 +14,7 @@ A failure inside a worker thread or process is caught there, turned into one of
 these (the original exception attached as ``__cause__``) and handed to the
 input's coordinator, which stops the input and re-raises the error where the
 training loop waits: ``check()`` or ``stop()``.  See NOTE [ Shutdown and error
-protocol ] in ``_coordinator.py``.
+protocol ] in ``_core/coordinator.py``.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class RemoteTraceback(Exception):
 
 
 # Tracebacks and reprs show the import path to use, ``data_workers.FetcherError``
-# rather than ``data_workers._errors.FetcherError``. Pickling still works: it looks
+# rather than ``data_workers._core.errors.FetcherError``. Pickling still works: it looks
 # the class up as ``data_workers.<name>``, which the package resolves lazily.
 for _name in __all__:
     globals()[_name].__module__ = "data_workers"

@@ -10,24 +10,24 @@ import logging
 import math
 import numbers
 import time
-from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 from caffe2.proto import caffe2_pb2
 from caffe2.python import core, scope
 
-from . import _workspace_guard
-from ._args import check_batch_columns, check_int, check_positive_int, check_positive_seconds
-from ._backend import BackendSpec
-from ._worker_types import WORKER_TYPES, backend_factory, check_picklable
-from ._coordinator import STOP_TIMEOUT_SECS, GlobalWorkerCoordinator, InitFun
-from ._enqueue import MAX_DEQUEUE_TIMEOUT_SECS, Caffe2Feed, caffe2_names
-from ._input import LOG_INT_SECS, BatchFeeder, InputConfig, InputCoordinator
-from ._metrics import ExternalLogger, InputStats, Metrics
+from .._core.args import check_positive_int, check_positive_seconds
+from .._core.build import build_input, check_blob_names, check_input_args
+from .._compat import BatchFeeder, GlobalWorkerCoordinator, UpstreamInput
+from .._core.coordinator import STOP_TIMEOUT_SECS, InitFun
+from .._core.metrics import ExternalLogger, InputStats
+from .._core.pipeline import LOG_INT_SECS, InputCoordinator
+from .._workers.factory import backend_factory
+from . import workspace_guard as _workspace_guard
+from .feed import MAX_DEQUEUE_TIMEOUT_SECS, Caffe2Feed, caffe2_names
 
 __all__ = ["GlobalCoordinator", "global_coordinator", "init_data_input_workers", "get_worker_ids"]
 
 logger = logging.getLogger(__name__)
-
 
 
 def get_worker_ids(num_workers: int) -> List[int]:
@@ -73,7 +73,7 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
         and wait up to ``STOP_TIMEOUT_SECS`` for any enqueuer there that a stop()
         left running.
 
-        NOTE [ Shutdown and error protocol ], rule 9 (``_coordinator.py``).
+        NOTE [ Shutdown and error protocol ], rule 9 (``_core/coordinator.py``).
 
         Raises:
             RuntimeError: an input's enqueuer could not be joined; resetting now
@@ -84,8 +84,8 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
             logger.warning(
                 "ResetWorkspace(): stopping input(s) %s first, which still live in workspace "
                 "%r (call stop() before resetting the workspace)",
-                ", ".join("%r%s" % (c.name, " (scope %r)" % c.config.namescope
-                                    if c.config.namescope else "") for c in doomed),
+                ", ".join("%r%s" % (c.name, " (scope %r)" % _feed(c).namescope
+                                    if _feed(c).namescope else "") for c in doomed),
                 workspace_name)
             self._stop_groups(list(doomed), raise_failure=False, timeout=None)
         with self._lock:
@@ -112,7 +112,7 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
         batch_size = check_positive_int("batch_size", batch_size)
         logger.info("reset data input %r in %r: batch size %d", name, namescope, batch_size)
         for c in self.inputs():
-            if c.name == name and c.config.namescope == namescope:
+            if c.name == name and _feed(c).namescope == namescope:
                 c.feeder.set_batch_size(batch_size)
                 _feed(c).add_dequeue_ops(net)
 
@@ -127,88 +127,27 @@ def _feed(c: InputCoordinator) -> Caffe2Feed:
 global_coordinator = GlobalCoordinator()
 
 
-class _CheckedArgs(NamedTuple):
-    """``init_data_input_workers``'s arguments that ``_check_args`` normalized."""
-
-    batch_size: int
-    num_worker_threads: int
-    max_buffered_batches: int
-    batch_columns: List[int]
-    timeout: float
-    seed: Optional[int]
-    log_interval_secs: float
-    stall_warning_secs: Optional[float]
-    shm_bytes_per_worker: Optional[int]
-
-
-def _check_args(net: Any, input_blob_names: Any, fetch_fun: Any, batch_size: Any,
-                num_worker_threads: Any, input_source_name: Any, max_buffered_batches: Any,
-                init_fun: Any, batch_columns: Any, timeout: Any, worker_type: Any, seed: Any,
-                log_interval_secs: Any, stall_warning_secs: Any,
-                shm_bytes_per_worker: Any) -> _CheckedArgs:
-    """Every check of ``init_data_input_workers``, made before it changes anything.
+def _check_caffe2_args(net: Any, input_blob_names: Any, input_source_name: Any,
+                       init_fun: Any, timeout: Any) -> Tuple[Tuple[str, ...], float]:
+    """The checks only the Caffe2 front end has; ``check_input_args`` makes the rest.
 
     Returns:
-        The numeric arguments as plain ``int`` / ``float`` (``np.int64(32)`` -> ``32``).
+        The blob names as a tuple, and the timeout in seconds.
 
     Raises:
-        TypeError: an argument has the wrong type.
-        ValueError: an argument has a wrong value, or a live input already
-            uses the Caffe2 queue or scratch blobs this one would create.
+        TypeError, ValueError: an argument is invalid (the message names it).
     """
     target = getattr(net, "net", net)
     if not isinstance(target, core.Net):
         raise TypeError("net must be a caffe2 core.Net or a ModelHelper, got %s" % type(net).__name__)
-    if isinstance(input_blob_names, str) or not isinstance(input_blob_names, (list, tuple)) \
-            or not input_blob_names or not all(isinstance(b, str) for b in input_blob_names):
-        raise TypeError("input_blob_names must be a non-empty list of blob names, got %r"
-                        % (input_blob_names,))
-    _check_blob_names(input_blob_names)
-    if not callable(fetch_fun):
-        raise TypeError("fetch_fun must be callable as fetch_fun(worker_id, batch_size), got %r"
-                        % (fetch_fun,))
+    blob_names = check_blob_names(input_blob_names, "input_blob_names")
     if not isinstance(input_source_name, str):
         raise TypeError("input_source_name must be a str, got %s %r"
                         % (type(input_source_name).__name__, input_source_name))
     if init_fun is not None and not callable(init_fun):
         raise TypeError("init_fun must be None or callable as init_fun(coordinator, "
                         "global_coordinator), got %r" % (init_fun,))
-    if worker_type not in WORKER_TYPES:
-        raise ValueError("worker_type must be one of %s, got %r" % (WORKER_TYPES, worker_type))
-    if shm_bytes_per_worker is not None and worker_type != "process":
-        raise ValueError("shm_bytes_per_worker only applies to worker_type='process' (thread "
-                         "workers hand their arrays over without shared memory); got "
-                         "shm_bytes_per_worker=%r with worker_type=%r"
-                         % (shm_bytes_per_worker, worker_type))
-    checked = _CheckedArgs(
-        batch_size=check_positive_int("batch_size", batch_size),
-        num_worker_threads=check_positive_int("num_worker_threads", num_worker_threads),
-        max_buffered_batches=check_positive_int("max_buffered_batches", max_buffered_batches),
-        batch_columns=check_batch_columns(batch_columns, input_blob_names),
-        timeout=_check_timeout(timeout),
-        seed=None if seed is None else check_int("seed", seed),
-        log_interval_secs=check_positive_seconds("log_interval_secs", log_interval_secs),
-        stall_warning_secs=check_positive_seconds("stall_warning_secs", stall_warning_secs,
-                                                  or_none=True),
-        shm_bytes_per_worker=check_positive_int("shm_bytes_per_worker", shm_bytes_per_worker,
-                                                or_none=True),
-    )
-    if worker_type == "process":
-        check_picklable(fetch_fun)
-    _check_no_live_twin(input_blob_names, scope.CurrentNameScope(), input_source_name)
-    return checked
-
-
-def _check_blob_names(blob_names: Sequence[str]) -> None:
-    if "" in blob_names:
-        raise ValueError("input_blob_names must not contain an empty name, got %r"
-                         % (list(blob_names),))
-    seen = set()
-    for name in blob_names:
-        if name in seen:
-            raise ValueError("input_blob_names names blob %r twice (%r); one input feeds each "
-                             "blob once" % (name, list(blob_names)))
-        seen.add(name)
+    return blob_names, _check_timeout(timeout)
 
 
 def _check_timeout(timeout: Any) -> float:
@@ -237,16 +176,15 @@ def _check_no_live_twin(blob_names: Sequence[str], namescope: str, input_source:
     """
     mine = caffe2_names(blob_names, namescope, input_source)
     for other in global_coordinator.inputs():
-        config = other.config
-        theirs = caffe2_names(config.blob_names, config.namescope, config.input_source)
-        shared = [b for b in mine.all_blobs() if b in theirs.all_blobs()]
+        feed = _feed(other)
+        shared = [b for b in mine.all_blobs() if b in feed.names.all_blobs()]
         if shared:
             raise ValueError(
                 "the live input %r in name scope %r (blobs %s) already uses the Caffe2 blob %r "
                 "that this input (blobs %s, input_source_name=%r) would create: both would "
                 "feed one queue and mix their batches. Pass another input_source_name, or "
                 "stop() the first input before creating this one"
-                % (config.input_source, config.namescope, list(config.blob_names), shared[0],
+                % (feed.input_source, feed.namescope, list(other.config.blob_names), shared[0],
                    list(blob_names), input_source))
 
 
@@ -293,7 +231,7 @@ def init_data_input_workers(
             64 MiB); a batch that cannot fit is a ``ChunkValueError``.
         stall_warning_secs: if set, log one warning naming the stuck stage (and,
             for thread workers, the fetchers' stacks) when no batch has moved
-            for this many seconds; see ``data_workers/_watchdog.py``.
+            for this many seconds; see ``data_workers/_core/watchdog.py``.
 
     Returns:
         The global coordinator (the same object for every call).
@@ -301,36 +239,29 @@ def init_data_input_workers(
     Raises:
         TypeError, ValueError: an argument is invalid (the message names it).
     """
-    (batch_size, num_worker_threads, max_buffered_batches, columns, timeout, seed,
-     log_interval_secs, stall_warning_secs, shm_bytes_per_worker) = _check_args(
-        net, input_blob_names, fetch_fun, batch_size, num_worker_threads, input_source_name,
-        max_buffered_batches, init_fun, batch_columns, timeout, worker_type, seed,
-        log_interval_secs, stall_warning_secs, shm_bytes_per_worker)
+    blob_names, timeout = _check_caffe2_args(net, input_blob_names, input_source_name,
+                                             init_fun, timeout)
+    config = check_input_args(
+        fetch_fun=fetch_fun, blob_names=blob_names, batch_size=batch_size,
+        num_workers=num_worker_threads, input_source=input_source_name, worker_type=worker_type,
+        max_buffered_batches=max_buffered_batches, batch_columns=batch_columns,
+        dont_rebatch=dont_rebatch, deterministic=deterministic, seed=seed, timeout=timeout,
+        log_interval_secs=log_interval_secs, stall_warning_secs=stall_warning_secs,
+        shm_bytes_per_worker=shm_bytes_per_worker)
+    namescope = scope.CurrentNameScope()
+    _check_no_live_twin(blob_names, namescope, input_source_name)
     device_option = scope.CurrentDeviceScope()
     if device_option is None:
         device_option = caffe2_pb2.DeviceOption(device_type=caffe2_pb2.CPU)
-    config = InputConfig(
-        blob_names=tuple(input_blob_names), batch_size=batch_size,
-        input_source=input_source_name, namescope=scope.CurrentNameScope(),
-        device_option=device_option, num_workers=num_worker_threads,
-        max_buffered_batches=max_buffered_batches, dont_rebatch=bool(dont_rebatch),
-        batch_columns=tuple(columns), timeout=timeout, worker_type=worker_type,
-        deterministic=bool(deterministic), seed=seed, log_interval_secs=log_interval_secs,
-        shm_bytes_per_worker=shm_bytes_per_worker, stall_warning_secs=stall_warning_secs)
-    spec = BackendSpec(
-        fetch_fun=fetch_fun, input_source=input_source_name, blob_names=config.blob_names,
-        batch_columns=config.batch_columns, dont_rebatch=config.dont_rebatch, seed=seed,
-        shm_bytes_per_worker=shm_bytes_per_worker, deterministic=config.deterministic)
     _workspace_guard.watch(global_coordinator)
     # Build everything, then touch the user's net last; undo on any failure,
     # so a failed call leaves no queue, blob, net op or process behind.
-    worker_ids = [global_coordinator.get_new_worker_id() for _ in range(num_worker_threads)]
-    sink = Caffe2Feed(config.blob_names, config.namescope, config.input_source,
-                      device_option, config.timeout)
+    sink = Caffe2Feed(blob_names, namescope, input_source_name, device_option, timeout)
     try:
-        feeder = BatchFeeder(config, worker_ids, Metrics(external_loggers), sink)
-        coordinator = InputCoordinator(config, worker_ids, init_fun, feeder,
-                                       backend_factory(worker_type, spec))
+        worker_ids = [global_coordinator.get_new_worker_id() for _ in range(config.num_workers)]
+        coordinator = build_input(config, fetch_fun, sink, backend_factory, worker_ids=worker_ids,
+                                  init_fun=init_fun, external_loggers=external_loggers,
+                                  input_type=UpstreamInput, stage_type=BatchFeeder)
         sink.add_dequeue_ops(net)
     except BaseException:
         sink.discard()

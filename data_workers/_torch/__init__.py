@@ -1,0 +1,1 @@
+"""The PyTorch sink behind ``data_workers.torch.Loader``."""
