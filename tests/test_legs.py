@@ -54,3 +54,18 @@ def test_caffe2_api_without_caffe2_is_an_import_error_naming_the_extra() -> None
     assert out.returncode == 0, out.stderr
     assert "pip install 'data_workers[caffe2]'" in out.stdout
     assert "init_data_input_workers" in out.stdout
+
+
+def test_sources_compile_without_warnings() -> None:
+    """An invalid escape such as ``"\\ "`` is a DeprecationWarning up to 3.11 and a
+    SyntaxWarning from 3.12 (an error in a later release): none in the repository."""
+    import warnings
+
+    root = TESTS.parent
+    sources = [p for tree in ("data_workers", "tests", "benchmarks", "examples", "scripts")
+               for p in (root / tree).rglob("*.py")]
+    assert len(sources) > 50
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for path in sources:
+            compile(path.read_text(encoding="utf-8"), str(path), "exec")
