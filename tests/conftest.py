@@ -45,7 +45,7 @@ CAFFE2_MODULES = frozenset({
 #: to the modern leg (a module whose tests all became caffe2 belongs above).
 MODERN_MODULES = frozenset({
     "test_benchmarks_smoke.py", "test_docs.py", "test_examples.py", "test_exported_members.py",
-    "test_legs.py", "test_packaging.py", "test_parallel_workers.py",
+    "test_layers.py", "test_legs.py", "test_packaging.py", "test_parallel_workers.py",
     "test_sharding.py", "test_torch_loader.py", "test_typing.py",
 })
 #: Fixtures that only Caffe2 can provide: a test using one is marked caffe2.
