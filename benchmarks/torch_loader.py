@@ -11,6 +11,18 @@ Two workloads, 2 workers each, batch 32::
                            work and one hand-off per batch on both sides).  Ours:
                            process workers (threads would share one GIL).
 
+Four more, chosen with ``--only``: the dataset form (``Loader(dataset, ...)`` against
+``DataLoader(dataset, ...)``, the same map-style dataset object and options,
+2 process workers each, sequential sampler, default collate)::
+
+    ds_one_sample          one sample per __getitem__ (rand(64) float32, int label), batch 32
+    ds_gil_bound           ~1 ms of pure Python per __getitem__, batch 32; compute limit:
+                           2 cores x one uncontended __getitem__'s rate
+    ds_image               read a JPEG, decode it with Pillow, random resized crop to 224,
+                           flip, normalise to float32 CHW; batch 64; compute limit as above
+    ds_image_threads       the same, ours with thread workers (Pillow and numpy release
+                           the GIL for most of the work)
+
 Each repeat builds a fresh loader per side (alternating which goes first, so drift
 of a shared machine hits both), consumes ``warmup`` seconds of batches, then
 counts batches over ``window`` seconds.  The reported ratio is ours / DataLoader
@@ -98,6 +110,116 @@ class BusyChunks:
         return self._chunk(index % WORKERS)
 
 
+class SpinDataset:
+    """~1 ms of pure Python (holding the GIL) per sample; duck-typed map-style."""
+
+    def __init__(self, iterations: int, length: int = 1 << 20) -> None:
+        self.iterations = iterations
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Any:
+        spin(self.iterations)
+        return np.full(16, index, np.float32), index
+
+
+IMAGE_SIDE = 224
+IMAGE_BATCH = 64
+_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(3, 1, 1) * 255
+_STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(3, 1, 1) * 255
+
+
+def make_jpegs(directory: str, count: int = 48, size: Tuple[int, int] = (500, 375)) -> List[str]:
+    """``count`` photo-like JPEGs (smooth gradients plus noise, quality 90) in ``directory``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    ys, xs = np.mgrid[0:size[1], 0:size[0]]
+    for i in range(count):
+        base = np.stack([(xs * (i + 1)) % 256, (ys * 3 + i * 7) % 256, (xs + ys) % 256], -1)
+        noisy = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        path = os.path.join(directory, "img%03d.jpg" % i)
+        Image.fromarray(noisy).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+class JpegDataset:
+    """The usual ImageNet-style training transform, with Pillow and numpy only."""
+
+    def __init__(self, paths: Sequence[str], length: int = 1 << 20) -> None:
+        self.paths = list(paths)
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Any:
+        import random
+
+        from PIL import Image
+
+        with open(self.paths[index % len(self.paths)], "rb") as f:
+            image = Image.open(f)
+            image = image.convert("RGB")
+        width, height = image.size
+        area = width * height * random.uniform(0.08, 1.0)
+        ratio = np.exp(random.uniform(np.log(3 / 4), np.log(4 / 3)))
+        w = min(width, int(round(np.sqrt(area * ratio))))
+        h = min(height, int(round(np.sqrt(area / ratio))))
+        left, top = random.randint(0, width - w), random.randint(0, height - h)
+        image = image.resize((IMAGE_SIDE, IMAGE_SIDE), Image.BILINEAR,
+                             box=(left, top, left + w, top + h))
+        if random.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        chw = np.asarray(image, np.float32).transpose(2, 0, 1)
+        return (chw - _MEAN) / _STD, index % 1000
+
+
+def dataset_for(workload: str, spin_iterations: int, jpegs: Sequence[str]) -> Any:
+    if workload == "ds_one_sample":
+        return OneSampleDataset()
+    if workload == "ds_gil_bound":
+        return SpinDataset(spin_iterations)
+    return JpegDataset(jpegs)  # ds_image, ds_image_threads
+
+
+def compute_limit(dataset: Any, batch: int, seconds: float = 1.0) -> float:
+    """Batches/s of 2 cores each running one uncontended ``__getitem__`` loop."""
+    dataset[0]
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        dataset[count]
+        count += 1
+    return WORKERS * count / (time.perf_counter() - t0) / batch
+
+
+class _Endless:
+    """Epoch after epoch of a dataset loader (ours or DataLoader), as ``next()``."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.it = iter(loader)
+
+    def __next__(self) -> Any:
+        try:
+            return next(self.it)
+        except StopIteration:
+            self.it = iter(self.loader)
+            return next(self.it)
+
+    def close(self) -> None:
+        shutdown = getattr(self.it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        close = getattr(self.loader, "close", None)
+        if close is not None:
+            close()
+
+
 # ----------------------------------------------------------------------------- sides
 
 
@@ -134,16 +256,32 @@ class _DataLoaderSide:
         self.it = None
 
 
+def _dataset_side(side: str, workload: str, spin_iterations: int, jpegs: Sequence[str]) -> Any:
+    dataset = dataset_for(workload, spin_iterations, jpegs)
+    batch = IMAGE_BATCH if workload.startswith("ds_image") else BATCH
+    if side == "ours":
+        from data_workers.torch import Loader
+
+        worker_type = "thread" if workload.endswith("_threads") else "process"
+        return _Endless(Loader(dataset, batch, num_workers=WORKERS, worker_type=worker_type))
+    from torch.utils.data import DataLoader
+
+    return _Endless(DataLoader(dataset, batch, num_workers=WORKERS))
+
+
 def measure_side(side: str, workload: str, spin_iterations: int, warmup_s: float,
-                 window_s: float) -> Dict[str, float]:
+                 window_s: float, jpegs: Sequence[str] = ()) -> Dict[str, float]:
     """Build one loader, wait for its first batch, warm up, count batches in a window."""
     t0 = time.perf_counter()
-    source: Any = _ours(workload, spin_iterations) if side == "ours" \
-        else _DataLoaderSide(workload, spin_iterations)
+    if workload.startswith("ds_"):
+        source: Any = _dataset_side(side, workload, spin_iterations, jpegs)
+    else:
+        source = _ours(workload, spin_iterations) if side == "ours" \
+            else _DataLoaderSide(workload, spin_iterations)
     try:
         batch = next(source)
         first = time.perf_counter() - t0
-        if len(batch[0]) != BATCH:
+        if len(batch[0]) != (IMAGE_BATCH if workload.startswith("ds_image") else BATCH):
             raise RuntimeError("%s %s: batch of %d rows" % (side, workload, len(batch[0])))
         end = time.perf_counter() + warmup_s
         while time.perf_counter() < end:
@@ -165,8 +303,18 @@ def measure_side(side: str, workload: str, spin_iterations: int, warmup_s: float
 # ----------------------------------------------------------------------------- run
 
 
+WORKLOADS = ("one_sample", "gil_bound", "ds_one_sample", "ds_gil_bound", "ds_image",
+             "ds_image_threads")
+#: What ``benchmarks.run --only torch`` measures and docs/torch.md's generated table shows;
+#: the dataset workloads are chosen with ``--only`` (each start spawns workers that import torch).
+DEFAULT_WORKLOADS = ("one_sample", "gil_bound")
+
+
 def run(quick: bool, repeats: Optional[int] = None, window_s: Optional[float] = None,
-        log: Callable[[str], None] = print, warmup_s: Optional[float] = None) -> Dict[str, Any]:
+        log: Callable[[str], None] = print, warmup_s: Optional[float] = None,
+        only: Sequence[str] = DEFAULT_WORKLOADS) -> Dict[str, Any]:
+    import tempfile
+
     import torch
 
     torch.set_num_threads(1)  # the consumer does no math; keep the cores for workers
@@ -175,6 +323,10 @@ def run(quick: bool, repeats: Optional[int] = None, window_s: Optional[float] = 
     warmup_s = min(1.0, window_s / 2) if warmup_s is None else warmup_s
     calibration = h.calibrate_spin(GIL_FETCH_S)
     spin_iterations = int(calibration["spin_iterations"])
+    # ~1 ms per sample for ds_gil_bound: a tenth of the per-chunk spin.
+    sample_spin = max(1, spin_iterations // 10)
+    jpeg_dir = tempfile.TemporaryDirectory(prefix="torch_loader_bench")
+    jpegs = make_jpegs(jpeg_dir.name) if any(w.startswith("ds_image") for w in only) else []
     spin_s = calibration["spin_s"]
     results: Dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -187,13 +339,18 @@ def run(quick: bool, repeats: Optional[int] = None, window_s: Optional[float] = 
                      "spin_s": spin_s},
         "workloads": {},
     }
-    for workload in ("one_sample", "gil_bound"):
+    for workload in only:
         runs: Dict[str, List[Dict[str, float]]] = {"ours": [], "dataloader": []}
+        limits: List[float] = []
+        spins = sample_spin if workload == "ds_gil_bound" else spin_iterations
         for r in range(repeats):
             order = ("ours", "dataloader") if r % 2 == 0 else ("dataloader", "ours")
             for side in order:
-                runs[side].append(measure_side(side, workload, spin_iterations, warmup_s,
-                                               window_s))
+                runs[side].append(measure_side(side, workload, spins, warmup_s,
+                                               window_s, jpegs))
+            if workload in ("ds_gil_bound", "ds_image", "ds_image_threads"):
+                limits.append(compute_limit(dataset_for(workload, spins, jpegs),
+                                            IMAGE_BATCH if workload != "ds_gil_bound" else BATCH))
             log("  %s repeat %d: ours %.0f, DataLoader %.0f batches/s" % (
                 workload, r + 1, runs["ours"][-1]["batches_per_s"],
                 runs["dataloader"][-1]["batches_per_s"]))
@@ -206,6 +363,12 @@ def run(quick: bool, repeats: Optional[int] = None, window_s: Optional[float] = 
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
         }
+        if limits:
+            of_limit = [o["batches_per_s"] / lim for o, lim in zip(runs["ours"], limits)]
+            results["workloads"][workload].update(
+                compute_limit=limits, of_limit_median=statistics.median(of_limit),
+                of_limit_min=min(of_limit), of_limit_max=max(of_limit))
+    jpeg_dir.cleanup()
     results["machine"]["load_avg_end"] = os.getloadavg()[0]
     return results
 
@@ -239,13 +402,20 @@ def report(results: Dict[str, Any]) -> str:
             name, rates("ours"), rates("dataloader"),
             "%.2fx (%.2f-%.2f)" % (w["ratio_median"], w["ratio_min"], w["ratio_max"]),
             first("ours"), first("dataloader")))
+        if "compute_limit" in w:
+            lines.append("%-12s ours / compute limit %.2f (%.2f-%.2f); limit %.0f batches/s" % (
+                "", w["of_limit_median"], w["of_limit_min"], w["of_limit_max"],
+                statistics.median(w["compute_limit"])))
     m = results["machine"]
     lines.append("machine: %s CPUs, load average %.1f -> %.1f; python %s, torch %s" % (
         m["cpus"], m["load_avg_start"], m["load_avg_end"], m["python"], m["torch"]))
     return "\n".join(lines)
 
 
-TITLES = {"one_sample": "one sample per call", "gil_bound": "GIL-bound"}
+TITLES = {"one_sample": "one sample per call", "gil_bound": "GIL-bound",
+          "ds_one_sample": "dataset: one sample per __getitem__",
+          "ds_gil_bound": "dataset: ~1 ms pure-Python samples", "ds_image": "dataset: JPEG pipeline",
+          "ds_image_threads": "dataset: JPEG pipeline, our thread workers"}
 
 
 def markdown(results: Dict[str, Any]) -> str:
@@ -333,8 +503,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--warmup", type=float, default=None,
                         help="seconds of warm-up per loader (default: half the window, <= 1)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--only", nargs="+", choices=WORKLOADS, default=list(DEFAULT_WORKLOADS),
+                        help="workloads to run (default: %s, those benchmarks.run renders)"
+                        % " ".join(DEFAULT_WORKLOADS))
     args = parser.parse_args(argv)
-    results = run(args.quick, args.repeats, args.window, warmup_s=args.warmup)
+    results = run(args.quick, args.repeats, args.window, warmup_s=args.warmup, only=args.only)
     print(report(results))
     if args.json:
         with open(args.json, "w") as f:

@@ -4,14 +4,18 @@ Each repeat runs ``benchmarks/worker_start_script.py`` (imports Caffe2 and numpy
 defines its fetcher in ``__main__``) in a fresh interpreter with ``--workers``
 process workers, and reports:
 
-- first batch: ``coordinator.start()`` to the first batch out of the net;
+- first batch: ``coordinator.start()`` to the first batch out of the net, and
+  beside it torch's ``DataLoader`` (same fetcher and worker count, default start
+  method) from ``iter(loader)`` to its first batch, in a fresh interpreter of
+  the same repeat, and the ratio of the two (goal: at most 3x); and our
+  ``torch.Loader``'s first batch (process workers) in a third interpreter;
 - every worker: ``start()`` until every worker's first batch came out of the net;
 - worker RSS and USS (private pages: ``Private_*`` of ``/proc/PID/smaps_rollup``),
   summed over the workers, read then.
 
-The trainer imports torch when it lends its first batch to Caffe2, which overlaps
-the workers' start-up; ``--torch-first`` imports it before the clock starts, so
-that the first batch measures the workers' start-up alone.
+The trainer imports torch on a thread of its own at its first batch (batches are
+copied, not lent, until it is imported); ``--torch-first`` imports it before the
+clock starts, so that the first batch measures the workers' start-up alone.
 
 Median and min-max over repeats; "other load" is the share of the CPUs other
 programs used just before each repeat (the harness's ``foreign_load``).  Standalone,
@@ -47,11 +51,19 @@ MB = 1 << 20
 
 
 def run_once(workers: int, torch_first: bool, timeout_s: float) -> Dict[str, Any]:
-    """One fresh interpreter running the script; its result record."""
+    """The script in a fresh interpreter, then its DataLoader mode in another: one record."""
     load = h.foreign_load(0.5)
+    record = _run_script(workers, ["torch-first"] if torch_first else [], timeout_s)
+    record.update(_run_script(workers, ["dataloader"], timeout_s))
+    record.update(_run_script(workers, ["loader"], timeout_s))
+    record["foreign_load"] = load
+    return record
+
+
+def _run_script(workers: int, mode: List[str], timeout_s: float) -> Dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dw_worker_start_") as tmp:
         out = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, SCRIPT, str(workers), out] + (["torch-first"] if torch_first else [])
+        cmd = [sys.executable, SCRIPT, str(workers), out] + mode
         # This checkout's data_workers, unless PYTHONPATH names another one first.
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), h.REPO_ROOT) if p)
@@ -62,7 +74,6 @@ def run_once(workers: int, torch_first: bool, timeout_s: float) -> Dict[str, Any
                                % (SCRIPT, result.returncode, result.stderr[-3000:]))
         with open(out, encoding="utf-8") as f:
             record: Dict[str, Any] = json.load(f)
-    record["foreign_load"] = load
     return record
 
 
@@ -81,6 +92,12 @@ def summarize(records: Sequence[Dict[str, Any]]) -> List[List[str]]:
     loads = [r["foreign_load"] for r in records if isinstance(r.get("foreign_load"), float)]
     return [
         ["first batch, ms", _stat(first, 1e-3, 0)],
+        ["DataLoader first batch, ms",
+         _stat([r["dataloader_first_batch_s"] for r in records], 1e-3, 0)],
+        ["first batch / DataLoader's (same repeat)",
+         _stat([r["first_batch_s"] / r["dataloader_first_batch_s"] for r in records], 1, 1)],
+        ["torch.Loader first batch, ms",
+         _stat([r["loader_first_batch_s"] for r in records], 1e-3, 0)],
         ["every worker's first batch, ms", _stat([r["every_worker_s"] for r in records], 1e-3, 0)],
         ["start() call, ms", _stat([r["start_call_s"] for r in records], 1e-3, 0)],
         ["workers' RSS, total MB", _stat(rss, MB, 0)],

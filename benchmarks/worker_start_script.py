@@ -3,7 +3,7 @@
 It imports Caffe2 and numpy at the top and defines its fetcher in ``__main__``.
 Run by path (so it is ``__main__``)::
 
-    python benchmarks/worker_start_script.py WORKERS OUT.json [torch-first]
+    python benchmarks/worker_start_script.py WORKERS OUT.json [torch-first | dataloader | loader]
 
 It starts ``WORKERS`` process workers, times ``start()`` to the first batch out
 of the net and to the first batch of every worker (a batch holds one worker's
@@ -11,7 +11,11 @@ rows, tagged with its id), then reads each worker's memory from
 ``/proc/PID/smaps_rollup`` and writes everything to ``OUT.json``.  The trainer
 imports torch when it lends its first batch to Caffe2 (``_caffe2/feed.py``), about
 1-2 s that overlap the workers' start-up; ``torch-first`` imports it before the
-clock starts, leaving the workers' own start-up.  The entry
+clock starts, leaving the workers' own start-up.  ``dataloader`` times torch's
+``DataLoader`` instead (the same fetcher in an ``IterableDataset``, ``WORKERS``
+worker processes, the default start method, torch imported before the
+clock): ``iter(loader)`` to the first batch; ``loader`` times our
+``data_workers.torch.Loader`` with process workers the same way.  The entry
 point is guarded, so the script also runs where workers re-import it (the
 spawn-style start of data_workers before cloudpickle): the same script
 measures both.
@@ -52,6 +56,45 @@ def memory(pid: int) -> Dict[str, int]:
     return {"rss": fields["Rss"],
             "uss": fields["Private_Clean"] + fields["Private_Dirty"]
             + fields.get("Private_Hugetlb", 0)}
+
+
+def loader_main(workers: int, out: str) -> None:
+    import warnings
+
+    with warnings.catch_warnings():  # torch 1.10 imports pkg_resources, which warns
+        warnings.simplefilter("ignore")
+        from data_workers.torch import Loader
+
+    loader = Loader(fetch, BATCH, workers, worker_type="process", names=["data", "label"])
+    started = time.perf_counter()
+    next(loader)
+    first_batch_s = time.perf_counter() - started
+    loader.close()
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump({"workers": workers, "loader_first_batch_s": first_batch_s}, f)
+
+
+def dataloader_main(workers: int, out: str) -> None:
+    import warnings
+
+    with warnings.catch_warnings():  # torch 1.10 imports pkg_resources, which warns
+        warnings.simplefilter("ignore")
+        import torch.utils.data as tud
+
+    class Fetches(tud.IterableDataset):  # type: ignore[misc]
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            info = tud.get_worker_info()
+            while True:
+                yield fetch(info.id if info is not None else 0, BATCH)
+
+    loader = tud.DataLoader(Fetches(), batch_size=None, num_workers=workers)
+    started = time.perf_counter()
+    batches = iter(loader)
+    next(batches)
+    first_batch_s = time.perf_counter() - started
+    del batches
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump({"workers": workers, "dataloader_first_batch_s": first_batch_s}, f)
 
 
 def main(workers: int, out: str, torch_first: bool) -> None:
@@ -103,4 +146,9 @@ def main(workers: int, out: str, torch_first: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2], sys.argv[3:] == ["torch-first"])
+    if sys.argv[3:] == ["dataloader"]:
+        dataloader_main(int(sys.argv[1]), sys.argv[2])
+    elif sys.argv[3:] == ["loader"]:
+        loader_main(int(sys.argv[1]), sys.argv[2])
+    else:
+        main(int(sys.argv[1]), sys.argv[2], sys.argv[3:] == ["torch-first"])

@@ -77,6 +77,7 @@ _EXPORTS: Dict[str, str] = {
     "InputCoordinator": "._core.pipeline",
     "InputStats": "._core.metrics",
     "ExternalLogger": "._core.metrics",
+    "ProgressLogger": "._core.progress",
     "Lifecycle": "._core.lifecycle",
     "DataInputError": "._core.errors",
     "FetcherError": "._core.errors",
@@ -132,6 +133,7 @@ if _TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ._core.pipeline import LOG_INT_SECS, InputCoordinator, enqueuer
     from ._core.lifecycle import Lifecycle
     from ._core.metrics import ExternalLogger, InputStats, Metrics
+    from ._core.progress import ProgressLogger
     from ._workers.threads import DataWorker
     from ._core.worker import State, Worker, run_worker
     from .sharding import (ArrayDataset, IndexableDataset, InputCheckpoint, LastBatchPolicy,

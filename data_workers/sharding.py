@@ -54,6 +54,7 @@ import logging
 import os
 import tempfile
 import threading
+import weakref
 from typing import Any, Callable, Mapping, Protocol, Sequence, cast
 
 import numpy as np
@@ -346,10 +347,13 @@ class ShardedSource:
         self._lock = threading.Lock()
         self._calls: dict[int, int] = {}
         self._perm_cache: dict[int, np.ndarray] = {}
+        #: The input this source feeds (trainer side, set by init_fun): it knows
+        #: which blocks were skipped under max_fetch_failures.
+        self._input: Callable[[], Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_lock", "_calls", "_perm_cache"):
+        for key in ("_lock", "_calls", "_perm_cache", "_input"):
             state.pop(key, None)
         return state
 
@@ -404,6 +408,8 @@ class ShardedSource:
         source), so every fetcher knows its local index and the fetcher count.
         """
         self.bind_workers(input_coordinator.get_worker_ids())
+        if callable(getattr(input_coordinator, "skipped_turns", None)):
+            self._input = weakref.ref(input_coordinator)
 
     def attach(
         self,
@@ -546,6 +552,7 @@ class ShardedSource:
         Raises:
             ValueError: If ``steps`` is negative.
         """
+        steps = self._blocks_behind(steps)
         epoch, offset = self._step_position(steps)
         return InputCheckpoint(
             num_samples=self._num_samples,
@@ -557,6 +564,20 @@ class ShardedSource:
             step=self._start_step + int(steps),
             global_batch_size=self._global_batch,
         )
+
+    def _blocks_behind(self, steps: int) -> int:
+        """Blocks the nets passed after ``steps`` steps: those steps, plus the blocks
+        before them whose fetch raised and was skipped (``max_fetch_failures``).  A
+        resumed run starts after them, and skips the same records again."""
+        coordinator = None if self._input is None else self._input()
+        if coordinator is None or steps < 0:
+            return steps
+        blocks = steps
+        for turn in coordinator.skipped_turns():  # ascending; turn t is block t
+            if turn >= blocks:
+                break
+            blocks += 1
+        return blocks
 
     def restore(self, checkpoint: InputCheckpoint) -> None:
         """Start the stream at ``checkpoint`` instead (like ``resume=`` at construction).

@@ -44,13 +44,16 @@ import torch
 
 from ._core.args import check_positive_seconds
 from ._core.backend import FetchFun
+from ._core.budget import FractionOrCount
 from ._core.build import ArgNames, build_input, check_blob_names, check_input_args
 from ._core.coordinator import GroupRegistry
 from ._core.errors import InputClosedError
 from ._core.lifecycle import Lifecycle
 from ._core.metrics import ExternalLogger, InputStats
 from ._core.pipeline import LOG_INT_SECS
-from ._torch.sink import TorchSink
+from ._torch.dataset import is_dataset
+from ._torch.dataset_loader import DatasetLoader
+from ._torch.sink import TorchSink, check_pin_memory
 from ._workers.factory import backend_factory
 from .sharding import InputCheckpoint, ShardedSource
 
@@ -70,7 +73,28 @@ _running: Set[GroupRegistry] = set()
 
 
 class Loader:
-    """An endless iterable of batches from ``fetch_fun``, as tuples of ``torch.Tensor``.
+    """``torch.utils.data.DataLoader`` over our workers, or the Caffe2 ``fetch_fun`` input.
+
+    **Dataset form** (the first argument is a ``torch.utils.data.Dataset``, or
+    a non-callable with ``__getitem__`` + ``__len__`` or ``__iter__``)::
+
+        Loader(dataset, batch_size=1, shuffle=False, sampler=None, batch_sampler=None,
+               num_workers=0, collate_fn=None, pin_memory=False, drop_last=False,
+               timeout=0, worker_init_fn=None, multiprocessing_context=None,
+               generator=None, *, prefetch_factor=2, persistent_workers=False,
+               pin_memory_device="", in_order=True, worker_type="thread",
+               seed=None, name="loader", stall_warning_secs=None,
+               shm_bytes_per_worker=None, external_loggers=None, log_interval_secs=None)
+
+    DataLoader's names, defaults and meanings; each ``iter()`` is one epoch of
+    ``len(loader)`` batches in the sampler's order whatever the workers, and
+    ``state_dict()`` / ``load_state_dict()`` resume exactly, with any worker
+    count or type.  ``seed`` fixes every epoch's order (default: drawn from
+    ``generator``, else from torch's RNG).  What differs from DataLoader:
+    ``docs/torch.md``; the implementation: ``_torch/dataset_loader.py``.
+
+    **fetch_fun form**: an endless iterable of batches from ``fetch_fun``, as
+    tuples of ``torch.Tensor``.
 
     Each batch holds one tensor per array ``fetch_fun`` returns, each with exactly
     ``batch_size`` rows along its batch column (with ``dont_rebatch``, the rows of
@@ -111,12 +135,25 @@ class Loader:
             must have and name them in errors.  If omitted, ``batch_columns``
             gives the count; one of the two is required.
         name: names this input in errors, logs and threads.
+        dtypes: the dtype some or all arrays must have, by name (``names``, or
+            ``array0``, ``array1``...), e.g. ``{"data": np.float32}``: another
+            dtype is a ``ChunkTypeError`` at the first chunk.
         stall_warning_secs, shm_bytes_per_worker, external_loggers,
-            log_interval_secs: as for ``init_data_input_workers``.
+            log_interval_secs, max_fetch_failures: as for ``init_data_input_workers``
+            (``max_fetch_failures``: fetcher exceptions to skip, a count or a
+            fraction of fetch calls).
 
     Raises:
         TypeError, ValueError: an argument is invalid (the message names it).
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Loader":
+        # The first argument picks the form: a dataset gets DataLoader's
+        # signature and epochs (_torch/dataset_loader.py), a callable is a fetch_fun.
+        first = args[0] if args else kwargs.get("dataset", kwargs.get("fetch_fun"))
+        if cls is Loader and "fetch_fun" not in kwargs and is_dataset(first):
+            return super().__new__(_DatasetLoader)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -138,6 +175,8 @@ class Loader:
         shm_bytes_per_worker: Optional[int] = None,
         external_loggers: Optional[Iterable[ExternalLogger]] = None,
         log_interval_secs: float = LOG_INT_SECS,
+        dtypes: Optional[Mapping[str, Any]] = None,
+        max_fetch_failures: FractionOrCount = 0,
     ) -> None:
         blob_names = _check_loader_args(names, name, batch_columns, pin_memory)
         config = check_input_args(
@@ -147,7 +186,8 @@ class Loader:
             dont_rebatch=dont_rebatch, deterministic=deterministic, seed=seed,
             timeout=check_positive_seconds("timeout", timeout),
             log_interval_secs=log_interval_secs, stall_warning_secs=stall_warning_secs,
-            shm_bytes_per_worker=shm_bytes_per_worker, names=_ARG_NAMES)
+            shm_bytes_per_worker=shm_bytes_per_worker, dtypes=dtypes,
+            max_fetch_failures=max_fetch_failures, names=_ARG_NAMES)
         self._fetch_fun_type = type(fetch_fun).__name__
         self._source = fetch_fun if isinstance(fetch_fun, ShardedSource) else None
         if self._source is not None and self._source.batch_size != config.batch_size:
@@ -190,8 +230,22 @@ class Loader:
             self._start()
         deadline = time.monotonic() + self._config.timeout
         while True:
-            self._raise_if_halted()
+            halted = self._input.lifecycle.halted
+            if halted and self._input.failure is None:
+                raise InputClosedError(
+                    "loader %r was closed (by close() or the end of its with-block) and hands "
+                    "out no more batches; build a new Loader to read again"
+                    % self._config.input_source)
             left = deadline - time.monotonic()
+            # Batches handed over before a failure come first (NOTE [ Shutdown and
+            # error protocol ], rule 10); a failure or close() closes the sink,
+            # which wakes this wait at once.
+            batch = self._sink.take(0.0 if halted else max(0.0, min(left, _POLL_SECS)))
+            if batch is not None:
+                self._batches_taken += 1
+                return batch
+            if halted:
+                self._raise_failure()
             if left <= 0:
                 stats = self.stats()
                 raise TimeoutError(
@@ -200,21 +254,14 @@ class Loader:
                     "stuck stage" % (self._config.input_source, self._config.timeout,
                                      stats.chunks_fetched, stats.rows_buffered,
                                      self._config.batch_size))
-            # A failure or close() closes the sink, which wakes this wait at once.
-            batch = self._sink.take(min(left, _POLL_SECS))
-            if batch is not None:
-                self._batches_taken += 1
-                return batch
 
-    def _raise_if_halted(self) -> None:
+    def _raise_failure(self) -> None:
+        """Raise the failure that halted the input (the first time itself, then
+        ``InputClosedError`` from it)."""
         failure = self._input.failure
-        if failure is not None:
-            self._input.check()  # first time: raised here, so close() will not raise it again
-            err = InputClosedError("loader %r failed earlier: %s"
-                                   % (self._config.input_source, failure))
-            raise err from failure
-        if self._input.lifecycle.halted:
-            raise InputClosedError("loader %r was closed" % self._config.input_source)
+        self._input.check()  # first time: raised here, so close() will not raise it again
+        err = InputClosedError("loader %r failed earlier: %s" % (self._config.input_source, failure))
+        raise err from failure
 
     def _start(self) -> None:
         with self._lock:
@@ -325,6 +372,15 @@ class Loader:
         return self._source
 
 
+# DatasetLoader's methods win (it comes first): epochs instead of an endless
+# stream, so __iter__, batch_size and stats() differ from the fetch_fun form's.
+class _DatasetLoader(DatasetLoader, Loader):  # type: ignore[misc]
+    """``Loader(dataset, ...)``: ``DatasetLoader``'s behaviour, a ``Loader`` to ``isinstance``."""
+
+    def _make_run(self, fetch: Any, *args: Any, **kwargs: Any) -> Loader:
+        return Loader(fetch, *args, **kwargs)
+
+
 #: The Loader's spelling of the parameters the Caffe2 front end names otherwise.
 _ARG_NAMES = ArgNames(blob_names="names", num_workers="num_workers")
 
@@ -351,9 +407,5 @@ def _check_loader_args(names: Any, name: Any, batch_columns: Any,
     if not blob_names:
         raise ValueError("batch_columns must list one non-negative int per array, got %r"
                          % (batch_columns,))
-    if not isinstance(pin_memory, bool):
-        raise TypeError("pin_memory must be a bool, got %r" % (pin_memory,))
-    if pin_memory and not torch.cuda.is_available():
-        raise ValueError("pin_memory=True pins batches for copies to a CUDA device, and "
-                         "torch.cuda.is_available() is False here; pass pin_memory=False")
+    check_pin_memory(pin_memory)
     return blob_names

@@ -35,7 +35,8 @@ from data_workers import parallel_workers  # noqa: E402
 #: MODERN_MODULES honest against the files in tests/.
 CAFFE2_MODULES = frozenset({
     "test_boundary.py", "test_compat_internals.py", "test_delivery.py", "test_errors.py",
-    "test_faults.py", "test_hostile_input.py", "test_lifecycle.py", "test_metrics.py", "test_multihost.py",
+    "test_failure_order.py", "test_faults.py", "test_fetch_failures.py",
+    "test_hostile_input.py", "test_lifecycle.py", "test_metrics.py", "test_multihost.py",
     "test_process_main.py", "test_process_workers.py", "test_properties.py",
     "test_protocol_matrix.py", "test_ray_source.py", "test_scopes.py",
     "test_shutdown_attacks.py", "test_upstream_compat.py", "test_upstream_defects.py",
@@ -44,9 +45,10 @@ CAFFE2_MODULES = frozenset({
 #: Every other module: each runs on both legs, and must bring at least one test
 #: to the modern leg (a module whose tests all became caffe2 belongs above).
 MODERN_MODULES = frozenset({
-    "test_benchmarks_smoke.py", "test_docs.py", "test_examples.py", "test_exported_members.py",
-    "test_layers.py", "test_legs.py", "test_packaging.py", "test_parallel_workers.py",
-    "test_sharding.py", "test_torch_loader.py", "test_typing.py",
+    "test_benchmarks_smoke.py", "test_docs.py", "test_examples.py",
+    "test_exported_members.py", "test_first_minutes.py", "test_layers.py", "test_legs.py",
+    "test_packaging.py", "test_parallel_workers.py", "test_sharding.py",
+    "test_torch_dataset.py", "test_torch_loader.py", "test_typing.py",
 })
 #: Fixtures that only Caffe2 can provide: a test using one is marked caffe2.
 _CAFFE2_FIXTURES = frozenset({"ws"})

@@ -27,6 +27,7 @@ __all__ = [
     "RandomBadOutput", "SlowFetcher", "BlockingFetcher", "SleepForever", "SuddenDeath",
     "SteadyFetcher", "TrickleFetcher", "hostile_output", "HostileFetcher",
     "BigRowFetcher", "RealBigFetcher", "GatedFetcher", "StuckWorkerFetcher",
+    "FailAfterChunks", "CorruptRecords",
 ]
 
 # ----------------------------------------------------------------------------- rows
@@ -82,6 +83,47 @@ class RandomRaiser(_PerWorker):
         if calls > 0 and rng.random_sample() < self.p:
             raise FlakyDiskError("sector %d of shard %d unreadable" % (seq, worker_id))
         return tagged_chunk(worker_id, seq, rows)
+
+
+class FailAfterChunks:
+    """``chunks`` tagged chunks of ``rows`` rows per worker, then ``FlakyDiskError`` on
+    every later call: the rows before the failure are known exactly.  With ``marker``,
+    the file ``marker`` is created as it first raises, so a test can wait for that."""
+
+    def __init__(self, chunks: int, rows: int = 4, marker: Optional[str] = None) -> None:
+        self.chunks = chunks
+        self.rows = rows
+        self.marker = marker
+        self._calls: Dict[int, int] = {}
+
+    def __call__(self, worker_id: int, batch_size: int) -> List[np.ndarray]:
+        calls = self._calls.get(worker_id, 0)
+        if calls >= self.chunks:
+            if self.marker is not None:
+                open(self.marker, "a").close()
+            raise FlakyDiskError("chunk %d of worker %d unreadable" % (calls, worker_id))
+        self._calls[worker_id] = calls + 1
+        return tagged_chunk(worker_id, calls * self.rows, self.rows)
+
+
+class CorruptRecords:
+    """A ``ShardedSource`` dataset of ``n`` records whose ``load`` raises
+    ``FlakyDiskError`` for a block holding a record of ``corrupt``, as a reader
+    of a truncated file would.  Row ``i`` is ``data = [i, i, i]``, ``label = i``."""
+
+    def __init__(self, n: int, corrupt: "tuple[int, ...]") -> None:
+        self.n = n
+        self.corrupt = frozenset(corrupt)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def load(self, indices: np.ndarray) -> List[np.ndarray]:
+        bad = self.corrupt.intersection(indices.tolist())
+        if bad:
+            raise FlakyDiskError("record %d is truncated" % min(bad))
+        return [np.repeat(indices.astype(np.float64)[:, None], 3, axis=1),
+                indices.astype(np.int32)]
 
 
 def bad_output(kind: str, worker_id: int, seq: int, rows: int) -> Any:

@@ -86,9 +86,40 @@ def test_pieces_copied_by_two_threads_arrive_exactly_once_in_order(ws, monkeypat
     assert _copier_threads(), "no piece was split"
     assert coord.stop() is True
     check_tagged(batches)
-    for t in _copier_threads():
-        t.join(5)
-    assert not _copier_threads()
+    assert not _copier_threads(), "stop() returned True while a copier thread ran"
+
+
+class _BigRows:
+    """Chunks of 8 rows of 1 MiB each (float64), tagged in column 0: every batch
+    piece is split between the enqueuer and its copier thread."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+
+    def __call__(self, worker_id, batch_size):
+        data = np.empty((8, 1 << 17), np.float64)
+        data[:, 0] = np.arange(self.seq, self.seq + 8)
+        self.seq += 8
+        return [data, np.arange(self.seq - 8, self.seq).astype(np.int32)]
+
+
+@pytest.mark.parametrize("worker_type, cycles", [("thread", 30), ("process", 6)])
+def test_stop_returns_true_only_after_the_copier_thread_ended(ws, worker_type, cycles):
+    """Issue 23: in 1 of 10 cycles stop() returned True while ``copier_0`` still ran.
+    Cycles stop at varied points: before any batch, and after 1 or 2 large batches.
+    (Process workers in deterministic order send chunks, which the trainer copies.)"""
+    for cycle in range(cycles):
+        net = core.Net("copier_cycle")
+        coord = data_workers.init_data_input_workers(
+            net, ["data", "label"], _BigRows(), 16, max_buffered_batches=2, timeout=30,
+            input_source_name="copier_cycle", worker_type=worker_type,
+            deterministic=worker_type == "process")
+        coord.start()
+        if cycle % 3:
+            run_and_collect(net, cycle % 3)
+        assert coord.stop() is True, cycle
+        assert not _copier_threads(), "cycle %d: stop() returned True while %s ran" % (
+            cycle, [t.name for t in _copier_threads()])
 
 
 @pytest.mark.parametrize("split_copies", [False, True])
@@ -174,10 +205,11 @@ def test_new_run_never_sees_old_batches(ws):
 
 
 def test_split_copy_falls_back_to_one_thread_when_the_helper_refuses(monkeypatch):
-    """At interpreter exit the helper pool takes no new work: the enqueuer copies alone."""
+    """Once the helper is closed (the input is stopping) it takes no new work: the
+    enqueuer copies alone."""
     monkeypatch.setattr(_rebatch, "SPLIT_COPY_MIN_BYTES", 1)
     rebatcher = _rebatch.Rebatcher([0, 0], 4, False)
-    rebatcher._helper_pool().shutdown()  # what concurrent.futures does at exit
+    assert rebatcher.close_helper() is None  # none was started, and none will be
     rebatcher.add(Chunk(0, [np.arange(16.0).reshape(8, 2), np.arange(8)], 8))
     for start in (0, 4):
         dests = [np.empty((4, 2)), np.empty(4, np.int64)]

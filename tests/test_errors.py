@@ -81,8 +81,9 @@ def test_fetcher_exception_fails_net_fast_and_stop_reraises(ws, caplog, worker_t
     assert isinstance(err.__cause__, ValueError) and "disk on fire" in str(err.__cause__)
     assert err.input_source == "src" and err.worker_id == coord.get_worker_ids()[-1]
     assert "fetcher" in str(err) and "'src'" in str(err)
+    # Reported once: raised by stop(), so not logged as well.
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR and "disk on fire" in r.getMessage()]
-    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert failures == []
     if worker_type == "process":
         assert isinstance(err.__cause__.__cause__, data_workers.RemoteTraceback)
         assert "failing_fetcher" in err.__cause__.__cause__.tb_text

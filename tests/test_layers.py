@@ -4,7 +4,7 @@
     .sharding, .ray_source
         _caffe2/   the Caffe2 sink and upstream API    -> _core, _workers, _compat
         _compat    upstream's class and private names  -> _core
-        _torch/    the PyTorch sink                    -> _core
+        _torch/    the PyTorch sink and Loader parts   -> _core, _workers
         _workers/  thread and process fetchers         -> _core
         _core/     the engine                          -> _core only; no Caffe2, no torch
 
@@ -30,7 +30,7 @@ TREES = ("data_workers", "benchmarks", "tests", "examples", "scripts")
 ALLOWED = {
     "_core": set(),
     "_workers": {"_core"},
-    "_torch": {"_core"},
+    "_torch": {"_core", "_workers"},
     "_compat": {"_core"},
     "_caffe2": {"_core", "_workers", "_compat"},
 }

@@ -16,7 +16,7 @@ hang            init_fun       stop() (other thread) returns True at once; start
 exit/sigkill/   init_fun       n/a: init_fun runs in the trainer (its death is the trainer's)
 sigsegv
 logger_*        init_fun       n/a: loggers are not called before start()
-exception       first_fetch,   the net fails promptly (after the batches already queued);
+exception       first_fetch,   the net fails promptly after the batches queued before it;
                 mid_run        stop() raises FetcherError, __cause__ InjectedError
 base_exception  first_fetch,   as exception, __cause__ SystemExit (a thread's sys.exit is
                 mid_run        not lost)
@@ -206,9 +206,11 @@ def _check_failure(err: BaseException, fault: str, group: Any) -> None:
 
 
 def _drain_then_fail(net: core.Net) -> None:
-    """The net gets the batches already queued, then fails at once (the queue is closed)."""
+    """The net gets the batches queued before the failure, then fails at once (the queue
+    is closed).  A process worker may have sent many small batches ahead, all of which
+    come first (NOTE [ Shutdown and error protocol ], rule 10)."""
     workspace.CreateNet(net, overwrite=True)
-    for _ in range(10):
+    for _ in range(5000):
         started = time.monotonic()
         try:
             workspace.RunNet(net.Proto().name)

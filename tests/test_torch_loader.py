@@ -244,15 +244,20 @@ class FailWhenTold:
         return tagged_chunk(worker_id, self.seq - 4, 4)
 
 
-def test_failure_preempts_batches_already_buffered() -> None:
+def test_failure_comes_after_the_batches_before_it() -> None:
+    """NOTE [ Shutdown and error protocol ], rule 10: known at once, raised after the
+    batches the fetcher made before it (its eight chunks: eight batches of 4)."""
     fail = threading.Event()
     with Loader(FailWhenTold(fail), 4, 1, names=NAMES, timeout=10) as loader:
-        next(loader)
+        got = [next(loader)]
         wait_for(lambda: loader.stats().batches_enqueued >= 3, 10, "batches waiting")
         fail.set()
         wait_for(lambda: loader.stats().failure is not None, 10, "the failure")
         with pytest.raises(data_workers.FetcherError, match="told to fail"):
-            next(loader)
+            while True:
+                got.append(next(loader))
+        assert len(got) == 8
+        check_tagged(as_numpy(got), batch_size=4)
 
 
 class _FailsAfterFirstBatch:

@@ -10,18 +10,20 @@ import logging
 import math
 import numbers
 import time
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from caffe2.proto import caffe2_pb2
 from caffe2.python import core, scope
 
 from .._core.args import check_positive_int, check_positive_seconds
+from .._core.budget import FractionOrCount
 from .._core.build import build_input, check_blob_names, check_input_args
 from .._compat import BatchFeeder, GlobalWorkerCoordinator, UpstreamInput
 from .._core.coordinator import STOP_TIMEOUT_SECS, InitFun
 from .._core.metrics import ExternalLogger, InputStats
 from .._core.pipeline import LOG_INT_SECS, InputCoordinator
 from .._workers.factory import backend_factory
+from . import start_watch as _start_watch
 from . import workspace_guard as _workspace_guard
 from .feed import MAX_DEQUEUE_TIMEOUT_SECS, Caffe2Feed, caffe2_names
 
@@ -57,11 +59,18 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
     def inputs(self) -> List[InputCoordinator]:
         return [g for g in self._live_groups() if isinstance(g, InputCoordinator)]
 
+    def start(self) -> None:
+        try:
+            super().start()
+        finally:
+            _start_watch.settle()  # started inputs need no start watch
+
     def _stop_groups(self, groups: List[Any], raise_failure: bool,
                      timeout: Optional[float]) -> bool:
         try:
             return super()._stop_groups(groups, raise_failure, timeout)
         finally:
+            _start_watch.settle()
             with self._lock:
                 stopped = [g for g in groups if isinstance(g, InputCoordinator)
                            and g not in self._unjoined]
@@ -208,6 +217,8 @@ def init_data_input_workers(
     log_interval_secs: float = LOG_INT_SECS,
     stall_warning_secs: Optional[float] = None,
     shm_bytes_per_worker: Optional[int] = None,
+    dtypes: Optional[Mapping[str, Any]] = None,
+    max_fetch_failures: FractionOrCount = 0,
 ) -> GlobalCoordinator:
     """Feed ``input_blob_names`` of ``net`` from ``fetch_fun``, in the current scopes.
 
@@ -232,6 +243,16 @@ def init_data_input_workers(
         stall_warning_secs: if set, log one warning naming the stuck stage (and,
             for thread workers, the fetchers' stacks) when no batch has moved
             for this many seconds; see ``data_workers/_core/watchdog.py``.
+        dtypes: the dtype some or all blobs must have, e.g. ``{"data": np.float32,
+            "label": np.int32}``: a chunk with another dtype is a ``ChunkTypeError``
+            naming the blob, at the first chunk, instead of an error from the
+            operator that reads the blob.
+        max_fetch_failures: exceptions of ``fetch_fun`` to skip (bad records)
+            instead of failing the input: ``0`` (default) none, an int N up
+            to N, a float in (0, 1) that fraction of fetch calls (the first 100
+            calls count as 100).  Each is logged and counted
+            (``stats().fetch_failures``); the next one fails the input, saying
+            how many were skipped.  See ``data_workers/_core/budget.py``.
 
     Returns:
         The global coordinator (the same object for every call).
@@ -247,7 +268,8 @@ def init_data_input_workers(
         max_buffered_batches=max_buffered_batches, batch_columns=batch_columns,
         dont_rebatch=dont_rebatch, deterministic=deterministic, seed=seed, timeout=timeout,
         log_interval_secs=log_interval_secs, stall_warning_secs=stall_warning_secs,
-        shm_bytes_per_worker=shm_bytes_per_worker)
+        shm_bytes_per_worker=shm_bytes_per_worker, dtypes=dtypes,
+        max_fetch_failures=max_fetch_failures)
     namescope = scope.CurrentNameScope()
     _check_no_live_twin(blob_names, namescope, input_source_name)
     device_option = scope.CurrentDeviceScope()
@@ -267,4 +289,5 @@ def init_data_input_workers(
         sink.discard()
         raise
     global_coordinator.add(coordinator)
+    _start_watch.watch(coordinator, lambda c: c in global_coordinator.groups)
     return global_coordinator

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
 import threading
 import warnings
 import weakref
@@ -108,6 +109,40 @@ _LENDABLE = frozenset(np.dtype(t) for t in (
 
 
 _torch_module: Any = None
+_torch_import_lock = threading.Lock()
+_torch_import_started = False
+
+
+def _torch_ready(start_import: bool) -> bool:
+    """True once torch is imported; else, if ``start_import``, starts importing it
+    on a thread of its own.
+
+    Lending needs torch, and importing it takes 1-2 s: on the enqueuer's thread
+    that delayed the first batch of process workers by as much.  Until it is
+    imported, batches are copied instead (``can_lend`` is False); the import
+    holds no lock of any input.  The caller starts it only after its first
+    batch: the import holds the GIL much of the time, and would slow that one.
+    """
+    global _torch_import_started
+    if _torch_module is not None:
+        return True
+    if "torch" in sys.modules:
+        _torch()  # imported already (or being imported: waits for that import)
+        return True
+    with _torch_import_lock:
+        if start_import and not _torch_import_started:
+            _torch_import_started = True
+            threading.Thread(target=_import_torch, daemon=True,
+                             name="data_workers torch import").start()
+    return False
+
+
+def _import_torch() -> None:
+    try:
+        _torch()
+    except Exception:  # without torch, batches are copied: slower, still correct
+        logger.warning("importing torch failed; process workers' batches are copied instead "
+                       "of lent", exc_info=True)
 
 
 def _torch() -> Any:
@@ -196,6 +231,8 @@ class Caffe2Feed:
         self._host_staging = is_gpu(device_option)
         #: Set at the first lent batch (see ``destinations``).
         self._lending = False
+        #: can_lend() calls so far (the first batch is copied: ``_torch_ready``).
+        self._lend_asks = 0
         # Reentrant: NOTE [ Shutdown and error protocol ], rule 7 (_core/coordinator.py).
         self._close_lock = threading.RLock()
         self._closed = False
@@ -205,6 +242,48 @@ class Caffe2Feed:
         self._ws = workspace.C.Workspace.current
         self._net: Any = None
         self._create()
+        # Caffe2 keeps queue statistics per queue name for the life of the
+        # process (a queue re-created under this name continues them): count
+        # from here.
+        self._stat_base = self._queue_stats()
+        #: (last raw read_time_ns, nanoseconds waited up to it): one consistent pair.
+        self._waited: Tuple[int, int] = (self._stat_base[1], 0)
+
+    def _queue_stats(self) -> Tuple[int, int]:
+        """(queue_balance, read_time_ns sum) of this queue in Caffe2's statistics.
+
+        ``queue_balance`` falls by one at every read attempt and rises by one at
+        every write; ``read_time_ns`` sums how long each completed read took,
+        waiting for a batch included.
+        """
+        stats = workspace.C.get_stats()
+        return (stats.get(self.queue_name + "/queue_balance", 0),
+                stats.get(self.queue_name + "/read_time_ns/sum", 0))
+
+    def read_attempts(self) -> int:
+        """Dequeues attempted since init, less batches enqueued (before the
+        first enqueue: how many reads found nothing)."""
+        return self._stat_base[0] - self._queue_stats()[0]
+
+    def consumer_wait_secs(self) -> float:
+        """Seconds the net's dequeues have spent waiting for a batch since init
+        (completed dequeues only).
+
+        ``get_stats`` hands the nanosecond sum over as a signed 32-bit number:
+        it wraps every 4.29 s of waiting.  Each call adds the difference to
+        the last reading modulo 2**32, so callers must ask more often than
+        that (the enqueuer does, ``BatchStage.pump``).
+
+        No lock: ``stats()`` calls this, and may run in a signal handler that
+        interrupted another call of it (NOTE [ Shutdown and error protocol ],
+        rule 7).  Each caller publishes a self-consistent (raw, total) pair;
+        one published late by a slower caller is older, never wrong.
+        """
+        raw = self._queue_stats()[1]
+        last_raw, total = self._waited
+        total += (raw - last_raw) % (1 << 32)
+        self._waited = (raw, total)
+        return total / 1e9
 
     def _run_op(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str],
                 device_option: caffe2_pb2.DeviceOption = _CPU, **kwargs: Any) -> None:
@@ -251,7 +330,9 @@ class Caffe2Feed:
             [core.BlobReference(o) for o in self.outputs],
             # Caffe2 waits without a deadline for timeout_secs <= 0.
             timeout_secs=0.0 if math.isinf(self.timeout) else self.timeout,
-            device_option=self.device_option)
+            device_option=self.device_option,
+            # Caffe2 prints the op's name when the op fails: say what to check.
+            name=dequeue_op_name(self.input_source))
         return True
 
     def destinations(self, layout: BatchLayout) -> List[np.ndarray]:
@@ -297,7 +378,10 @@ class Caffe2Feed:
 
     def can_lend(self, arrays: Sequence[np.ndarray]) -> bool:
         """CPU scope and Caffe2 dtypes only: a GPU batch is staged and copied anyway."""
-        return not self._host_staging and all(a.dtype in _LENDABLE for a in arrays)
+        if self._host_staging or not all(a.dtype in _LENDABLE for a in arrays):
+            return False
+        self._lend_asks += 1
+        return _torch_ready(start_import=self._lend_asks > 1)
 
     def lend(self, arrays: List[np.ndarray], release: Callable[[], None]) -> bool:
         """Enqueue shared-memory arrays uncopied (``_core.sink.LendingSink``).
@@ -310,7 +394,7 @@ class Caffe2Feed:
         it first (``destinations``), which is why ``LEND_LAG`` counts one
         enqueue past the swap.
         """
-        torch = _torch()  # the first time, seconds: the input may have been halted meanwhile
+        torch = _torch()  # imported already: can_lend() said so
         if self._closed:
             # Its stop() may have given up on this thread: touch no blob (rule 9).
             release()
@@ -370,19 +454,22 @@ class Caffe2Feed:
         if self._cleaned:
             return
         self.close()
+        # A closed queue hands out what it holds, then reports empty in the
+        # status blob: SafeDequeueBlobs never fails, so Caffe2 logs nothing
+        # (a failing DequeueBlobs would print an error on every clean stop).
+        status = self._ws.create_blob(self.status_blob)
         for _ in range(C2_QUEUE_CAPACITY + 1):
-            try:  # a closed queue hands out what it holds, then fails
-                self._run_op("DequeueBlobs", [self.queue_name], self.scratch,
-                             device_option=self.device_option, timeout_secs=0.001)
-            except RuntimeError:
+            self._run_op("SafeDequeueBlobs", [self.queue_name], self.scratch + [self.status_blob],
+                         device_option=self.device_option)
+            if status.fetch().item():
                 break
         # The BlobsQueue's own slot blobs still hold the tensors of earlier
         # batches (enqueue and dequeue swap them): up to C2_QUEUE_CAPACITY
-        # batches per stopped input.  The closed, empty queue never touches
-        # them again, so free their memory; the blobs stay (the queue points at them).
-        for name in self._slot_blobs():
-            if self._ws.has_blob(name):
-                self._drop(self._ws.create_blob(name))
+        # batches per stopped input.  A closed, empty queue never touches its
+        # slots again (a write or read on it returns before it would), so they
+        # go, with their memory.  The queue blob itself stays, closed and empty:
+        # the user's net holds a pointer to it.
+        self._remove_slot_blobs()
         if self._lending:
             # The net's output blobs may still hold the last batch lent from a
             # worker's shared memory: give them a private copy of it, so the
@@ -400,14 +487,16 @@ class Caffe2Feed:
         return ["%s_%d_%d" % (self.queue_name, i, j)
                 for i in range(C2_QUEUE_CAPACITY) for j in range(len(self.outputs))]
 
-    def discard(self) -> None:
-        """Undo ``__init__`` (the input was never handed to the user): remove the
-        queue too, and then its slot blobs (nothing points at them any more)."""
-        self.cleanup()
-        self._ws._remove_blob(self.queue_name)
+    def _remove_slot_blobs(self) -> None:
         for name in self._slot_blobs():
             if self._ws.has_blob(name):
                 self._ws._remove_blob(name)
+
+    def discard(self) -> None:
+        """Undo ``__init__`` (the input was never handed to the user): remove the
+        queue too (no net points at it)."""
+        self.cleanup()
+        self._ws._remove_blob(self.queue_name)
 
     def _remove_objects(self, blobs: Sequence[str]) -> None:
         self._cleaned = True
@@ -421,3 +510,14 @@ class Caffe2Feed:
             blobs = [self.status_blob]
         for name in blobs:
             self._ws._remove_blob(name)
+
+
+def dequeue_op_name(input_source: str) -> str:
+    """The name of the DequeueBlobs op an input adds to the user's net.
+
+    Caffe2 prints it with the op when the op fails (a dequeue timeout, or a
+    closed queue): the likely causes and the call that reports the real one.
+    """
+    return ("data_workers input %r: nothing to dequeue? coordinator.start() must be called "
+            "first; once the input stopped or failed its dequeue fails at once, and "
+            "coordinator.stop() raises the failure" % input_source)

@@ -9,7 +9,10 @@ One wording and one rule everywhere (``init_data_input_workers``,
   means as one; it is stored as a plain ``int``;
 * a duration is any real number except ``bool``, stored as a ``float``;
 * a value of the wrong type is a ``TypeError``, a value out of range a
-  ``ValueError``; both name the parameter.
+  ``ValueError``; both name the parameter;
+* ``dtypes`` (the expected dtype of some or all blobs) is a mapping from
+  blob name to anything ``np.dtype`` takes, stored as a tuple with one
+  ``np.dtype`` or None per blob.
 
 Caffe2-free, so modules loaded in worker processes can use it.
 """
@@ -19,9 +22,12 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import Any, Iterable, List, Literal, Optional, Sequence, overload
+from typing import Any, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union, overload
 
-__all__ = ["check_int", "check_positive_int", "check_positive_seconds", "check_batch_columns"]
+import numpy as np
+
+__all__ = ["check_int", "check_positive_int", "check_positive_seconds", "check_batch_columns",
+           "check_max_fetch_failures", "check_dtypes"]
 
 
 def check_int(name: str, value: Any, *, minimum: Optional[int] = None) -> int:
@@ -123,3 +129,63 @@ def check_batch_columns(batch_columns: Any, blob_names: Sequence[str]) -> List[i
         raise ValueError("batch_columns must list one non-negative int per blob %s, got %r"
                          % (list(blob_names), batch_columns))
     return columns
+
+
+def check_max_fetch_failures(value: Any) -> Union[int, float]:
+    """``max_fetch_failures`` as an ``int`` >= 0 or a ``float`` in (0, 1)
+    (``_core/budget.py``).  Unlike other counts, an integral float (``2.0``) is refused:
+    it would read as a fraction.
+
+    Raises:
+        TypeError: a ``bool``, or neither an integral nor a real number.
+        ValueError: a negative count, or a float outside (0, 1).
+    """
+    what = ("max_fetch_failures must be an int >= 0 (fetcher exceptions to skip) or a float "
+            "in (0, 1) (a fraction of fetch calls), got")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError("%s %s %r" % (what, type(value).__name__, value))
+    if isinstance(value, numbers.Integral):
+        if value < 0:
+            raise ValueError("%s %r" % (what, value))
+        return int(value)
+    fraction = float(value)
+    if math.isnan(fraction) or not 0.0 < fraction < 1.0:
+        raise ValueError("%s %r" % (what, value))
+    return fraction
+
+
+def check_dtypes(dtypes: Any, blob_names: Sequence[str]) -> Optional[Tuple[Optional[np.dtype], ...]]:
+    """The expected dtype of each blob (None: any), or None if ``dtypes`` is None.
+
+    Args:
+        dtypes: None, or a mapping from blob name to a dtype (``np.float32``,
+            ``"int32"``, ``np.dtype("f4")``); blobs it leaves out may have any dtype.
+        blob_names: the input's blobs, in fetcher output order.
+
+    Raises:
+        TypeError: not a mapping, or a value numpy cannot read as a dtype.
+        ValueError: a key that is not one of ``blob_names``.
+    """
+    if dtypes is None:
+        return None
+    if not isinstance(dtypes, Mapping):
+        raise TypeError("dtypes must be None or a dict from blob name to dtype, e.g. "
+                        "{%r: np.float32}, got %r" % (blob_names[0], dtypes))
+    unknown = [k for k in dtypes if k not in blob_names]
+    if unknown:
+        raise ValueError("dtypes names %r, which is not one of the blobs %s"
+                         % (unknown[0], list(blob_names)))
+    expected: List[Optional[np.dtype]] = []
+    for name in blob_names:
+        if name not in dtypes:
+            expected.append(None)
+            continue
+        if dtypes[name] is None:  # np.dtype(None) would mean float64
+            raise TypeError("dtypes[%r] must be a numpy dtype such as np.float32, got None; "
+                            "leave the blob out to accept any dtype" % name)
+        try:
+            expected.append(np.dtype(dtypes[name]))
+        except TypeError as exc:
+            raise TypeError("dtypes[%r] must be a numpy dtype such as np.float32, got %r (%s)"
+                            % (name, dtypes[name], exc)) from exc
+    return tuple(expected)

@@ -24,7 +24,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import threading
-from typing import Any, Callable, List, Optional, Protocol, Sequence
+from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
+
+import numpy as np
 
 from .chunk import Chunk
 from .errors import DataInputError
@@ -56,6 +58,11 @@ class BackendSpec:
     dtype_rule: DtypeRule
     #: One chunk from each worker in turn (the channel's order).
     deterministic: bool = False
+    #: ``max_fetch_failures`` is set: a fetch_fun exception goes to the host's
+    #: ``skip_fetch_failure`` instead of failing the worker at once.
+    skip_fetch_failures: bool = False
+    #: The dtype each blob must have (None: any); checked where chunks are validated.
+    dtypes: Optional[Tuple[Optional[np.dtype], ...]] = None
 
 
 class ChunkSource(Protocol):
@@ -113,6 +120,21 @@ class FetcherHost(Protocol):
     def put_chunk(self, chunk: Chunk) -> bool:
         """Queue an accepted chunk; blocks while full; False once halted (chunk released)."""
 
+    def skip_fetch_failure(self, worker_id: int, exc: BaseException) -> bool:
+        """Count one exception of ``fetch_fun``; True if the input skips it
+        (``max_fetch_failures``, ``_core/budget.py``), False if it fails the input."""
+
+    def fetch_failure_note(self) -> str:
+        """What the message of a fetcher exception beyond the budget adds ("" without one)."""
+
+    def note_failure(self, err: DataInputError) -> None:
+        """Make a worker's failure known now; it fails the input later, in-band
+        (``put_failure``, or a failure marker from the backend's batch source)."""
+
+    def put_failure(self, err: DataInputError, worker_id: int) -> None:
+        """Fail the input after every chunk ``worker_id`` queued before (NOTE [ Shutdown
+        and error protocol ], rule 10); at once if the input is halted.  Never blocks."""
+
 
 class FetcherBackend(abc.ABC):
     """Runs ``fetch_fun`` for every worker id of one input."""
@@ -147,10 +169,10 @@ class FetcherBackend(abc.ABC):
     def batch_source(self) -> Optional[ChunkSource]:
         """Where the enqueuer reads chunks itself, instead of the host's channel.
 
-        Asked once, before ``threads`` is read and before ``start()``.  A
-        backend that returns a source gets its chunks to the enqueuer through
-        it alone: it starts no thread that puts into the host.  None (the
-        default): the backend's threads ``put`` into the host.
+        Fixed when the backend is built.  A backend that returns a source gets
+        its chunks to the enqueuer through it alone: it starts no thread that
+        puts into the host.  None (the default): the backend's threads ``put``
+        into the host.
         """
         return None
 

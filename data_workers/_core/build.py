@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Type
 
-from .args import check_batch_columns, check_int, check_positive_int, check_positive_seconds
+from .args import (check_batch_columns, check_dtypes, check_int, check_max_fetch_failures,
+                   check_positive_int, check_positive_seconds)
 from .backend import WORKER_TYPES, BackendSpec, FetcherBackend, FetcherHost, FetchFun
 from .coordinator import InitFun
 from .metrics import ExternalLogger, Metrics
@@ -85,6 +86,8 @@ def check_input_args(
     log_interval_secs: Any = LOG_INT_SECS,
     stall_warning_secs: Any = None,
     shm_bytes_per_worker: Any = None,
+    dtypes: Any = None,
+    max_fetch_failures: Any = 0,
     names: ArgNames = ArgNames(),
 ) -> InputConfig:
     """Every rule the two front ends share, checked before anything is built.
@@ -126,6 +129,8 @@ def check_input_args(
                                                 or_none=True),
         stall_warning_secs=check_positive_seconds("stall_warning_secs", stall_warning_secs,
                                                   or_none=True),
+        dtypes=check_dtypes(dtypes, blob_names),
+        max_fetch_failures=check_max_fetch_failures(max_fetch_failures),
     )
 
 
@@ -147,7 +152,8 @@ def build_input(config: InputConfig, fetch_fun: FetchFun, sink: BatchSink,
         fetch_fun=fetch_fun, input_source=config.input_source, blob_names=config.blob_names,
         batch_columns=config.batch_columns, dont_rebatch=config.dont_rebatch, seed=config.seed,
         shm_bytes_per_worker=config.shm_bytes_per_worker, dtype_rule=sink.dtype_rule,
-        deterministic=config.deterministic)
+        deterministic=config.deterministic, skip_fetch_failures=config.max_fetch_failures != 0,
+        dtypes=config.dtypes)
     make_backend = backends(config.worker_type, spec)
     feeder = stage_type(config, worker_ids, Metrics(external_loggers), sink)
-    return input_type(config, worker_ids, init_fun, feeder, make_backend)
+    return input_type(config, worker_ids, init_fun, feeder, make_backend, fetch_fun)

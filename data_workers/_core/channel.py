@@ -71,12 +71,17 @@ class ChunkChannel:
     def put(self, chunk: Chunk, timeout: Optional[float] = None) -> bool:
         """Block until there is room, then add the chunk.
 
+        A failure marker (``chunk.failure``) never waits for room: a failing
+        worker must not be held up by a full channel, and it adds one marker.
+
         Returns:
             True if added; False if the channel was closed (or the timeout passed).
         """
         with self._lock:
             not_full = self._not_full_for(chunk)
-            if not not_full.wait_for(lambda: self._closed or self._has_room(chunk), timeout):
+            marker = chunk.failure is not None
+            if not not_full.wait_for(lambda: self._closed or marker or self._has_room(chunk),
+                                     timeout):
                 return False
             if self._closed:
                 return False

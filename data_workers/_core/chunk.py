@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .errors import DataInputError
 
 __all__ = ["Chunk"]
 
@@ -15,7 +18,10 @@ class Chunk:
     """A validated piece of fetcher output on its way to the re-batcher.
 
     A chunk with ``rows == 0`` is a *turn marker*: the fetcher returned None or
-    nothing, which deterministic mode still counts as that worker's turn.
+    nothing, which deterministic mode still counts as that worker's turn.  A
+    turn marker with ``failure`` set is a *failure marker*: its worker failed
+    after everything it queued before (NOTE [ Shutdown and error protocol ],
+    rule 10, ``_core/coordinator.py``).
     """
 
     worker_id: int
@@ -27,6 +33,9 @@ class Chunk:
     #: Process workers: asks whether this chunk, a whole batch in shared
     #: memory, may go to the sink uncopied.
     lend: Optional[Callable[[], bool]] = None
+    #: Set on a failure marker: the worker's failure, raised once every whole
+    #: batch of the rows queued before it has been handed to the sink.
+    failure: Optional["DataInputError"] = None
 
     def done(self) -> None:
         if self.release is not None:

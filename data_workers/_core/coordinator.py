@@ -16,9 +16,13 @@ attack it answers.
    in a ``DataInputError`` subclass that says where (worker id, input source;
    the original is ``__cause__``) and handed to ``WorkerGroup.fail``.
 2. ``fail`` keeps the first failure (later ones are usually its consequences:
-   logged at debug level), logs it once, moves RUNNING -> BROKEN and *halts*.
-   A failure found while stopping (a worker process that died before it was
-   asked to stop) is still recorded and raised by that ``stop()``.
+   logged at debug level), moves RUNNING -> BROKEN and *halts*.  It is
+   reported once: raised (rule 6), or, when the group is forgotten without
+   anything raising it (``stop(raise_failure=False)``, the exit hook, a
+   workspace reset, a second group's failure in the same ``stop()``), logged
+   then, with its traceback.  A failure found while stopping (a worker process
+   that died before it was asked to stop) is still recorded and raised by
+   that ``stop()``.
 3. Halting never blocks, is idempotent and is the same for a failure and for
    ``stop()``, downstream first: close the sink (a blocked enqueue returns; the
    net still receives every batch already in the Caffe2 queue, then its
@@ -64,10 +68,26 @@ attack it answers.
    (``_caffe2/workspace_guard.py``), and waits (up to ``STOP_TIMEOUT_SECS``) for any
    enqueuer there that outlived a ``stop()``'s deadline, or refuses the reset
    if one still runs: a reset can never free blob memory an enqueuer is
-   writing to.  (A lend that finds its queue closed once torch is imported,
-   seconds the first time, touches no blob at all.)  The reset forgets those
+   writing to.  (A lend that finds its queue closed touches no blob at all;
+   torch, which lending needs, is imported on a thread of its own.)  The reset forgets those
    inputs, so a failure one of them had is logged (rule 2), not raised by a
    later ``stop()``.
+10. Data before failure.  What a worker (thread or process, in either order)
+   produced before it failed reaches the consumer before its failure: every
+   whole batch of those rows, in order, then the failure (the rows of a batch
+   left incomplete are dropped with it).  A worker's failure travels in-band,
+   as a failure marker queued behind its chunks (``Chunk.failure``; the
+   channel takes it even when full, so a failing worker never waits on the
+   consumer); a process's error report or death, seen at once by the process
+   watcher, is held until the data path has read every message the child
+   sent before it (``arena.sent`` at that moment).  The enqueuer, on taking a
+   marker, drops what comes after it, pushes the whole batches before it and
+   then raises the failure (rule 2).  The failure is known (``failure``,
+   ``stats()``) from the moment it happens; ``check()`` raises it, and the
+   sink closes, only from then on.  A marker never reached before a
+   ``stop()`` is still that stop()'s failure, and a marker that finds the
+   input halted fails it at once.  Only the consumer's pace delays a failure:
+   once the batches before it are taken, the next dequeue fails promptly.
 """
 
 from __future__ import annotations
@@ -124,6 +144,8 @@ class WorkerGroup:
         self._lock = threading.RLock()
         self._init_lock = threading.Lock()
         self._failure: Optional[DataInputError] = None
+        #: A worker's failure on its way behind the data before it (rule 10).
+        self._pending_failure: Optional[DataInputError] = None
         self._failure_raised = False
         self._initialized = False
         self._was_started = False
@@ -140,7 +162,19 @@ class WorkerGroup:
 
     @property
     def failure(self) -> Optional[DataInputError]:
-        return self._failure
+        """The group's failure, or a worker's failure still behind its data (rule 10)."""
+        return self._failure or self._pending_failure
+
+    def note_failure(self, err: DataInputError) -> None:
+        """Make a worker's failure known (``failure``, ``stats()``) before it fails
+        the group, once the data before it is delivered (rule 10).  Never blocks."""
+        if self._pending_failure is None:
+            self._pending_failure = err
+
+    @property
+    def failure_unreported(self) -> bool:
+        """True if the group failed and its failure was neither raised nor logged yet."""
+        return self._failure is not None and not self._failure_raised
 
     def owned_here(self) -> bool:
         """False in a child forked by the process that built this group (rule 8)."""
@@ -159,9 +193,8 @@ class WorkerGroup:
                 self.init_fun(self, global_coordinator)
             except BaseException as exc:  # noqa: B902 - rule 1: SystemExit too; else the
                 # group would stay CREATED and a later start() would run its workers
-                err = FetcherError("init_fun of %r raised %s: %s" % (self.name, type(exc).__name__, exc))
-                err.__cause__ = exc
-                self.fail(err.where(self.name, None))
+                err = FetcherError.wrapping(exc, "init_fun of %r raised" % self.name, self.name, None)
+                self.fail(err)
                 self._failure_raised = True
                 raise err
 
@@ -190,7 +223,9 @@ class WorkerGroup:
             self._failure = err
             if self.lifecycle in (Lifecycle.CREATED, Lifecycle.RUNNING):
                 self.lifecycle = Lifecycle.BROKEN
-        logger.error("input %r failed: %s", self.name, err, exc_info=err)
+        # Not logged here: raised once where the loop waits (rule 6), or
+        # logged by report_unraised() if nothing will raise it.
+        logger.debug("input %r failed: %s", self.name, err)
         self._halt()
 
     def begin_stop(self, halt: bool = True) -> None:
@@ -235,12 +270,11 @@ class WorkerGroup:
 
     def _cleanup_failed(self, what: str, exc: Exception) -> None:
         logger.error("%s of %r failed", what, self.name, exc_info=exc)
-        err = PipelineError("%s of %r failed while stopping: %s: %s"
-                            % (what, self.name, type(exc).__name__, exc))
-        err.__cause__ = exc
+        err = PipelineError.wrapping(exc, "%s of %r failed while stopping:" % (what, self.name),
+                                     self.name, None)
         with self._lock:
             if self._failure is None:
-                self._failure = err.where(self.name, None)
+                self._failure = err
 
     def stop(self, timeout: Optional[float] = None) -> bool:
         """Halt, join and clean up this group alone.  Idempotent.
@@ -252,14 +286,30 @@ class WorkerGroup:
         self.begin_stop()
         return self.finish_stop(started + _timeout(timeout), started)
 
-    def check(self) -> None:
-        """Raise the group's failure, once (see NOTE [ Shutdown and error protocol ])."""
+    def _take_unreported(self) -> Optional[DataInputError]:
+        """The failure if nobody reported it yet, marking it reported; else None."""
         with self._lock:
             if self._failure is None or self._failure_raised:
-                return
+                return None
             self._failure_raised = True
-            err = self._failure
-        raise err
+            return self._failure
+
+    def report_unraised(self) -> None:
+        """Log the group's failure if nothing raised it and nothing will (rule 2)."""
+        err = self._take_unreported()
+        if err is not None:
+            logger.error("input %r failed: %s", self.name, err, exc_info=err)
+
+    def check(self) -> None:
+        """Raise the group's failure, once (see NOTE [ Shutdown and error protocol ])."""
+        err = self._take_unreported()
+        if err is not None:
+            raise err
+
+    def describe(self) -> str:
+        """One line for ``repr`` of the registry."""
+        return "%r %s, %d workers%s" % (self.name, self.lifecycle.value, len(self.worker_ids),
+                                        "" if self._failure is None else ", failed")
 
     # -- hooks for subclasses ------------------------------------------
     def _start_workers(self) -> None:
@@ -356,9 +406,12 @@ class GroupRegistry:
             with self._lock:
                 if c in self.groups:
                     self.groups.remove(c)
-        if raise_failure:
-            for c in groups:
-                c.check()
+        first = next((c for c in groups if c.failure_unreported), None) if raise_failure else None
+        for c in groups:
+            if c is not first:
+                c.report_unraised()
+        if first is not None:
+            first.check()
         return success
 
     def stop(self, raise_failure: bool = True, timeout: Optional[float] = None) -> bool:
@@ -387,6 +440,11 @@ class GroupRegistry:
         """Stop and forget the groups named ``worker_name``."""
         groups = [c for c in self._live_groups() if c.name == worker_name]
         return self._stop_groups(groups, raise_failure=True, timeout=None)
+
+    def __repr__(self) -> str:
+        groups = self._live_groups()
+        return "%s(%s)" % (type(self).__name__, "; ".join(c.describe() for c in groups)
+                           if groups else "no inputs")
 
     def __enter__(self) -> "GroupRegistry":
         self.start()

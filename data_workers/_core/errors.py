@@ -19,7 +19,9 @@ protocol ] in ``_core/coordinator.py``.
 
 from __future__ import annotations
 
-from typing import Optional
+import os
+import types
+from typing import Any, Optional, Type, TypeVar
 
 __all__ = [
     "DataInputError",
@@ -31,6 +33,9 @@ __all__ = [
     "InputClosedError",
     "RemoteTraceback",
 ]
+
+
+E = TypeVar("E", bound="DataInputError")
 
 
 class DataInputError(Exception):
@@ -49,6 +54,20 @@ class DataInputError(Exception):
         self.input_source = input_source
         self.worker_id = worker_id
         return self
+
+    @classmethod
+    def wrapping(cls: Type[E], exc: BaseException, context: str, input_source: Optional[str],
+                 worker_id: Optional[int], note: str = "") -> E:
+        """A new error of this class for ``exc``, which becomes its ``__cause__``.
+
+        The message is ``context`` followed by the exception's type and text, then
+        ``note``: ``context="fetcher 3 of 'train' raised"`` gives
+        ``"fetcher 3 of 'train' raised ValueError: bad row"``.
+        """
+        err = cls("%s %s: %s%s" % (context, type(exc).__name__, exc, note))
+        err.__cause__ = exc
+        err.where(input_source, worker_id)
+        return err
 
 
 class FetcherError(DataInputError):
@@ -109,3 +128,38 @@ class RemoteTraceback(Exception):
 for _name in __all__:
     globals()[_name].__module__ = "data_workers"
 del _name
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def point_at_fetcher(err: BaseException, fetch_fun: Any) -> None:
+    """Make ``err``'s traceback begin at the definition of ``fetch_fun``.
+
+    A chunk the validator refuses was built by the user's ``fetch_fun``, whose
+    frame is gone by the time its output is checked: without this the
+    traceback shows library frames only, and not which function (in which
+    file) returned the bad chunk.  A frame at ``fetch_fun``'s ``def`` line is
+    put in front of the validator's frames.  Functions of this package (e.g.
+    a ``ShardedSource``) are left alone.
+    """
+    func = getattr(fetch_fun, "__func__", fetch_fun)
+    code = getattr(func, "__code__", None)
+    if code is None:  # a callable object: its __call__
+        call = getattr(type(fetch_fun), "__call__", None)
+        code = getattr(call, "__code__", None)
+    if not isinstance(code, types.CodeType) \
+            or os.path.abspath(code.co_filename).startswith(_PACKAGE_DIR + os.sep):
+        return
+    # A module whose one statement sits on the def line, compiled under the
+    # user's file name: linecache then prints the user's own source line.
+    stub = compile("\n" * max(code.co_firstlineno - 1, 0) + "raise __error__",
+                   code.co_filename, "exec").replace(co_name=code.co_name)
+    try:
+        exec(stub, {"__error__": err})
+    except BaseException as raised:  # noqa: B902 - it is err itself
+        # Raising an exception object puts the new frames in front of the
+        # traceback it already had: here -> the stub's frame -> the validator's.
+        here = raised.__traceback__
+    if here is not None and here.tb_next is not None:
+        err.__traceback__ = here.tb_next  # without this function's frame

@@ -111,6 +111,8 @@ class InputStats:
     rows_fetched: int
     #: Chunks skipped because a fetcher returned None or zero rows.
     chunks_skipped: int
+    #: Fetcher exceptions skipped under ``max_fetch_failures``.
+    fetch_failures: int
     #: Batches pushed into the Caffe2 queue.
     batches_enqueued: int
     #: Rows in those batches.
@@ -130,6 +132,17 @@ class InputStats:
     elapsed_secs: float
     #: ``repr`` of the failure that broke the input, if any.
     failure: Optional[str]
+    #: Share of the recent past (the last one to two ``log_interval_secs``, or
+    #: since start) in which the consumer -- the net's dequeue, the loop's
+    #: ``next()`` -- waited for a batch: near 0 the input keeps up, near 1
+    #: training waits on input (more or other workers: ``python -m data_workers profile``).
+    input_bound: float = 0.0
+
+    def __repr__(self) -> str:
+        return ("InputStats(%r, %s, %d %s workers, %d batches, %.0f rows/s, input-bound %.0f%%%s)"
+                % (self.input_source, self.state, self.workers, self.worker_type,
+                   self.batches_enqueued, self.inputs_per_sec, 100 * self.input_bound,
+                   "" if self.failure is None else ", failure=" + self.failure))
 
 
 class InputCounters:
@@ -146,8 +159,8 @@ class InputCounters:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # writers only
         #: (chunks_fetched, rows_fetched, chunks_skipped, batches_enqueued,
-        #: rows_enqueued, batches_lent)
-        self._values: Tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)
+        #: rows_enqueued, batches_lent, fetch_failures)
+        self._values: Tuple[int, int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0, 0)
         self.started_at: Optional[float] = None
 
     def started(self) -> None:
@@ -155,28 +168,34 @@ class InputCounters:
 
     def fetched(self, rows: int, chunks: int = 1) -> None:
         with self._lock:
-            cf, rf, cs, be, re, bl = self._values
-            self._values = (cf + chunks, rf + rows, cs, be, re, bl)
+            cf, rf, cs, be, re, bl, ff = self._values
+            self._values = (cf + chunks, rf + rows, cs, be, re, bl, ff)
 
     def skipped(self) -> None:
         with self._lock:
-            cf, rf, cs, be, re, bl = self._values
-            self._values = (cf, rf, cs + 1, be, re, bl)
+            cf, rf, cs, be, re, bl, ff = self._values
+            self._values = (cf, rf, cs + 1, be, re, bl, ff)
+
+    def fetch_failed(self) -> None:
+        with self._lock:
+            cf, rf, cs, be, re, bl, ff = self._values
+            self._values = (cf, rf, cs, be, re, bl, ff + 1)
 
     def enqueued(self, rows: int, lent: bool = False) -> None:
         with self._lock:
-            cf, rf, cs, be, re, bl = self._values
-            self._values = (cf, rf, cs, be + 1, re + rows, bl + lent)
+            cf, rf, cs, be, re, bl, ff = self._values
+            self._values = (cf, rf, cs, be + 1, re + rows, bl + lent, ff)
 
     def snapshot(self) -> "CounterSnapshot":
         """A consistent snapshot, without a lock (one read of the published tuple)."""
-        cf, rf, cs, be, re, bl = self._values
+        cf, rf, cs, be, re, bl, ff = self._values
         started_at = self.started_at
         elapsed = 0.0 if started_at is None else time.monotonic() - started_at
         return CounterSnapshot(
             chunks_fetched=cf,
             rows_fetched=rf,
             chunks_skipped=cs,
+            fetch_failures=ff,
             batches_enqueued=be,
             rows_enqueued=re,
             batches_lent=bl,
@@ -192,6 +211,7 @@ class CounterSnapshot:
     chunks_fetched: int
     rows_fetched: int
     chunks_skipped: int
+    fetch_failures: int
     batches_enqueued: int
     rows_enqueued: int
     batches_lent: int

@@ -22,16 +22,20 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Callable, List, Optional, Sequence
+from types import TracebackType
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from .backend import ChunkSource, FetcherBackend, FetcherHost
+from .budget import FetchFailureBudget, FractionOrCount
 from .channel import ChunkChannel, FifoChannel, RoundRobinChannel
 from .chunk import Chunk
 from .coordinator import InitFun, WorkerGroup
-from .errors import DataInputError, PipelineError
+from .errors import ChunkTypeError, ChunkValueError, DataInputError, PipelineError, point_at_fetcher
 from .metrics import InputCounters, InputStats, Metrics
 from .rebatch import Rebatcher
-from .sink import BatchSink, LendingSink
+from .sink import BatchLayout, BatchSink, LendingSink
 from .thread_util import join_threads
 from .validate import ChunkValidator
 from .watchdog import StallProbe, StallWatchdog
@@ -70,6 +74,10 @@ class InputConfig:
     log_interval_secs: float = LOG_INT_SECS
     shm_bytes_per_worker: Optional[int] = None
     stall_warning_secs: Optional[float] = None
+    #: Fetcher exceptions to skip: a count, or a fraction of calls (``_core/budget.py``).
+    max_fetch_failures: FractionOrCount = 0
+    #: The dtype each blob must have (None: any); None: no ``dtypes=`` given.
+    dtypes: Optional[Tuple[Optional[np.dtype], ...]] = None
 
 
 class BatchStage(State):
@@ -92,8 +100,17 @@ class BatchStage(State):
         self.batch_size_hooks: List[Callable[[int], None]] = []
         self.metrics = metrics
         self.counters = InputCounters()
+        self.budget = FetchFailureBudget(config.max_fetch_failures, config.input_source,
+                                         self.counters, metrics)
+        # Deterministic order: the turn (place in the round-robin stream) of each
+        # worker's next call, and the turns whose call raised and was skipped.
+        # Each worker's count has one writer (its fetcher or receiver thread).
+        self._index = {w: i for i, w in enumerate(worker_ids)}
+        self._calls: Dict[int, int] = {w: 0 for w in worker_ids}
+        self.skipped_turns: List[int] = []
         self.validator = ChunkValidator(self.blob_names, config.batch_columns,
-                                        config.dont_rebatch, config.input_source, sink.dtype_rule)
+                                        config.dont_rebatch, config.input_source, sink.dtype_rule,
+                                        config.dtypes)
         self.rebatcher = Rebatcher(config.batch_columns, config.batch_size, config.dont_rebatch,
                                    name="data_workers %s%s" % (sink.scope, config.input_source))
         self.channel: ChunkChannel
@@ -112,6 +129,15 @@ class BatchStage(State):
         #: monotonic time the enqueuer began pushing a batch it has not pushed
         #: yet (the sink is full), else None; read by the stall watchdog.
         self.enqueue_blocked_since: Optional[float] = None
+        #: A worker's failure the enqueuer has taken from its source: raised
+        #: once the rows queued before it make no further whole batch (rule 10).
+        self.failure_due: Optional[DataInputError] = None
+        #: The first batch's layout has been logged (once per input).
+        self._described = False
+        #: (monotonic time, sink.consumer_wait_secs()) at the last two log
+        #: intervals, oldest first: ``input_bound`` is measured from the older.
+        self._wait_marks: List[Tuple[float, float]] = []
+        self._wait_sampled = 0.0
 
     def read_from(self, source: ChunkSource) -> None:
         """Take chunks from ``source`` instead of the channel (before start)."""
@@ -121,6 +147,27 @@ class BatchStage(State):
     def start(self) -> None:
         self.counters.started()
         self._last_log = time.monotonic()
+        self._wait_marks = [(self._last_log, self._consumer_wait())]
+
+    def _consumer_wait(self) -> float:
+        try:
+            return float(self.sink.consumer_wait_secs())
+        except Exception:  # a sink that cannot tell: never input-bound
+            logger.debug("input %r: consumer wait unknown", self.input_source, exc_info=True)
+            return 0.0
+
+    def input_bound(self, now: Optional[float] = None) -> float:
+        """Share of the recent past (the last one to two log intervals, or since
+        start) in which the consumer waited for a batch: 0 (input keeps up) to 1."""
+        marks = self._wait_marks
+        if not marks:
+            return 0.0
+        since, waited = marks[0]
+        now = time.monotonic() if now is None else now
+        span = now - since
+        if span <= 0:
+            return 0.0
+        return min(1.0, max(0.0, (self._consumer_wait() - waited) / span))
 
     def stop(self) -> None:
         """Halt, downstream first; never blocks (NOTE [ Shutdown and error protocol ])."""
@@ -134,24 +181,35 @@ class BatchStage(State):
         self.release_buffers()
         self.sink.cleanup()
 
-    def release_buffers(self, include_rebatcher: bool = True) -> None:
-        """Give back the memory of chunks that will never be batched (on stop)."""
+    def release_buffers(self, include_rebatcher: bool = True) -> Optional[DataInputError]:
+        """Give back the memory of chunks that will never be batched (on stop).
+
+        Returns:
+            The first worker failure queued behind them (a failure marker the
+            enqueuer never reached), or None: stop() must still raise it.
+        """
         left = self.channel.drain()
         if self.source is not self.channel:
             left += self.source.drain()
         dropped = sum(c.rows for c in left)
+        failure = self.failure_due
         for chunk in left:
+            if failure is None:
+                failure = chunk.failure
             chunk.done()
         if include_rebatcher:
             dropped += self.rebatcher.release_all()
         if dropped:
             logger.debug("input %r stopped with %d rows not yet batched", self.input_source, dropped)
+        return failure
 
     # -- fetcher side -----------------------------------------------------
     def accept(self, worker_id: int, output: Any, chunks: int = 1) -> Optional[Chunk]:
         """Validate fetcher output and count it (``chunks``: fetcher results a
         worker process assembled into this one).  Raises ChunkTypeError/ChunkValueError."""
         chunk = self.validator.check(worker_id, output, self.batch_size)
+        if self.config.deterministic and worker_id in self._calls:
+            self._calls[worker_id] += 1
         if chunk is None:
             self.counters.skipped()
             logger.warning("fetcher %d of input %r returned %s; skipped", worker_id,
@@ -180,6 +238,33 @@ class BatchStage(State):
             return False
         return True
 
+    def skip_fetch_failure(self, worker_id: int, exc: BaseException) -> bool:
+        """Skip one exception of ``fetch_fun`` if the budget allows (``_core/budget.py``).
+
+        In deterministic order the skipped call still is the worker's turn: an
+        empty turn marker takes its place (blocks while the channel is full), and
+        its turn is recorded for ``ShardedSource`` checkpoints.
+
+        Returns:
+            True if skipped; False: the caller fails the input with it.
+        """
+        if not self.budget.charge(worker_id, exc):
+            return False
+        if self.config.deterministic and worker_id in self._calls:
+            calls = self._calls[worker_id]
+            self._calls[worker_id] = calls + 1
+            self.skipped_turns.append(calls * len(self._index) + self._index[worker_id])
+            self.put_chunk(Chunk(worker_id, [], 0))
+        return True
+
+    def put_failure(self, err: DataInputError, worker_id: int) -> bool:
+        """Queue a worker's failure behind every chunk it queued before (rule 10).
+
+        Never waits for room.  Returns False if the input stopped: the caller
+        then fails the input directly.
+        """
+        return self.channel.put(Chunk(worker_id, [], 0, failure=err))
+
     def set_batch_size(self, batch_size: int) -> None:
         """Change the batch size; applies from the next batch, no row is lost."""
         self.batch_size = batch_size
@@ -197,11 +282,24 @@ class BatchStage(State):
         batch being cut.  (A backend's own source is bounded by its workers'
         shared memory instead: they wait for ring space.)
         """
+        now = time.monotonic()
+        if now - self._wait_sampled >= _POLL_SECS:
+            # A sink's wait counter may wrap (Caffe2Feed.consumer_wait_secs): read it often.
+            self._wait_sampled = now
+            self._consumer_wait()
         rows = self.rebatcher.next_batch_rows()
         if rows is None:
+            if self.failure_due is not None:
+                # Every whole batch queued before the failure is in the sink.
+                raise self.failure_due
             need = 1 if self.config.dont_rebatch else self.batch_size - self.rebatcher.rows_buffered
             for chunk in self.source.get_ready(timeout=_POLL_SECS, want_rows=need):
-                self.rebatcher.add(chunk)
+                if self.failure_due is not None:
+                    chunk.done()  # after the failure: never batched
+                elif chunk.failure is not None:
+                    self.failure_due = chunk.failure
+                else:
+                    self.rebatcher.add(chunk)
             return
         started = time.monotonic()
         head = None if self._lender is None else self.rebatcher.lendable_head(rows)
@@ -212,6 +310,8 @@ class BatchStage(State):
             self.rebatcher.pop_head()
             lent = True
             arrays, head.arrays = head.arrays, []
+            if not self._described:
+                self._describe([(a.shape, a.dtype) for a in arrays])
             self.enqueue_blocked_since = started
             try:
                 pushed = self._lender.lend(arrays, head.done)
@@ -219,7 +319,10 @@ class BatchStage(State):
                 self.enqueue_blocked_since = None
                 del arrays, head
         else:
-            dests = self.sink.destinations(self.rebatcher.batch_layout(rows))
+            layout = self.rebatcher.batch_layout(rows)
+            if not self._described:
+                self._describe(layout)
+            dests = self.sink.destinations(layout)
             self.rebatcher.fill(dests, rows)
             self.enqueue_blocked_since = started
             try:
@@ -230,6 +333,13 @@ class BatchStage(State):
             self.counters.enqueued(rows, lent)
             self.metrics.put_metric("enqueue_time", time.monotonic() - started)
 
+    def _describe(self, layout: BatchLayout) -> None:
+        """Log, once, what the batches look like: a wrong dtype or shape shows here first."""
+        self._described = True
+        logger.info("input %r: first batch: %s", self.input_source, ", ".join(
+            "%s %s %s" % (name, np.dtype(dtype).name, tuple(shape))
+            for name, (shape, dtype) in zip(self.blob_names, layout)))
+
     def log_interval(self) -> None:
         """Log inputs/sec and hand the metrics to the external loggers (flusher thread)."""
         now = time.monotonic()
@@ -237,9 +347,16 @@ class BatchStage(State):
         rows = self.counters.snapshot().rows_enqueued
         per_sec = int((rows - self._logged_rows) / delta) if delta > 0 else 0
         depth = self.source.depth()
-        logger.info("%s/%s: %d inputs/sec, %d chunks queued",
-                    self.input_source, self.namescope, per_sec, depth)
+        marks = self._wait_marks
+        waited = self._consumer_wait()
+        bound = (min(1.0, max(0.0, (waited - marks[-1][1]) / delta))
+                 if marks and delta > 0 else 0.0)
+        self._wait_marks = (marks[-1:] if marks else []) + [(now, waited)]
+        logger.info("%s/%s: %d inputs/sec, %d chunks queued, input-bound %.0f%% (the consumer "
+                    "waited for batches %.0f%% of the last %.1f s)", self.input_source,
+                    self.namescope, per_sec, depth, 100 * bound, 100 * bound, delta)
         self.metrics.put_metric("inputs_per_sec", per_sec, False)
+        self.metrics.put_metric("input_bound", bound, False)
         self.metrics.put_metric("queue_size", depth, False)
         self.metrics.put_metric("time_elapsed", delta, False)
         self.metrics.flush()
@@ -256,14 +373,17 @@ def enqueuer(coordinator: WorkerGroup, batch_feeder: BatchStage) -> None:
     try:
         while coordinator.is_active():
             batch_feeder.pump(coordinator)
+        if batch_feeder.failure_due is not None:
+            # Stopped before it was raised: stop() still raises it (rule 10).
+            raise batch_feeder.failure_due
     except DataInputError as e:
-        # A backend's batch source names the worker whose message failed.
-        coordinator.fail(e.where(batch_feeder.input_source, e.worker_id))
+        # A backend's batch source has named the worker whose message failed.
+        coordinator.fail(e if e.input_source is not None
+                         else e.where(batch_feeder.input_source, e.worker_id))
     except BaseException as e:  # noqa: B902 - a thread has nobody to raise to
-        err = PipelineError("re-batching/enqueue of input %r failed: %s: %s"
-                            % (batch_feeder.input_source, type(e).__name__, e))
-        err.__cause__ = e
-        coordinator.fail(err.where(batch_feeder.input_source, None))
+        coordinator.fail(PipelineError.wrapping(
+            e, "re-batching/enqueue of input %r failed:" % batch_feeder.input_source,
+            batch_feeder.input_source, None))
 
 
 class InputCoordinator(WorkerGroup):
@@ -273,13 +393,19 @@ class InputCoordinator(WorkerGroup):
 
     Args:
         make_backend: builds the fetcher backend for this input (its host).
+        fetch_fun: the user's fetcher; a chunk it returned that the validator
+            refuses gets a traceback that begins at its definition.
     """
 
     def __init__(self, config: InputConfig, worker_ids: List[int], init_fun: Optional[InitFun],
                  feeder: BatchStage,
-                 make_backend: Callable[[FetcherHost], FetcherBackend]) -> None:
+                 make_backend: Callable[[FetcherHost], FetcherBackend],
+                 fetch_fun: Optional[Callable[..., Any]] = None) -> None:
         super().__init__(config.input_source, worker_ids, init_fun, state=feeder)
         self.config = config
+        self._fetch_fun = fetch_fun
+        #: The first refused chunk's error and its traceback from the fetch_fun on.
+        self._pointed: Optional[Tuple[DataInputError, Optional[TracebackType]]] = None
         self.feeder = feeder
         prefix = "data_workers %s%s" % (feeder.namescope, config.input_source)
         self.enqueuer_thread = threading.Thread(
@@ -319,7 +445,46 @@ class InputCoordinator(WorkerGroup):
     def put_chunk(self, chunk: Chunk) -> bool:
         return self.feeder.put_chunk(chunk)
 
+    def skip_fetch_failure(self, worker_id: int, exc: BaseException) -> bool:
+        return self.feeder.skip_fetch_failure(worker_id, exc)
+
+    def fetch_failure_note(self) -> str:
+        return self.feeder.budget.note()
+
+    def skipped_turns(self) -> Tuple[int, ...]:
+        """Deterministic order: the turns (0, 1, ... in round-robin order since
+        start) whose fetch call raised and was skipped (``max_fetch_failures``)."""
+        return tuple(sorted(self.feeder.skipped_turns))
+
+    def put_failure(self, err: DataInputError, worker_id: int) -> None:
+        err.where(self.name, worker_id)
+        self._point_at_fetcher(err)
+        self.note_failure(err)
+        if not self.feeder.put_failure(err, worker_id):
+            self.fail(err)  # stopped or failed already: recorded or logged (rule 2)
+
     # -- WorkerGroup hooks ---------------------------------------------
+    def fail(self, err: DataInputError) -> None:
+        self._point_at_fetcher(err)
+        super().fail(err)
+
+    def _point_at_fetcher(self, err: DataInputError) -> None:
+        """Begin a refused chunk's traceback at the user's ``fetch_fun`` (``errors.py``).
+
+        Done where the worker reports it; when the enqueuer raises it again
+        later (queued behind earlier data, rule 10), the frames it adds are
+        dropped: the worker's are the ones that say where the chunk came from.
+        """
+        if not isinstance(err, (ChunkTypeError, ChunkValueError)) or self._fetch_fun is None:
+            return
+        pointed = self._pointed
+        if pointed is not None and pointed[0] is err:
+            err.__traceback__ = pointed[1]
+            return
+        point_at_fetcher(err, self._fetch_fun)
+        if pointed is None:
+            self._pointed = (err, err.__traceback__)
+
     def _start_workers(self) -> None:
         self.enqueuer_thread.start()
         self.flusher_thread.start()
@@ -336,6 +501,11 @@ class InputCoordinator(WorkerGroup):
 
     def _join(self, deadline: float, started: float) -> bool:
         ok = join_threads([self.enqueuer_thread], deadline, self.name, started)
+        # The re-batcher's copy helper works only inside the enqueuer's fill:
+        # closed now, it ends once a stuck enqueuer's copy (if any) is done.
+        copier = self.feeder.rebatcher.close_helper()
+        if copier is not None:
+            ok = join_threads([copier], deadline, self.name, started) and ok
         ok = self.backend.join(deadline, started) and ok
         threads = [self.flusher_thread] + ([self.watchdog.thread] if self.watchdog else [])
         return join_threads(threads, deadline, self.name, started) and ok
@@ -344,7 +514,10 @@ class InputCoordinator(WorkerGroup):
         # The re-batcher's chunks are given back unless the enqueuer (their
         # only user) is stuck; then their shared memory stays mapped (close()
         # leaves a mapping that still has views).
-        self.feeder.release_buffers(include_rebatcher=not self.enqueuer_thread.is_alive())
+        queued_failure = self.feeder.release_buffers(
+            include_rebatcher=not self.enqueuer_thread.is_alive())
+        if queued_failure is not None:
+            self.fail(queued_failure)
         if not self.enqueuer_thread.is_alive():
             self.feeder.sink.cleanup()  # drops lent batches: their shared memory goes back
         self.backend.close()
@@ -395,6 +568,7 @@ class InputCoordinator(WorkerGroup):
             chunks_fetched=counters.chunks_fetched,
             rows_fetched=counters.rows_fetched,
             chunks_skipped=counters.chunks_skipped,
+            fetch_failures=counters.fetch_failures,
             batches_enqueued=counters.batches_enqueued,
             rows_enqueued=counters.rows_enqueued,
             batches_lent=counters.batches_lent,
@@ -404,4 +578,11 @@ class InputCoordinator(WorkerGroup):
             inputs_per_sec=counters.inputs_per_sec,
             elapsed_secs=counters.elapsed_secs,
             failure=None if failure is None else repr(failure),
+            input_bound=self.feeder.input_bound(),
         )
+
+    def describe(self) -> str:
+        stats = self.stats()
+        return "%r %s, %d %s workers, %d batches, input-bound %.0f%%%s" % (
+            self.name, stats.state, stats.workers, stats.worker_type, stats.batches_enqueued,
+            100 * stats.input_bound, "" if self.failure is None else ", failed")

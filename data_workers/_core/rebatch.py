@@ -14,15 +14,16 @@ Large pieces are copied by two threads: numpy releases the GIL while it copies,
 and one thread writing into rotating, cache-cold batch tensors leaves memory
 bandwidth unused.  A piece of at least ``SPLIT_COPY_MIN_BYTES`` is cut in two
 along the batch column; a helper thread (started on first use, ended by
-``release_all``) copies one half while the enqueuer copies the other.  Still one
-copy per byte, and the batch is complete before ``fill`` returns.
+``close_helper``, which the input's ``stop()`` joins like its other threads)
+copies one half while the enqueuer copies the other.  Still one copy per byte,
+and the batch is complete before ``fill`` returns.
 """
 
 from __future__ import annotations
 
 import collections
-from concurrent.futures import ThreadPoolExecutor
-from typing import Deque, List, Optional, Sequence, Tuple
+import threading
+from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -33,6 +34,61 @@ __all__ = ["Rebatcher", "SPLIT_COPY_MIN_BYTES"]
 #: Pieces (rows of one chunk going into one batch, all blobs) at least this big
 #: are copied by two threads.  Below it the hand-off costs more than it saves.
 SPLIT_COPY_MIN_BYTES = 4 << 20
+
+
+class _CopyHelper:
+    """One thread that runs one copy at a time for the enqueuer.
+
+    Its own thread rather than a ``ThreadPoolExecutor``: ``stop()`` must be
+    able to join it (NOTE [ Shutdown and error protocol ], rule 4), and an
+    executor's ``shutdown(wait=False)`` leaves its thread running unseen.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._job: Optional[Tuple[Callable[..., None], Tuple[Any, ...]]] = None
+        self._closed = False
+        self._done = threading.Event()
+        self._error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> bool:
+        """Start ``fn(*args)`` on the helper; False (nothing started) once closed."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._done.clear()
+            self._error = None
+            self._job = (fn, args)
+            self._wake.notify()
+            return True
+
+    def wait(self) -> Optional[BaseException]:
+        """Wait for the submitted copy; return what it raised, if anything."""
+        self._done.wait()
+        return self._error
+
+    def close(self) -> None:
+        """End the thread once its current copy (if any) is done.  Never blocks."""
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._wake.wait_for(lambda: self._job is not None or self._closed)
+                job, self._job = self._job, None
+            if job is None:
+                return  # closed, and no copy left to make
+            try:
+                job[0](*job[1])
+            except BaseException as exc:  # noqa: B902 - handed to the enqueuer, which raises it
+                self._error = exc
+            finally:
+                self._done.set()
 
 
 class Rebatcher:
@@ -56,7 +112,10 @@ class Rebatcher:
         self._offset = 0  # rows of _pending[0] already copied out
         self._rows = 0  # rows buffered, not yet copied out
         self._name = name
-        self._helper: Optional[ThreadPoolExecutor] = None
+        self._helper: Optional[_CopyHelper] = None
+        self._helper_closed = False
+        # close_helper (stop()) may race the enqueuer starting the helper.
+        self._helper_lock = threading.Lock()
 
     @property
     def rows_buffered(self) -> int:
@@ -159,26 +218,42 @@ class Rebatcher:
                     into: int, out_of: int, rows: int) -> None:
         """Like ``_copy``, with the second half of the rows copied by the helper thread."""
         half = rows // 2
-        try:
-            job = self._helper_pool().submit(
-                self._copy, dests, srcs, into + half, out_of + half, rows - half)
-        except RuntimeError:
-            # The interpreter is exiting (an input nobody stopped): no new work
-            # for helper threads, so copy everything here.
+        helper = self._helper or self._start_helper()
+        if helper is None or not helper.submit(
+                self._copy, dests, srcs, into + half, out_of + half, rows - half):
+            # The input is stopping (the helper was closed): copy everything here.
             self._copy(dests, srcs, into, out_of, rows)
             return
         try:
             self._copy(dests, srcs, into, out_of, half)
         finally:
-            failed = job.exception()  # waits: the helper never outlives the fill
+            failed = helper.wait()  # the batch is complete before fill returns
         if failed is not None:
             raise failed
 
-    def _helper_pool(self) -> ThreadPoolExecutor:
-        if self._helper is None:
-            self._helper = ThreadPoolExecutor(max_workers=1,
-                                              thread_name_prefix="%s copier" % self._name)
-        return self._helper
+    def _start_helper(self) -> Optional[_CopyHelper]:
+        with self._helper_lock:
+            if self._helper is None and not self._helper_closed:
+                try:
+                    self._helper = _CopyHelper("%s copier_0" % self._name)
+                except RuntimeError:  # the interpreter is exiting: no new threads
+                    self._helper_closed = True
+            return self._helper
+
+    def close_helper(self) -> Optional[threading.Thread]:
+        """End the copy helper (on shutdown): no new one starts after this.
+
+        Returns:
+            Its thread, for the caller to join (it ends once its current copy,
+            if any, is done), or None if none was started.
+        """
+        with self._helper_lock:
+            self._helper_closed = True
+            helper = self._helper
+        if helper is None:
+            return None
+        helper.close()
+        return helper.thread
 
     def release_all(self) -> int:
         """Drop every buffered chunk and end the copy helper (on shutdown).
@@ -186,11 +261,7 @@ class Rebatcher:
         Returns:
             The number of rows that were still buffered.
         """
-        if self._helper is not None:
-            # Idle between fills, so it ends at once; the enqueuer (its only
-            # user) has stopped when this is called.
-            self._helper.shutdown(wait=False)
-            self._helper = None
+        self.close_helper()
         rows = self._rows
         while self._pending:
             self._pending.popleft().done()

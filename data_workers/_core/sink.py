@@ -54,6 +54,10 @@ class BatchSink(Protocol):
     def cleanup(self) -> None:
         """Release what the sink holds; the enqueuer has ended.  Idempotent."""
 
+    def consumer_wait_secs(self) -> float:
+        """Seconds the consumer (the net's dequeue, the loop's ``next()``) has spent
+        waiting for a batch so far: ``InputStats.input_bound`` is its rate."""
+
 
 @runtime_checkable
 class LendingSink(BatchSink, Protocol):

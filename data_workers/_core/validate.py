@@ -111,12 +111,16 @@ class ChunkValidator:
         dont_rebatch: if True, chunks are batches of their own; only their
             structure is checked, shapes may vary.
         input_source: used in error messages.
+        dtypes: the dtype each blob must have (None: any), from the ``dtypes=``
+            argument (``_core/args.py: check_dtypes``); None: no expectation.
     """
 
     def __init__(self, blob_names: Sequence[str], batch_columns: Sequence[int],
-                 dont_rebatch: bool, input_source: str, dtype_rule: DtypeRule) -> None:
+                 dont_rebatch: bool, input_source: str, dtype_rule: DtypeRule,
+                 dtypes: Optional[Sequence[Optional[np.dtype]]] = None) -> None:
         self.blob_names = list(blob_names)
         self.dtype_rule = dtype_rule
+        self.dtypes = list(dtypes) if dtypes is not None else [None] * len(self.blob_names)
         self.batch_columns = list(batch_columns)
         self.dont_rebatch = dont_rebatch
         self.input_source = input_source
@@ -226,11 +230,17 @@ class ChunkValidator:
             raise ChunkTypeError(
                 "%s returned %d arrays; expected %d, one per blob %s"
                 % (self._where(worker_id), len(output), n, self.blob_names))
-        for name, column, arr in zip(self.blob_names, self.batch_columns, output):
+        for name, column, want, arr in zip(self.blob_names, self.batch_columns, self.dtypes,
+                                           output):
             if not isinstance(arr, np.ndarray):
                 raise ChunkTypeError(
                     "%s returned %s for blob %r; expected a numpy array"
                     % (self._where(worker_id), _describe(arr), name))
+            if want is not None and arr.dtype != want:
+                raise ChunkTypeError(
+                    "%s returned blob %r as %s (shape %s); expected %s (dtypes=); cast it in "
+                    "fetch_fun, e.g. arr.astype(np.%s)"
+                    % (self._where(worker_id), name, arr.dtype, arr.shape, want, want.name))
             if isinstance(arr, np.ma.MaskedArray):
                 # Copying a masked array's rows would silently drop its mask.
                 raise ChunkTypeError(

@@ -61,13 +61,17 @@ class Worker:
         raised by user code -- ``SystemExit`` and ``KeyboardInterrupt``
         included -- is wrapped in ``FetcherError`` with it as the cause.
         """
+        self._coordinator.fail(self.as_failure(e))
+
+    def as_failure(self, e: BaseException, note: str = "") -> DataInputError:
+        """``e`` as this worker's failure: our own errors as they are, else a ``FetcherError``
+        (``note`` ends its message)."""
+        name = self._coordinator.name
         if isinstance(e, DataInputError):
-            err = e
-        else:
-            err = FetcherError("%s %d of %r raised %s: %s" % (
-                self.describe_as, self._worker_id, self._coordinator.name, type(e).__name__, e))
-            err.__cause__ = e
-        self._coordinator.fail(err.where(self._coordinator.name, self._worker_id))
+            return e.where(name, self._worker_id)
+        return FetcherError.wrapping(
+            e, "%s %d of %r raised" % (self.describe_as, self._worker_id, name),
+            name, self._worker_id, note=note)
 
     def finish(self) -> None:
         self._metrics.put_metric("worker_time", time.monotonic() - self._start_time)

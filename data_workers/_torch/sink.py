@@ -48,7 +48,7 @@ import torch
 from .._core.sink import BatchLayout
 from .._core.validate import DtypeRule
 
-__all__ = ["TorchSink", "CAPACITY", "TORCH_DTYPE_RULE"]
+__all__ = ["TorchSink", "CAPACITY", "TORCH_DTYPE_RULE", "check_pin_memory"]
 
 #: Batches handed over but not yet taken (the Caffe2 queue holds 4 too).
 CAPACITY = 4
@@ -77,6 +77,21 @@ _TORCH_DTYPES = {
 TORCH_DTYPE_RULE = DtypeRule(
     holder="a torch tensor", dtypes=frozenset(_TORCH_DTYPES),
     object_arrays="numpy object arrays in the batch (no tensor type holds them)")
+
+def check_pin_memory(pin_memory: Any) -> bool:
+    """``pin_memory``, checked where a loader is built (both Loader forms).
+
+    Raises:
+        TypeError: not a bool.
+        ValueError: True without CUDA: refused rather than silently unpinned.
+    """
+    if not isinstance(pin_memory, bool):
+        raise TypeError("pin_memory must be a bool, got %r" % (pin_memory,))
+    if pin_memory and not torch.cuda.is_available():
+        raise ValueError("pin_memory=True pins batches for copies to a CUDA device, and "
+                         "torch.cuda.is_available() is False here; pass pin_memory=False")
+    return pin_memory
+
 
 _Key = Tuple[Tuple[int, ...], np.dtype]
 #: What one handed-out array of a batch is: a pooled numpy base, or a pinned
@@ -152,6 +167,8 @@ class TorchSink:
         self._batches: Deque[List[_Slot]] = collections.deque()
         self._filling: List[_Slot] = []
         self._closed = False
+        #: Seconds take() waited for a batch, in total (under _lock).
+        self._waited = 0.0
 
     # -- producer: the enqueuer thread ------------------------------------------
     def destinations(self, layout: BatchLayout) -> List[np.ndarray]:
@@ -203,13 +220,17 @@ class TorchSink:
             The batch, or None if none came within ``timeout`` or the sink is
             closed and empty.
         """
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         with self._lock:
-            while not self._batches:
-                left = deadline - time.monotonic()
-                if self._closed or left <= 0:
-                    return None
-                self._not_empty.wait(min(left, _WAIT_SECS))
+            try:
+                while not self._batches:
+                    left = deadline - time.monotonic()
+                    if self._closed or left <= 0:
+                        return None
+                    self._not_empty.wait(min(left, _WAIT_SECS))
+            finally:
+                self._waited += time.monotonic() - started
             slots = self._batches.popleft()
             self._not_full.notify()
         return tuple(self._hand_out(array, tensor) for array, tensor in slots)
@@ -244,3 +265,11 @@ class TorchSink:
             self._batches.clear()
         self._filling = []
         self._pool.close()
+
+    def consumer_wait_secs(self) -> float:
+        """Seconds ``take`` has waited for a batch, in total.
+
+        Read without the lock: ``stats()`` calls this, possibly from a signal
+        handler that interrupted ``take`` (NOTE [ Shutdown and error protocol ], rule 7).
+        """
+        return self._waited

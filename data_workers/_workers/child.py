@@ -17,6 +17,9 @@ message.  Data, on the data socket (it may lag behind a full channel)::
     ("chunk", span, layouts, objects, fetch_secs, n)  arrays are in the ring: a chunk,
                                                       or a whole batch made of n chunks
     ("skip", fetch_secs)                            fetch_fun returned None / no rows
+    ("fetch_failed", pickled_exc, type_name,        fetch_fun raised; the worker goes on
+     text, tb, fetch_secs)                          (only with max_fetch_failures: the
+                                                    trainer skips it or fails the input)
 
 Control, on the control socket (read at once by the trainer's process watcher)::
 
@@ -107,15 +110,25 @@ class ChildSpec:
     #: Assemble whole batches here (one message per batch) instead of sending
     #: each chunk: the default order; deterministic mode keeps chunk turns.
     assemble_batches: bool = False
+    #: ``max_fetch_failures`` is set: report a fetch_fun exception in-band
+    #: ("fetch_failed") and go on; the trainer's budget decides.
+    report_fetch_failures: bool = False
+    #: ``BackendSpec.dtypes``.
+    dtypes: Optional[Tuple[Optional[np.dtype], ...]] = None
 
 
-def _send_error(conn: Connection, exc: BaseException) -> None:
+def _error_fields(exc: BaseException) -> Tuple[Optional[bytes], str, str, str]:
+    """``(pickled_exc, type_name, text, tb)``: an exception as it crosses to the trainer."""
     try:
         blob: Optional[bytes] = cloudpickle.dumps(exc)
     except Exception:
         blob = None
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    conn.send(("error", blob, type(exc).__name__, str(exc), tb))
+    return blob, type(exc).__name__, str(exc), tb
+
+
+def _send_error(conn: Connection, exc: BaseException) -> None:
+    conn.send(("error",) + _error_fields(exc))
 
 
 def _send_data(conn: Connection, arena: ShmArena, message: Tuple[Any, ...]) -> None:
@@ -271,7 +284,7 @@ def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Conn
     random.seed(spec.seed)
     np.random.seed(spec.seed % (2 ** 32))
     validator = ChunkValidator(spec.blob_names, spec.batch_columns, spec.dont_rebatch,
-                               spec.input_source, spec.dtype_rule)
+                               spec.input_source, spec.dtype_rule, spec.dtypes)
     parent = os.getppid()
 
     def keep_going() -> bool:
@@ -282,6 +295,18 @@ def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Conn
         started = time.monotonic()
         try:
             output = fetch_fun(spec.worker_id, arena.batch_size)
+        except Exception as exc:
+            if not spec.report_fetch_failures:
+                _send_error(control, exc)
+                return
+            # In-band, behind the batches before it; a batch being assembled stays open.
+            _send_data(conn, arena, ("fetch_failed",) + _error_fields(exc)
+                       + (time.monotonic() - started,))
+            continue
+        except BaseException as exc:  # noqa: B902 - SystemExit too: report it
+            _send_error(control, exc)
+            return
+        try:
             fast = None if builder is None else validator.check_fast(
                 spec.worker_id, output, arena.batch_size)
             arrays = None if fast is not None else validator.check_structure(spec.worker_id, output)
@@ -400,4 +425,10 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _code = main(sys.argv[1:])
+    # Everything is reported and released: skip the interpreter's teardown, as
+    # multiprocessing's children do (with torch imported it takes seconds, which
+    # the trainer's stop() would spend waiting for this process to end).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_code)

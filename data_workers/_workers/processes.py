@@ -99,6 +99,19 @@ def _pidfd(pid: int) -> Optional[int]:
         return None  # kernel < 5.3 or not Linux: the watcher polls instead
 
 
+def _remote_exception(blob: Optional[bytes], type_name: str, text: str,
+                      tb: str) -> BaseException:
+    """A worker's exception, unpickled (or rebuilt from its text), the child's
+    traceback chained as ``__cause__``."""
+    exc: BaseException
+    try:
+        exc = pickle.loads(blob) if blob is not None else Exception("%s: %s" % (type_name, text))
+    except Exception:
+        exc = Exception("%s: %s" % (type_name, text))
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
 class _DataSocket:
     """The trainer's end of a worker's data socket: every message waiting, in one read.
 
@@ -199,6 +212,14 @@ class _ProcessWorker:
         self.received = 0
         #: An error read off the control socket by join_process, for end_failure.
         self.reported: Optional[DataInputError] = None
+        #: The worker's failure (an error it reported, or its death), set by the
+        #: process watcher with the number of data messages the child had sent
+        #: before it: due once the data path has read those (rule 10).
+        self.failure_after: Optional[Tuple[DataInputError, int]] = None
+        self.failure_delivered = False
+        #: Set by the data path once the child closed its data socket.
+        self.data_closed = False
+        self.failure_posted = threading.Event()
         self.conn: Optional[_DataSocket] = None
         self.control: Optional[Connection] = None
         self.thread = threading.Thread(
@@ -251,6 +272,23 @@ class _ProcessWorker:
         else:
             self.owner.reader.wake()  # the enqueuer starts reading this socket
 
+    def post_failure(self, err: DataInputError) -> None:
+        """Process watcher: ``err`` ends this worker once its data sent before is read."""
+        self.failure_after = (err, self.arena.sent)
+        self.failure_posted.set()
+
+    def due_failure(self) -> Optional[DataInputError]:
+        """The data path (one thread at a time): the posted failure, once every
+        data message the child sent before it has been read; then None again."""
+        posted = self.failure_after
+        if posted is None or self.failure_delivered:
+            return None
+        err, sent_before = posted
+        if self.received < sent_before and not self.data_closed:
+            return None
+        self.failure_delivered = True
+        return err
+
     # -- receiver thread ----------------------------------------------------
     def _receive(self) -> None:
         host = self.owner.host
@@ -261,34 +299,45 @@ class _ProcessWorker:
         poller.register(conn.fileno(), select.POLLIN)
         try:
             while not self.owner.halted:
-                if not poller.poll(_POLL_SECS * 1000):
-                    continue
-                try:
-                    messages = conn.read()
-                except (EOFError, OSError):
-                    return  # the child is gone: the process watcher reports it
-                for message in messages:
-                    if not self._handle(message):
-                        return
+                if self.data_closed:
+                    # The child is gone: wait for the process watcher to say why.
+                    self.failure_posted.wait(_POLL_SECS)
+                elif poller.poll(_POLL_SECS * 1000):
+                    try:
+                        messages = conn.read()
+                    except (EOFError, OSError):
+                        messages = []
+                        self.data_closed = True
+                    for message in messages:
+                        if not self._handle(message):
+                            return
+                err = self.due_failure()
+                if err is not None:
+                    host.put_failure(err, self.worker_id)
+                    return
         except DataInputError as failure:
             host.fail(failure.where(host.name, self.worker_id))
         except BaseException as exc:  # noqa: B902 - a thread has nobody to raise to
-            wrapped = PipelineError("receiving from fetcher %d of input %r failed: %s: %s"
-                                    % (self.worker_id, host.name, type(exc).__name__, exc))
-            wrapped.__cause__ = exc
-            host.fail(wrapped.where(host.name, self.worker_id))
+            host.fail(_receiving_failed(exc, host.name, self.worker_id))
 
     def _handle(self, message: Tuple[Any, ...]) -> bool:
         host = self.owner.host
         if message[0] == "skip":
+            self.received += 1
             host.metrics.put_metric("fetcher_time", message[1])
             return host.put(None, self.worker_id)
         chunk = self.chunk_of(message)
-        return True if chunk is None else host.put_chunk(chunk)
+        if chunk is None:
+            return True
+        if chunk.failure is not None:
+            host.put_failure(chunk.failure, self.worker_id)
+            return False
+        return host.put_chunk(chunk)
 
     def chunk_of(self, message: Tuple[Any, ...]) -> Optional[Chunk]:
         """The accepted chunk a data message describes; None if there is none
-        (a skip, counted).  Raises Chunk*Error for output the host refuses."""
+        (a skip, counted), a failure marker if fetch_fun raised beyond the
+        budget.  Raises Chunk*Error for output the host refuses."""
         host = self.owner.host
         self.received += 1
         kind = message[0]
@@ -296,26 +345,36 @@ class _ProcessWorker:
             host.metrics.put_metric("fetcher_time", message[1])
             host.accept(self.worker_id, None)  # counts and logs the skip
             return None
+        if kind == "fetch_failed":
+            _, blob, type_name, text, tb, fetch_secs = message
+            host.metrics.put_metric("fetcher_time", fetch_secs)
+            exc = _remote_exception(blob, type_name, text, tb)
+            if host.skip_fetch_failure(self.worker_id, exc):
+                return None
+            err = self._fetcher_error(exc, type_name, text, host.fetch_failure_note())
+            err.where(host.name, self.worker_id)
+            host.note_failure(err)
+            return Chunk(self.worker_id, [], 0, failure=err)
         if kind != "chunk":
             raise PipelineError("unknown data message from worker %d: %r" % (self.worker_id, kind))
-        _, span, layouts, objects, fetch_secs, chunks = message
+        _, nbytes, layouts, objects, fetch_secs, chunks = message
         host.metrics.put_metric("fetcher_time", fetch_secs)
         views = self.arena.views(layouts)
         arrays = [objects[i] if i in objects else views.pop(0)
                   for i in range(len(layouts) + len(objects))]
         arena = self.arena
-        token = arena.track(span)
+        claim = arena.track(nbytes)
         try:  # the child checked the batch fits its ring (check_batch_fits)
             chunk = host.accept(self.worker_id, arrays, chunks)
         except BaseException:
-            arena.release(token)
+            arena.release(claim)
             raise
         if chunk is None:
-            arena.release(token)
+            arena.release(claim)
             return None
-        chunk.release = lambda: arena.release(token)
+        chunk.release = lambda: arena.release(claim)
         # Caffe2 may take it uncopied if it is a whole batch (see _workers/shm_ring.py).
-        chunk.lend = lambda: arena.lend(token, span)
+        chunk.lend = lambda: arena.may_lend(claim)
         return chunk
 
     # -- control messages (process watcher thread) -------------------------------
@@ -337,16 +396,15 @@ class _ProcessWorker:
 
     def _remote_error(self, blob: Optional[bytes], type_name: str, text: str,
                       tb: str) -> DataInputError:
-        exc: BaseException
-        try:
-            exc = pickle.loads(blob) if blob is not None else Exception("%s: %s" % (type_name, text))
-        except Exception:
-            exc = Exception("%s: %s" % (type_name, text))
-        exc.__cause__ = RemoteTraceback(tb)
+        exc = _remote_exception(blob, type_name, text, tb)
         if isinstance(exc, DataInputError):
             return exc
-        err = FetcherError("fetcher %d (pid %s) of input %r raised %s: %s" % (
-            self.worker_id, self.pid, self.owner.host.name, type_name, text))
+        return self._fetcher_error(exc, type_name, text)
+
+    def _fetcher_error(self, exc: BaseException, type_name: str, text: str,
+                       note: str = "") -> FetcherError:
+        err = FetcherError("fetcher %d (pid %s) of input %r raised %s: %s%s" % (
+            self.worker_id, self.pid, self.owner.host.name, type_name, text, note))
         err.__cause__ = exc
         return err
 
@@ -478,6 +536,15 @@ class _BatchReader(ChunkSource):
                     if self._owner.halted:
                         break
                     self._read(fd, worker, chunks)
+                for worker in self._owner.workers:
+                    err = worker.due_failure()
+                    if err is not None:
+                        # Behind that worker's chunks, ahead of the other workers'
+                        # chunks read with them, which the enqueuer then drops.
+                        own = [c for c in chunks if c.worker_id == worker.worker_id]
+                        others = [c for c in chunks if c.worker_id != worker.worker_id]
+                        chunks = own + [Chunk(worker.worker_id, [], 0, failure=err)] + others
+                        break
             except BaseException:
                 for chunk in chunks:
                     chunk.done()
@@ -493,6 +560,7 @@ class _BatchReader(ChunkSource):
             messages = conn.read()
         except (EOFError, OSError):
             # The child is gone: the process watcher reports it.
+            worker.data_closed = True
             self._poller.unregister(fd)
             del self._by_fd[fd]
             return
@@ -505,9 +573,7 @@ class _BatchReader(ChunkSource):
         except DataInputError as failure:
             raise failure.where(host.name, worker.worker_id)
         except Exception as exc:
-            wrapped = PipelineError("receiving from fetcher %d of input %r failed: %s: %s"
-                                    % (worker.worker_id, host.name, type(exc).__name__, exc))
-            raise wrapped.where(host.name, worker.worker_id) from exc
+            raise _receiving_failed(exc, host.name, worker.worker_id) from exc
 
     def _drain_wake(self) -> None:
         try:
@@ -552,6 +618,13 @@ class _BatchReader(ChunkSource):
                 os.close(fd)
 
 
+
+def _receiving_failed(exc: BaseException, input_source: str, worker_id: int) -> PipelineError:
+    """Reading a worker's messages failed in the trainer (not in the worker)."""
+    return PipelineError.wrapping(
+        exc, "receiving from fetcher %d of input %r failed:" % (worker_id, input_source),
+        input_source, worker_id)
+
 class ProcessFetchers(FetcherBackend):
     """The process backend of one input: a worker process per worker id."""
 
@@ -563,9 +636,9 @@ class ProcessFetchers(FetcherBackend):
         base_seed = spec.seed if spec.seed is not None else random.SystemRandom().randrange(2 ** 31)
         capacity = spec.shm_bytes_per_worker or DEFAULT_SHM_BYTES_PER_WORKER
         assemble = not (spec.deterministic or spec.dont_rebatch)
-        #: Set when the host reads whole batches from the sockets itself (batch_source).
+        #: Set when the host reads whole batches from the sockets itself
+        #: (``batch_source``); fixed here, before anyone reads ``threads``.
         self.reader: Optional[_BatchReader] = None
-        self._assemble = assemble
         self.workers: List[_ProcessWorker] = []
         try:
             for index, wid in enumerate(host.worker_ids):
@@ -574,23 +647,24 @@ class ProcessFetchers(FetcherBackend):
                     blob_names=tuple(spec.blob_names), batch_columns=tuple(spec.batch_columns),
                     dont_rebatch=spec.dont_rebatch, input_source=spec.input_source,
                     capacity=capacity, fixed_capacity=spec.shm_bytes_per_worker is not None,
-                    dtype_rule=spec.dtype_rule, assemble_batches=assemble)))
+                    dtype_rule=spec.dtype_rule, assemble_batches=assemble,
+                    report_fetch_failures=spec.skip_fetch_failures, dtypes=spec.dtypes)))
         except BaseException:
             self.close()  # arenas made so far
             raise
-        self.threads: List[threading.Thread] = [w.thread for w in self.workers]
+        # Whole batches: the enqueuer reads the sockets itself, no receiver threads.
+        # Chunk mode (deterministic, dont_rebatch): a receiver per worker feeds the
+        # channel, whose order and bound those modes need.
+        self.threads: List[threading.Thread] = []
+        if assemble:
+            self.reader = _BatchReader(self)
+        else:
+            self.threads = [w.thread for w in self.workers]
         self._watcher = threading.Thread(
             target=self._watch, daemon=True, name="data_workers %s process watcher" % spec.input_source)
 
     def batch_source(self) -> Optional[ChunkSource]:
-        """Whole batches (the default order): the enqueuer reads the sockets itself.
-
-        Chunk mode (``deterministic``, ``dont_rebatch``) keeps a receiver per
-        worker feeding the channel, whose order and bound those modes need.
-        """
-        if self._assemble and self.reader is None:
-            self.reader = _BatchReader(self)
-            self.threads = []
+        """Whole batches (the default order): the enqueuer reads the sockets itself."""
         return self.reader
 
     def _set_batch_size(self, batch_size: int) -> None:
@@ -648,16 +722,21 @@ class ProcessFetchers(FetcherBackend):
                         return
                     err = w.read_control()
                     if err is None and w.exited():
-                        w.ended = True
                         err = w.end_failure()
                     if err is not None:
-                        self.host.fail(err.where(self.host.name, w.worker_id))
-                        return
+                        # Reported now, raised behind its earlier batches (rule 10).
+                        w.ended = True
+                        err.where(self.host.name, w.worker_id)
+                        self.host.note_failure(err)
+                        w.post_failure(err)
+                        if self.reader is not None:
+                            self.reader.wake()
+                    elif w.exited():
+                        w.ended = True
         except BaseException as exc:  # noqa: B902 - a thread has nobody to raise to
-            err = PipelineError("watching the worker processes of input %r failed: %s: %s"
-                                % (self.host.name, type(exc).__name__, exc))
-            err.__cause__ = exc
-            self.host.fail(err.where(self.host.name, None))
+            self.host.fail(PipelineError.wrapping(
+                exc, "watching the worker processes of input %r failed:" % self.host.name,
+                self.host.name, None))
 
     def halt(self) -> None:
         """Ask the children to stop; receivers and the watcher stop within _POLL_SECS."""
@@ -687,6 +766,9 @@ class ProcessFetchers(FetcherBackend):
                 err = w.end_failure()
                 if err is not None:
                     self.host.fail(err.where(self.host.name, w.worker_id))
+            elif w.failure_after is not None and not w.failure_delivered:
+                w.failure_delivered = True  # posted, but the data path had stopped
+                self.host.fail(w.failure_after[0])
         return ok
 
     def close(self) -> None:

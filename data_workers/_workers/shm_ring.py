@@ -65,9 +65,11 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["ShmArena", "ArrayLayout", "Span", "HEADER_BYTES", "ALIGN", "RING_BATCHES"]
+__all__ = ["ShmArena", "ArrayLayout", "RingClaim", "HEADER_BYTES", "ALIGN", "RING_BATCHES"]
 
 HEADER_BYTES = 64
+# Header slots (uint64 each; the layout in the module docstring).
+_RELEASED, _STOP, _BATCH_SIZE, _EXITED, _CAPACITY, _SENT = range(6)
 ALIGN = 64
 #: Batches a ring holds when its size was not chosen by the user.
 RING_BATCHES = 10
@@ -91,8 +93,9 @@ def _aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-class Span:
-    """One chunk's ring bytes, tracked by the parent until released."""
+class RingClaim:
+    """One chunk's hold on ring bytes (``nbytes``, padding included), tracked by
+    the parent until released."""
 
     __slots__ = ("nbytes", "released")
 
@@ -132,22 +135,22 @@ class ShmArena:
         # The enqueuer, a receiver, Caffe2's release callbacks and the stopping
         # thread release (reentrant: NOTE [ Shutdown and error protocol ], rule 7).
         self._release_lock = threading.RLock()
-        self._spans: Deque[Span] = collections.deque()  # parent: in write order
+        self._claims: Deque[RingClaim] = collections.deque()  # parent: in write order
         self._ring = np.frombuffer(self._map, np.uint8, size, HEADER_BYTES)
         self.written = 0  # child side: total bytes handed out, padding included
         if fixed:
-            self._header[4] = size
+            self._header[_CAPACITY] = size
 
     @property
     def capacity(self) -> int:
         """Ring bytes in use (the mapped size until the child sized its ring)."""
         header = self._header
-        return self.size if header is None or not header[4] else int(header[4])
+        return self.size if header is None or not header[_CAPACITY] else int(header[_CAPACITY])
 
     def size_for_batch(self, batch_bytes: int) -> None:
         """Child side, at the first chunk: use ``RING_BATCHES`` batches of the mapping."""
-        if not self._header[4]:
-            self._header[4] = min(self.size, max(MIN_RING_BYTES, RING_BATCHES * batch_bytes))
+        if not self._header[_CAPACITY]:
+            self._header[_CAPACITY] = min(self.size, max(MIN_RING_BYTES, RING_BATCHES * batch_bytes))
 
     # -- child side -------------------------------------------------------
     def chunk_bytes(self, arrays: Sequence[np.ndarray]) -> int:
@@ -177,7 +180,7 @@ class ShmArena:
         span = pad + need
         pause = 0.0002
         while True:
-            in_use = self.written - self._header[0]
+            in_use = self.written - self._header[_RELEASED]
             if in_use == 0 or self.capacity - in_use >= span:
                 break
             if not keep_waiting():
@@ -221,27 +224,28 @@ class ShmArena:
     def _owned(self) -> bool:
         return self._header is not None and os.getpid() == self._owner_pid
 
-    def track(self, nbytes: int) -> Span:
+    def track(self, nbytes: int) -> RingClaim:
         """Record a chunk the child wrote (call in the order the child wrote them)."""
-        span = Span(nbytes)
+        claim = RingClaim(nbytes)
         with self._release_lock:
-            self._spans.append(span)
-        return span
+            self._claims.append(claim)
+        return claim
 
-    def release(self, span: Span) -> None:
+    def release(self, claim: RingClaim) -> None:
         """Give a chunk's bytes back; the child sees them once every older chunk is back."""
         with self._release_lock:
-            if span.released:
+            if claim.released:
                 return
-            span.released = True
+            claim.released = True
             freed = 0
-            while self._spans and self._spans[0].released:
-                freed += self._spans.popleft().nbytes
+            while self._claims and self._claims[0].released:
+                freed += self._claims.popleft().nbytes
             if freed and self._owned():
-                self._header[0] += freed
+                self._header[_RELEASED] += freed
 
-    def lend(self, span: Span, batch_bytes: int) -> bool:
-        """Whether ``span`` may go to Caffe2 uncopied: the ring can wait for it.
+    def may_lend(self, claim: RingClaim) -> bool:
+        """Whether the whole batch ``claim`` holds may go to Caffe2 uncopied: the
+        ring can wait for it.
 
         Caffe2 drops a lent batch ``LEND_LAG`` enqueues later, in the order it
         took them, and holds at most ``LEND_LAG + 1`` of them.  The ring reuses
@@ -251,45 +255,45 @@ class ShmArena:
         always gets to write the batches whose enqueues make Caffe2 let go.  A
         smaller ring never lends: the caller copies.
         """
-        return not span.released and (LEND_LAG + 2) * batch_bytes <= self.capacity
+        return not claim.released and (LEND_LAG + 2) * claim.nbytes <= self.capacity
 
     # -- control block ----------------------------------------------------------
     def request_stop(self) -> None:
         if self._owned():
-            self._header[1] = 1
+            self._header[_STOP] = 1
 
     def mark_exit(self) -> None:
         """Child side: record that this worker ends because it was asked to."""
         if self._header is not None:
-            self._header[3] = 1
+            self._header[_EXITED] = 1
 
     @property
     def exited_when_asked(self) -> bool:
         """Parent side: the child recorded that it ended because it was asked to."""
-        return self._header is not None and bool(self._header[3])
+        return self._header is not None and bool(self._header[_EXITED])
 
     def count_sent(self) -> None:
         """Child side: one more data message sent."""
-        self._header[5] += 1
+        self._header[_SENT] += 1
 
     @property
     def sent(self) -> int:
         """Data messages the child has sent so far."""
         header = self._header
-        return 0 if header is None else int(header[5])
+        return 0 if header is None else int(header[_SENT])
 
     @property
     def stop_requested(self) -> bool:
-        return bool(self._header[1])
+        return bool(self._header[_STOP])
 
     @property
     def batch_size(self) -> int:
-        return int(self._header[2])
+        return int(self._header[_BATCH_SIZE])
 
     @batch_size.setter
     def batch_size(self, value: int) -> None:
         if self._owned():
-            self._header[2] = value
+            self._header[_BATCH_SIZE] = value
 
     def close(self) -> None:
         """Unmap and close the fd.  Views still alive keep the memory until collected."""

@@ -34,8 +34,19 @@ class DataWorker(Worker):
 
     def run(self) -> None:
         fetch: FetchFun = self._worker_fun  # type: ignore[assignment]
-        output = fetch(self._worker_id, self._batch_feeder.batch_size)
+        try:
+            output = fetch(self._worker_id, self._batch_feeder.batch_size)
+        except Exception as exc:
+            if self._batch_feeder.skip_fetch_failure(self._worker_id, exc):
+                return  # max_fetch_failures: counted and logged; the next call follows
+            raise
         self._batch_feeder.put(output, self._worker_id)
+
+    def handle_exception(self, e: BaseException) -> None:
+        """Fail the input behind the chunks this fetcher queued before (NOTE
+        [ Shutdown and error protocol ], rule 10, ``_core/coordinator.py``)."""
+        note = self._batch_feeder.fetch_failure_note()
+        self._batch_feeder.put_failure(self.as_failure(e, note), self._worker_id)
 
     def finish(self) -> None:
         self._metrics.put_metric("fetcher_time", time.monotonic() - self._start_time)

@@ -1,0 +1,307 @@
+"""``Loader(dataset, ...)``: DataLoader's signature and meaning, over our workers.
+
+Epochs in the sampler's order whatever the worker type or count, default
+collate and the option rules as DataLoader has them, ``get_worker_info()``
+inside thread and process workers, exact resume checked against an
+uninterrupted run (the way torchdata tests StatefulDataLoader), iterable
+datasets split across workers, errors at the next batch, bounded prefetch.
+The autouse ``no_leaks`` fixture checks that every loader left nothing behind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any, List, Tuple
+
+import pytest
+import torch
+import torch.utils.data
+
+from data_workers import DataInputError, FetcherError, WorkerDiedError
+from data_workers.torch import Loader
+from torch_datasets import (BrokenShards, Counting, DiesAt, FailsAt, Gate, Indexed, InitSeen,
+                            Mixed, Shards, WhereAmI, plain_batches, record_init)
+
+#: (num_workers, worker_type) configurations every order test runs over.
+CONFIGS = [(0, "thread"), (1, "thread"), (3, "thread"), (2, "process")]
+
+
+def labels(batches: List[Any]) -> List[List[int]]:
+    return [batch[1].tolist() for batch in batches]
+
+
+def epochs(loader: Loader, n: int) -> List[List[List[int]]]:
+    return [labels(list(loader)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("num_workers,worker_type", CONFIGS)
+def test_each_epoch_is_the_samplers_order_cut_in_batches(num_workers: int,
+                                                         worker_type: str) -> None:
+    dataset = Indexed(50)
+    with Loader(dataset, 7, shuffle=True, num_workers=num_workers, worker_type=worker_type,
+                seed=11) as loader:
+        assert len(loader) == 8
+        got = epochs(loader, 3)
+        for epoch, batches in enumerate(got):
+            loader.sampler.set_epoch(epoch)
+            order = list(loader.sampler)
+            assert batches == [order[i:i + 7] for i in range(0, 50, 7)]
+    assert got[0] != got[1] != got[2]  # reshuffled each epoch
+    assert sorted(itertools.chain(*got[1])) == list(range(50))
+
+
+def test_the_order_is_a_function_of_the_seed_or_generator() -> None:
+    def first_epoch(**kwargs: Any) -> List[List[int]]:
+        with Loader(Indexed(30), 4, shuffle=True, num_workers=2, **kwargs) as loader:
+            return labels(list(loader))
+
+    assert first_epoch(seed=3) == first_epoch(seed=3) != first_epoch(seed=4)
+    assert first_epoch(generator=torch.Generator().manual_seed(9)) == \
+        first_epoch(generator=torch.Generator().manual_seed(9))
+    torch.manual_seed(5)
+    unseeded = first_epoch()
+    torch.manual_seed(5)
+    assert first_epoch() == unseeded  # drawn from torch's RNG, as DataLoader draws its seed
+
+
+@pytest.mark.parametrize("options", [
+    dict(batch_size=4), dict(batch_size=4, drop_last=True), dict(batch_size=None),
+    dict(batch_size=3, sampler=[9, 1, 5, 3, 7]),
+    dict(batch_sampler=[[0, 1], [5], [2, 3, 4]]),
+    dict(batch_size=4, collate_fn=lambda samples: [s["image"].sum() for s in samples]),
+])
+def test_batches_equal_dataloaders(options: Any) -> None:
+    """Default collate (dict, namedtuple, str, numbers, tensors, arrays), samplers,
+    batch_sampler, drop_last, batch_size=None and collate_fn, against DataLoader."""
+    expected = plain_batches(list(torch.utils.data.DataLoader(Mixed(), **options)))
+    for num_workers in (0, 2):
+        with Loader(Mixed(), num_workers=num_workers, **options) as loader:
+            assert plain_batches(list(loader)) == expected
+            assert len(loader) == len(expected)
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(shuffle=True, sampler=[0, 1]), "shuffle=True and a sampler"),
+    (dict(batch_size=2, batch_sampler=[[0]]), "batch_sampler decides each batch"),
+    (dict(batch_size=None, drop_last=True), "drop_last=True"),
+    (dict(prefetch_factor=2), "prefetch_factor"),
+    (dict(persistent_workers=True), "persistent_workers"),
+    (dict(timeout=-1), "timeout"),
+    (dict(num_workers=-1), "num_workers"),
+])
+def test_invalid_options_raise_as_dataloader_does(options: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Loader(Indexed(10), **options)
+
+
+def test_workers_see_get_worker_info_and_no_worker_loads_in_the_calling_thread() -> None:
+    with Loader(WhereAmI(), 3) as loader:
+        batch = next(iter(loader))
+    assert set(batch["thread"].tolist()) == {threading.get_ident()}
+    assert batch["worker"].tolist() == [-1] * 3
+    assert torch.utils.data.get_worker_info() is None
+    for worker_type in ("thread", "process"):
+        with Loader(WhereAmI(), 3, num_workers=2, worker_type=worker_type, seed=100) as loader:
+            batches = list(loader)
+        # Batch i comes from worker i % 2, which knows it.
+        assert [b["worker"].tolist() for b in batches] == [[i % 2] * 3 for i in range(4)]
+        assert all(b["workers"].tolist() == [2] * 3 for b in batches)
+        assert [b["seed"][0].item() for b in batches[:2]] == [100, 101]
+        if worker_type == "process":  # as DataLoader's workers: one intra-op thread
+            assert all(b["torch_threads"].tolist() == [1] * 3 for b in batches)
+        if worker_type == "thread":
+            assert threading.get_ident() not in {t for b in batches for t in b["thread"].tolist()}
+        assert torch.utils.data.get_worker_info() is None
+
+
+def test_worker_init_fn_runs_once_in_each_worker_before_its_first_batch() -> None:
+    with Loader(InitSeen(), 2, num_workers=2, worker_type="process",
+                worker_init_fn=record_init) as loader:
+        batches = list(loader)
+    # Each process has its own copy of the dataset, initialised by its own call.
+    assert [b[1].tolist() + b[2].tolist() for b in batches] == [[1, 1, 0, 0], [1, 1, 1, 1]] * 2
+    dataset = InitSeen()
+    with Loader(dataset, 2, num_workers=2, worker_init_fn=record_init) as loader:
+        list(loader)
+    assert sorted(dataset.inits) == [0, 1]  # thread workers share the loader's dataset
+
+
+# ----------------------------------------------------------------------------- exact resume
+
+LENGTH, BATCH = 26, 4   # 7 batches per epoch, the last one short
+
+
+def uninterrupted(epochs_: int = 3) -> List[List[int]]:
+    with Loader(Indexed(LENGTH), BATCH, shuffle=True, num_workers=2, seed=21) as loader:
+        return [b for _ in range(epochs_) for b in labels(list(loader))]
+
+
+def run_until(loader: Loader, taken: int) -> Tuple[List[List[int]], Any]:
+    """Take ``taken`` batches across epochs as a training loop does; then the state."""
+    out: List[List[int]] = []
+    while len(out) < taken:
+        for batch in loader:
+            out.append(batch[1].tolist())
+            if len(out) == taken:
+                break
+    return out, loader.state_dict()
+
+
+def finish(loader: Loader, total: int, done: int) -> List[List[int]]:
+    """Resume a training loop with ``done`` batches behind it, up to ``total``."""
+    out: List[List[int]] = []
+    while done + len(out) < total:
+        for batch in loader:
+            out.append(batch[1].tolist())
+            if done + len(out) == total:
+                break
+    return out
+
+
+RESUME_CASES = [
+    # cut after, first loader, resumed loader
+    (0, (2, "thread"), (2, "thread")),
+    (1, (2, "thread"), (3, "thread")),
+    (5, (2, "process"), (0, "thread")),
+    (7, (3, "thread"), (2, "process")),     # at the epoch boundary
+    (9, (0, "thread"), (1, "thread")),
+]
+
+
+@pytest.mark.parametrize("cut,first,second", RESUME_CASES)
+def test_resume_yields_what_an_uninterrupted_run_yields(cut: int, first: Any, second: Any) -> None:
+    reference = uninterrupted()
+    with Loader(Indexed(LENGTH), BATCH, shuffle=True, num_workers=first[0],
+                worker_type=first[1], seed=21) as loader:
+        before, state = run_until(loader, cut)
+    assert before == reference[:cut]
+    with Loader(Indexed(LENGTH), BATCH, shuffle=True, num_workers=second[0],
+                worker_type=second[1]) as resumed:  # the seed comes from the state
+        resumed.load_state_dict(state)
+        assert finish(resumed, len(reference), cut) == reference[cut:]
+
+
+def test_a_resume_of_a_resume_and_state_before_any_batch() -> None:
+    reference = uninterrupted()
+    state = Loader(Indexed(LENGTH), BATCH, shuffle=True, seed=21).state_dict()
+    done: List[List[int]] = []
+    for cut, workers in ((3, 2), (10, 1), (15, 3)):
+        with Loader(Indexed(LENGTH), BATCH, shuffle=True, num_workers=workers) as loader:
+            loader.load_state_dict(state)
+            done += finish(loader, cut, len(done))
+            state = loader.state_dict()
+    assert done == reference[:15]
+
+
+def test_load_state_dict_refuses_another_epoch_length() -> None:
+    state = Loader(Indexed(LENGTH), BATCH).state_dict()
+    with pytest.raises(ValueError, match="batches per epoch"):
+        Loader(Indexed(LENGTH), BATCH + 1).load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- iterable datasets
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_an_iterable_dataset_is_split_and_interleaved_as_dataloader_does(worker_type: str) -> None:
+    # Worker 0 yields 0, 2, 4, ...; worker 1 yields 1, 3, ...: batches alternate
+    # between them, and a worker that ends early is skipped.
+    with Loader(Shards(11), 2, num_workers=2, worker_type=worker_type) as loader:
+        for _ in range(2):  # two epochs, each a fresh pass
+            got = [b.tolist() for b in loader]
+            assert got == [[0, 2], [1, 3], [4, 6], [5, 7], [8, 10], [9]]
+    with Loader(Shards(11), 2, num_workers=2, drop_last=True) as loader:
+        assert [b.tolist() for b in loader] == [[0, 2], [1, 3], [4, 6], [5, 7], [8, 10]]
+    with Loader(Shards(5), 2) as loader:
+        assert [b.tolist() for b in loader] == [[0, 1], [2, 3], [4]]
+        assert len(loader) == 3
+
+
+# ----------------------------------------------------------------------------- errors, prefetch
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_a_failing_sample_raises_at_the_next_batch_and_stops_the_loader(worker_type: str) -> None:
+    loader = Loader(FailsAt(13), 4, num_workers=2, worker_type=worker_type)
+    got: List[List[float]] = []
+    with pytest.raises(FetcherError) as caught:
+        for batch in loader:
+            got.append(batch.tolist())
+    assert got == [[float(i) for i in range(j, j + 4)] for j in range(0, 12, 4)]
+    # Raised at its batch's turn, as DataLoader does: the batches before it arrive.
+    assert isinstance(caught.value, DataInputError)
+    assert isinstance(caught.value.__cause__, KeyError)
+    assert "worker 1 raised KeyError" in str(caught.value)
+    assert "batch 3 of epoch 0" in str(caught.value) and "no sample 13" in str(caught.value)
+    assert loader.close() is True
+    with pytest.raises(KeyError):  # num_workers=0: the dataset's own exception, as DataLoader
+        list(Loader(FailsAt(1), 4))
+
+
+def test_a_worker_process_that_dies_fails_the_loader_at_once() -> None:
+    loader = Loader(DiesAt(9), 4, num_workers=2, worker_type="process")
+    with pytest.raises(WorkerDiedError):
+        list(loader)
+    loader.close()  # raises nothing more: iteration raised the failure
+
+
+def test_an_iterable_datasets_error_comes_in_its_workers_turn() -> None:
+    with Loader(BrokenShards(), 1, num_workers=2) as loader:
+        got = []
+        with pytest.raises(FetcherError, match="in thread worker 1 raised OSError") as caught:
+            for batch in loader:
+                got.append(batch.tolist())
+    assert got == [[0], [100], [1]]  # worker 0, worker 1, worker 0, then worker 1's turn
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+def test_user_samplers_are_listed_per_epoch_without_touching_the_callers_rng() -> None:
+    dataset = Indexed(30)
+    # RandomSampler draws its seed from torch's global RNG: seeded from (seed, epoch).
+    runs = []
+    for workers, worker_type in ((0, "thread"), (2, "thread"), (2, "process")):
+        torch.manual_seed(7)
+        before = torch.rand(3)
+        torch.manual_seed(7)
+        with Loader(dataset, 4, sampler=torch.utils.data.RandomSampler(dataset),
+                    num_workers=workers, worker_type=worker_type, seed=5) as loader:
+            runs.append(epochs(loader, 2))
+        assert torch.equal(torch.rand(3), before)  # the caller's RNG went on untouched
+    assert runs[0] == runs[1] == runs[2] and runs[0][0] != runs[0][1]
+    # set_epoch is called with the loader's epoch (DistributedSampler needs no call of yours).
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=2, rank=1, seed=3)
+    with Loader(dataset, 4, sampler=sampler, num_workers=2) as loader:
+        got = epochs(loader, 2)
+    for epoch in range(2):
+        reference = torch.utils.data.DistributedSampler(dataset, num_replicas=2, rank=1, seed=3)
+        reference.set_epoch(epoch)
+        order = list(reference)
+        assert got[epoch] == [order[i:i + 4] for i in range(0, len(order), 4)]
+
+
+def test_prefetch_is_bounded_in_batches() -> None:
+    dataset = Counting(400)
+    with Loader(dataset, 4, num_workers=2, prefetch_factor=2) as loader:
+        next(iter(loader))
+    # Taken: 1; in the channel at most prefetch_factor per worker, 4 handed to
+    # the sink, one batch being built by each worker.
+    assert dataset.calls <= 4 * (1 + 2 * 2 + 4 + 2)
+
+
+def test_timeout_names_the_batch_it_waited_for_and_the_loader_stays_usable() -> None:
+    dataset = Gate(blocked=5)
+    with Loader(dataset, 2, num_workers=1, timeout=0.2) as loader:
+        batches = iter(loader)
+        assert [next(batches).tolist() for _ in range(2)] == [[0, 1], [2, 3]]
+        with pytest.raises(TimeoutError, match="timed out after 0.2 seconds waiting for batch 2 "
+                                               "of epoch 0"):
+            next(batches)
+        dataset.opened.set()
+        # As after DataLoader's timeout, that iterator is done; the next is the next epoch.
+        assert [b.tolist() for b in loader] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+
+
+def test_next_on_the_loader_itself_says_to_use_iter() -> None:
+    with pytest.raises(TypeError, match="iter"):
+        next(Loader(Indexed(4), 2))  # type: ignore[call-overload]
