@@ -11,8 +11,9 @@ upstream-vs-ours tables come from the run's cases through ``benchmarks.run.summa
 the same summaries ``benchmarks.run`` draws the chart (``docs/benchmarks.png``) from;
 the peers tables from ``docs/peers.json`` through ``benchmarks.peers.markdown`` (the
 chart ``docs/peers.png`` is drawn from the same file); the torch Loader table from
-``docs/torch_loader.json`` through ``benchmarks.torch_loader.markdown``. A figure in
-the docs is never typed by hand.
+``docs/torch_loader.json`` (the Caffe2 leg: torch 1.10.2) and, beside it,
+``docs/torch_loader_torch2.json`` (the modern leg: torch 2.x) through
+``benchmarks.torch_loader.markdown_legs``. A figure in the docs is never typed by hand.
 
 Each generated block sits between two markers in a Markdown file::
 
@@ -41,6 +42,8 @@ JSON_PATH = os.path.join(h.REPO_ROOT, "docs", "benchmarks.json")
 PEERS_JSON_PATH = os.path.join(h.REPO_ROOT, "docs", "peers.json")
 #: The torch Loader against DataLoader run (``benchmarks.torch_loader``).
 TORCH_JSON_PATH = os.path.join(h.REPO_ROOT, "docs", "torch_loader.json")
+#: The same run on the modern leg (torch 2.x), shown beside it when present.
+TORCH2_JSON_PATH = os.path.join(h.REPO_ROOT, "docs", "torch_loader_torch2.json")
 Doc = Dict[str, Any]  # a benchmarks.json document
 
 
@@ -180,8 +183,12 @@ PEER_BLOCKS: Dict[str, Tuple[str, bool]] = {
 CLAIMS_BLOCKS: Dict[str, str] = {"README.md": "readme-figures",
                                   os.path.join("docs", "workers.md"): "worker-figures"}
 #: Blocks rendered from docs/torch_loader.json by ``benchmarks.torch_loader.markdown``.
+#: Of those, the pages that also show the goal and its verdict.
+TORCH_GOAL_PAGES = {os.path.join("docs", "benchmarks.md")}
 TORCH_BLOCKS: Dict[str, str] = {
+    os.path.join("docs", "benchmarks.md"): "torch-loader-goals",
     os.path.join("docs", "torch.md"): "torch-loader-tables",
+    "README.md": "torch-loader-summary",
 }
 
 
@@ -193,12 +200,14 @@ def _read_json(path: str) -> Doc:
 
 def stale_files(write: bool, json_path: str = JSON_PATH, root: str = h.REPO_ROOT,
                 peers_path: str = PEERS_JSON_PATH,
-                torch_path: str = TORCH_JSON_PATH) -> List[str]:
+                torch_path: str = TORCH_JSON_PATH,
+                torch2_path: str = TORCH2_JSON_PATH) -> List[str]:
     """Renders every block; returns the files whose blocks differ (rewritten if ``write``)."""
     from benchmarks import peers, torch_loader
 
     doc, summaries = load(json_path)
     peer_doc, torch_doc = _read_json(peers_path), _read_json(torch_path)
+    torch_docs = [torch_doc] + ([_read_json(torch2_path)] if os.path.exists(torch2_path) else [])
     stale = []
     for rel in dict.fromkeys([*BLOCKS, *TORCH_BLOCKS, *CLAIMS_BLOCKS]):
         path = os.path.join(root, rel)
@@ -211,7 +220,10 @@ def stale_files(write: bool, json_path: str = JSON_PATH, root: str = h.REPO_ROOT
             name, tables = PEER_BLOCKS[rel]
             blocks[name] = peers.markdown(peer_doc, tables)
         if rel in TORCH_BLOCKS:
-            blocks[TORCH_BLOCKS[rel]] = torch_loader.markdown(torch_doc)
+            # Goals and verdicts only on the evidence pages (docs/benchmarks.md).
+            goals = rel in TORCH_GOAL_PAGES
+            blocks[TORCH_BLOCKS[rel]] = (torch_loader.markdown(torch_doc) if len(torch_docs) == 1
+                                         else torch_loader.markdown_legs(torch_docs, goals))
         new = render_file(old, rel, blocks)
         if new != old:
             stale.append(rel)

@@ -55,6 +55,9 @@ WORKLOADS = {
 }
 #: The suites against peers, each with its own JSON file.
 SUITES = {"peers": "peers.json", "torch": "torch_loader.json"}
+#: The torch suite run on the modern leg (.venv311: torch 2.x), beside the Caffe2
+#: leg's torch_loader.json (torch 1.10.2); docs/torch.md shows the two side by side.
+TORCH2_JSON = "torch_loader_torch2.json"
 CHOICES = list(WORKLOADS) + list(SUITES)
 DEFAULT_OUT = os.path.join(h.REPO_ROOT, "benchmarks", "results")
 TORCH_TIMEOUT_S = (300.0, 900.0)  # (quick, full): the whole torch_loader run
@@ -95,6 +98,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                    help="measure nothing: re-render the tables, JSON and charts of an earlier "
                         "run into --out; PATH is its directory or one of its JSON files")
     p.add_argument("--no-chart", action="store_true", help="skip the PNGs")
+    p.add_argument("--torch-json", default=SUITES["torch"], metavar="NAME",
+                   help="file name of the torch suite's JSON in --out (make bench writes the "
+                        "modern leg's run, torch 2.x, as %s)" % TORCH2_JSON)
     args = p.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     peer_names = [f"peers.{w}" for w in peers.CASES]
@@ -350,7 +356,7 @@ def report_torch(args: argparse.Namespace, doc: Dict[str, Any],
     print()
     print("== data_workers.torch.Loader against torch.utils.data.DataLoader")
     print(torch_loader.markdown(doc))
-    print(f"wrote {_write_doc(args.out, SUITES['torch'], doc, source)}")
+    print(f"wrote {_write_doc(args.out, args.torch_json, doc, source)}")
     return 0
 
 

@@ -447,6 +447,58 @@ def markdown(results: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The goal for ours / DataLoader on each workload, on torch 2.x (issue 21).
+GOAL_RATIO = 1.5
+
+
+def markdown_legs(docs: Sequence[Dict[str, Any]], goals: bool = True) -> str:
+    """Runs on several torch versions (one per test leg) as one table, side by side,
+    each run's own line first; then, with ``goals``, the goal, checked on the newest
+    torch's run (the evidence pages show it; user pages show the figures alone)."""
+    lines = []
+    for results in docs:
+        lines += ["- torch %s: " % results["machine"]["torch"] + _run_line(results)]
+    lines += [
+        "",
+        "| workload | torch | ours batches/s | DataLoader batches/s | ours / DataLoader "
+        "| first batch, ours / DataLoader |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name in docs[0]["workloads"]:
+        for results in docs:
+            w = results["workloads"][name]
+            rates, first = _side_figures(w)
+            lines.append("| %s | %s | %s | %s | %.2fx (%.2f-%.2f) | %.2f s / %.2f s |" % (
+                TITLES.get(name, name), results["machine"]["torch"], rates("ours"),
+                rates("dataloader"), w["ratio_median"], w["ratio_min"], w["ratio_max"],
+                first("ours"), first("dataloader")))
+    lines += ["", "Batches/s and ratios: median (min-max) over the repeats; a ratio pairs "
+              "the two sides of one repeat."]
+    if not goals:
+        return "\n".join(lines) + "\n"
+    lines.append("")
+    newest = docs[-1]
+    lines += ["| goal on torch %s | measured median (min-max) | goal | result |"
+              % newest["machine"]["torch"], "| --- | ---: | ---: | --- |"]
+    for name, w in newest["workloads"].items():
+        lines.append("| %s: ours / DataLoader | %.2fx (%.2f-%.2f) | >= %.1fx | %s |" % (
+            TITLES.get(name, name), w["ratio_median"], w["ratio_min"], w["ratio_max"],
+            GOAL_RATIO, "PASS" if w["ratio_median"] >= GOAL_RATIO else "MISS"))
+    return "\n".join(lines) + "\n"
+
+
+def _run_line(results: Dict[str, Any]) -> str:
+    s, m = results["settings"], results["machine"]
+    mode = ", %s mode" % results["mode"] if results.get("mode", "full") != "full" else ""
+    return ("run of %s%s, %d %s of %.1f s windows (after %.1f s of warm-up); GIL-bound "
+            "fetch %.1f ms (median %.1f ms just after); %s CPUs, load average %.1f -> %.1f, "
+            "Python %s." % (
+                results.get("date_utc", "?"), mode, s["repeats"],
+                "repeat" if s["repeats"] == 1 else "repeats", s["window_s"], s["warmup_s"],
+                s["gil_fetch_s"] * 1e3, s["spin_s"] * 1e3, m["cpus"], m["load_avg_start"],
+                m["load_avg_end"], m["python"]))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats of 1 s windows")

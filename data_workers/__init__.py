@@ -103,7 +103,18 @@ def __getattr__(name: str) -> Any:
     module_name = _EXPORTS.get(name)
     if module_name is None:
         raise AttributeError("module 'data_workers' has no attribute %r" % name)
-    module = importlib.import_module(module_name, __name__)
+    try:
+        module = importlib.import_module(module_name, __name__)
+    except ModuleNotFoundError as exc:
+        # Only the Caffe2 drop-in needs Caffe2, which only torch 1.10.2 (CPython
+        # 3.8/3.9) ships; the core and data_workers.torch import none of it.
+        if not (exc.name or "").startswith("caffe2"):
+            raise
+        raise ImportError(
+            "data_workers.%s is the Caffe2 drop-in and needs Caffe2 (%s), which this "
+            "environment lacks: install the extra, pip install 'data_workers[caffe2]' "
+            "(CPython 3.8/3.9, torch==1.10.2); data_workers.torch.Loader needs no Caffe2"
+            % (name, exc), name=exc.name) from exc
     value = module if name == "parallel_workers" else getattr(module, name)
     globals()[name] = value  # later lookups skip __getattr__
     return value

@@ -49,7 +49,7 @@ from ._core.build import ArgNames, build_input, check_blob_names, check_input_ar
 from ._core.coordinator import GroupRegistry
 from ._core.errors import InputClosedError
 from ._core.lifecycle import Lifecycle
-from ._core.metrics import ExternalLogger, InputStats
+from ._core.metrics import ExternalLogger, InputCounters, InputStats, Metrics
 from ._core.pipeline import LOG_INT_SECS
 from ._torch.dataset import is_dataset
 from ._torch.dataset_loader import DatasetLoader
@@ -84,7 +84,8 @@ class Loader:
                generator=None, *, prefetch_factor=2, persistent_workers=False,
                pin_memory_device="", in_order=True, worker_type="thread",
                seed=None, name="loader", stall_warning_secs=None,
-               shm_bytes_per_worker=None, external_loggers=None, log_interval_secs=None)
+               shm_bytes_per_worker=None, external_loggers=None, log_interval_secs=None,
+               max_fetch_failures=0)
 
     DataLoader's names, defaults and meanings; each ``iter()`` is one epoch of
     ``len(loader)`` batches in the sampler's order whatever the workers, and
@@ -92,6 +93,20 @@ class Loader:
     count or type.  ``seed`` fixes every epoch's order (default: drawn from
     ``generator``, else from torch's RNG).  What differs from DataLoader:
     ``docs/torch.md``.  Implemented in ``_torch/dataset_loader.py``.
+
+    ``max_fetch_failures`` (not DataLoader's; the rules of the fetch_fun form,
+    counted in samples): ``0`` raises a failing ``__getitem__`` at its batch's
+    turn; ``N`` or a fraction of the samples loaded skips failing samples
+    within that budget.  A skipped sample is left out of its batch, which is
+    collated from the rest; every other batch keeps its place, so resume stays
+    exact.  A batch whose every sample fails is skipped, and that epoch yields
+    fewer than ``len(loader)`` batches.  Each skip is logged and counted in
+    ``stats().fetch_failures``; the failure beyond the budget raises
+    ``FetcherError`` at its batch's turn, saying how many were skipped.  The
+    count starts afresh with each run of workers (first ``iter()``,
+    ``load_state_dict()``, an epoch left midway).  Never skipped: ``collate_fn``
+    errors, dead workers, and an iterable dataset's failing ``__next__`` (its
+    iterator cannot go on, so it is raised as without a budget).
 
     **fetch_fun form**: an endless iterable of batches from ``fetch_fun``, as
     tuples of ``torch.Tensor``.
@@ -393,6 +408,9 @@ class _DatasetLoader(DatasetLoader, Loader):  # type: ignore[misc]
 
     def _make_run(self, fetch: Any, *args: Any, **kwargs: Any) -> Loader:
         return Loader(fetch, *args, **kwargs)
+
+    def _engine_counters(self, run: Any) -> Tuple[InputCounters, Metrics]:
+        return run._input.feeder.counters, run._input.metrics
 
 
 #: The Loader's spelling of the parameters the Caffe2 front end names otherwise.

@@ -99,7 +99,8 @@ def prepare_digits_png(cache_dir: Path) -> DigitsSplit:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Values are 0..16; stretch them to the full 8-bit range of a grey PNG.
             pixels = np.rint(digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
-            Image.fromarray(pixels, mode="L").save(path)
+            # A 2-D uint8 array is a grey ("L") image; Pillow 11.3 deprecated passing mode=.
+            Image.fromarray(pixels).save(path)
             rows.append((str(path.resolve()), label, split_name))
 
     tmp = manifest.with_name(MANIFEST_NAME + f".tmp{os.getpid()}")

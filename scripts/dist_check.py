@@ -1,7 +1,8 @@
 """Builds the sdist and the wheel, installs the wheel into a new venv, and runs it there.
 
-Usage: ``.venv/bin/python scripts/dist_check.py [--keep DIR]`` (``make dist-check``;
-``tests/test_packaging.py`` runs it). Exits 0 when every step passed.
+Usage: ``.venv/bin/python scripts/dist_check.py [--keep DIR]`` (``make dist-check`` runs it
+with each leg's interpreter, ``.venv`` and ``.venv311``; ``tests/test_packaging.py`` with
+the one running the tests). Exits 0 when every step passed.
 
 Steps, all in a temporary directory (nothing is downloaded):
 
@@ -15,12 +16,14 @@ Steps, all in a temporary directory (nothing is downloaded):
    added as it is, its own ``.pth`` files (the editable install's) are not run.
 3. ``pip --python <venv> install --no-deps --no-index <wheel>``.
 4. In the venv, from outside the repository: ``import data_workers`` (which must come
-   from the venv), the metadata checks, and ``examples/minimal.py``.
+   from the venv), the metadata checks, a ``data_workers.torch.Loader`` with thread and
+   process workers, and, where the environment has Caffe2, ``examples/minimal.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -49,12 +52,41 @@ venv = sys.argv[1]
 where = os.path.realpath(data_workers.__file__)
 assert where.startswith(os.path.realpath(venv) + os.sep), "data_workers imported from " + where
 md = metadata.metadata("data_workers")
-assert md["Requires-Python"] == ">=3.8,<3.10", md["Requires-Python"]
+assert md["Requires-Python"] == ">=3.8", md["Requires-Python"]
 assert md["Version"] == data_workers.__version__, (md["Version"], data_workers.__version__)
 print("data_workers", data_workers.__version__, "from", where)
 import traceback
 line = traceback.format_exception_only(data_workers.FetcherError, data_workers.FetcherError("x"))[-1]
 assert line == "data_workers.FetcherError: x\n", line
+"""
+
+
+# Run inside the new venv: a Loader over both backends delivers every row once.
+LOADER_CHECK = r"""
+import sys
+import numpy as np
+import torch
+from data_workers.torch import Loader
+
+def fetch(worker_id, batch_size):
+    rows = np.arange(worker_id * 1000 + fetch.seq[worker_id], worker_id * 1000 + fetch.seq[worker_id] + 4)
+    fetch.seq[worker_id] += 4
+    return [rows.astype(np.float32), rows.astype(np.int64)]
+fetch.seq = {0: 0, 1: 0}
+
+for worker_type in ("thread", "process"):
+    fetch.seq = {0: 0, 1: 0}
+    with Loader(fetch, batch_size=8, names=["x", "y"], num_workers=2, worker_type=worker_type,
+                deterministic=True) as loader:
+        it = iter(loader)
+        seen = [next(it) for _ in range(10)]
+    x = torch.cat([b[0] for b in seen]).numpy()
+    y = torch.cat([b[1] for b in seen]).numpy()
+    assert x.dtype == np.float32 and y.dtype == np.int64, (x.dtype, y.dtype)
+    assert len(set(y.tolist())) == len(y) == 80, "a row came twice"
+    np.testing.assert_array_equal(x, y)
+print("Loader (thread, process) on torch %s, numpy %s, Python %d.%d: 80 rows each, once"
+      % ((torch.__version__, np.__version__) + sys.version_info[:2]))
 """
 
 
@@ -111,7 +143,9 @@ def dist_check(work: str) -> None:
     outside = os.path.join(work, "cwd")
     os.makedirs(outside)
     run([vpy, "-c", IMPORT_CHECK, venv], cwd=outside, env=env)
-    run([vpy, os.path.join(ROOT, "examples", "minimal.py")], cwd=outside, env=env)
+    run([vpy, "-c", LOADER_CHECK], cwd=outside, env=env)
+    if importlib.util.find_spec("caffe2") is not None:  # the Caffe2 leg
+        run([vpy, os.path.join(ROOT, "examples", "minimal.py")], cwd=outside, env=env)
     print(f"dist-check passed in {time.monotonic() - t0:.1f} s: {sdists[0]}, {wheels[0]}")
 
 

@@ -13,7 +13,7 @@ import time
 from typing import Any, List, Optional, Sequence, Set, Tuple
 
 import pytest
-from caffe2.python import core, workspace
+from legs import core, workspace  # None on the modern leg (no Caffe2)
 
 from fault_fetchers import *  # noqa: F401,F403  (re-exported for the tests)
 from fault_fetchers import tagged_chunk  # noqa: F401

@@ -33,6 +33,7 @@ def _run_bench(*args: str, timeout: float) -> subprocess.CompletedProcess:
     return _run_module("benchmarks.run", *args, timeout=timeout)
 
 
+@pytest.mark.caffe2
 @pytest.mark.timeout(240)
 def test_benchmarks_quick_run(tmp_path):
     result = _run_bench("--only", "small,startup", *SHORT, "--out", str(tmp_path), "--no-chart",
@@ -42,6 +43,7 @@ def test_benchmarks_quick_run(tmp_path):
     json.loads((tmp_path / "benchmarks.json").read_text())
 
 
+@pytest.mark.caffe2
 @pytest.mark.timeout(240)
 def test_soak_quick_run(tmp_path):
     out = tmp_path / "soak.json"
@@ -57,6 +59,7 @@ def test_copy_threads_runs():
 
 
 
+@pytest.mark.caffe2
 @pytest.mark.timeout(90)
 def test_peers_suite_runs(tmp_path):
     result = _run_bench("--only", "peers.one_sample", *SHORT, "--out", str(tmp_path),
@@ -122,6 +125,7 @@ def test_peers_tables_show_a_failed_case():
     assert "| one_sample: ours-process / dataloader | - | >= 1.5x | N/A |" in text
 
 
+@pytest.mark.caffe2
 @pytest.mark.timeout(120)
 def test_worker_start_benchmark_runs(tmp_path):
     out = tmp_path / "worker_start.json"
@@ -132,6 +136,7 @@ def test_worker_start_benchmark_runs(tmp_path):
     assert len(record["worker_uss"]) == 2 and record["first_batch_s"] > 0
 
 
+@pytest.mark.caffe2
 @pytest.mark.timeout(60)
 def test_trainer_floor_runs(tmp_path):
     out = tmp_path / "floor.json"

@@ -47,6 +47,7 @@ def digits_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.caffe2
 def test_examples_use_this_repository_data_workers() -> None:
     assert Path(data_workers.__file__).resolve().is_relative_to(REPO_ROOT)
     for name in ("minimal", "digits_train"):
@@ -54,17 +55,20 @@ def test_examples_use_this_repository_data_workers() -> None:
         assert module.data_workers is data_workers
 
 
+@pytest.mark.caffe2
 def test_minimal(capsys: pytest.CaptureFixture[str]) -> None:
     assert importlib.import_module("minimal").main(["--fast"]) == 0
     assert "rows stayed aligned" in capsys.readouterr().out
 
 
+@pytest.mark.caffe2
 def test_rnn_time_major(capsys: pytest.CaptureFixture[str]) -> None:
     assert importlib.import_module("rnn_time_major").main(["--fast"]) == 0
     out = capsys.readouterr().out
     assert "LSTM output (12, 16, 8)" in out and "rows stayed aligned" in out
 
 
+@pytest.mark.caffe2
 def test_train_and_val(capsys: pytest.CaptureFixture[str]) -> None:
     assert importlib.import_module("train_and_val").main(["--fast"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "val accuracy" in line]
@@ -73,12 +77,14 @@ def test_train_and_val(capsys: pytest.CaptureFixture[str]) -> None:
     assert final_accuracy > 0.8  # three well-separated clusters, 30 SGD steps
 
 
+@pytest.mark.caffe2
 def test_process_workers(capsys: pytest.CaptureFixture[str]) -> None:
     assert importlib.import_module("process_workers").main(["--fast"]) == 0
     out = capsys.readouterr().out
     assert "thread workers x2" in out and "process workers x2" in out
 
 
+@pytest.mark.caffe2
 @pytest.mark.parametrize("worker_type", ["thread", "process"])
 def test_handle_fetcher_failure(worker_type: str, capsys: pytest.CaptureFixture[str]) -> None:
     module = importlib.import_module("handle_fetcher_failure")
@@ -89,6 +95,7 @@ def test_handle_fetcher_failure(worker_type: str, capsys: pytest.CaptureFixture[
     assert "CorruptRecordError: record" in out
 
 
+@pytest.mark.caffe2
 @DIGITS
 def test_digits_demo_fast(tmp_path: Path, digits_png: Path,
                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,6 +111,7 @@ def test_digits_demo_fast(tmp_path: Path, digits_png: Path,
     assert chart.read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.caffe2
 def test_digits_demo_as_a_file_like_make_demo(tmp_path: Path) -> None:
     """The way `make demo` runs it: a child interpreter, process workers, the CLI."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
@@ -119,6 +127,7 @@ def test_digits_demo_as_a_file_like_make_demo(tmp_path: Path) -> None:
     assert (tmp_path / "digits_png" / "manifest.csv").exists()
 
 
+@pytest.mark.caffe2
 @DIGITS
 def test_digits_demo_exits_1_below_min_accuracy(tmp_path: Path, digits_png: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:

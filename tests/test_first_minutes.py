@@ -18,7 +18,7 @@ import threading
 
 import numpy as np
 import pytest
-from caffe2.python import core, workspace
+from legs import core, workspace  # None on the modern leg (no Caffe2)
 
 import data_workers
 from data_workers.torch import Loader
@@ -114,6 +114,7 @@ def test_next_on_a_closed_loader_says_what_happened():
 # ----------------------------------------------------------------------------- quiet, once
 
 
+@pytest.mark.caffe2
 def test_clean_stop_prints_nothing_at_caffe2s_most_verbose_level():
     result = _python("""
         import numpy as np
@@ -141,6 +142,7 @@ def test_clean_stop_prints_nothing_at_caffe2s_most_verbose_level():
     assert noise == [] and result.stdout == "done\n"
 
 
+@pytest.mark.caffe2
 def test_a_failure_is_reported_once_with_the_fetch_fun_frame_first():
     result = _python("""
         import numpy as np
@@ -365,6 +367,7 @@ def test_profile_text_line_and_bad_target(tmp_path):
 # ----------------------------------------------------------------------------- first batch
 
 
+@pytest.mark.caffe2
 def test_process_workers_copy_until_torch_is_imported_then_lend():
     # A script that never imports torch itself: the first batches are copied while
     # torch is imported on a thread of its own, then batches are lent, and every

@@ -32,7 +32,7 @@ FIRST_STEPS = 12
 RESUMED_STEPS = 10
 PROC_TIMEOUT = 45.0
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.caffe2]  # the example trains a Caffe2 net
 
 
 def _start(rank: int, tmp: Path, *extra: str) -> subprocess.Popen[bytes]:

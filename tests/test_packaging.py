@@ -1,6 +1,7 @@
 """The environment, the package and its metadata: what a fresh checkout and a user get.
 
-- the project environment is the lock file, and torch imports beside Caffe2 in it;
+- each leg's environment is its lock file (requirements.txt: the Caffe2 leg;
+  requirements-py311.txt: the modern leg), and torch imports beside Caffe2 in the first;
 - the sdist and the wheel build, and the wheel runs in a new venv (scripts/dist_check.py);
 - public exceptions print as ``data_workers.FetcherError``, the import path to use.
 """
@@ -19,13 +20,16 @@ from importlib import metadata
 import pytest
 
 import data_workers
+from legs import HAVE_CAFFE2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: This leg's lock file.
+LOCK = "requirements.txt" if HAVE_CAFFE2 else "requirements-py311.txt"
 
 
 def _locked_versions() -> dict:
     pins = {}
-    with open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8") as f:
+    with open(os.path.join(ROOT, LOCK), encoding="utf-8") as f:
         for line in f:
             m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", line)
             if m:
@@ -33,6 +37,7 @@ def _locked_versions() -> dict:
     return pins
 
 
+@pytest.mark.caffe2
 def test_torch_imports_beside_caffe2():
     # torch 1.10.2 imports pkg_resources at start-up: an unpinned setuptools (81+) broke it.
     code = ("from caffe2.python import workspace; import torch; import torch.utils.data; "
@@ -46,8 +51,13 @@ def test_torch_imports_beside_caffe2():
 def test_environment_is_the_lock():
     pins = _locked_versions()
     for name in ("pip", "setuptools", "wheel", "torch", "numpy", "mkdocs"):
-        assert name in pins, f"{name} is not pinned in requirements.txt"
+        assert name in pins, f"{name} is not pinned in {LOCK}"
     assert int(pins["setuptools"].split(".")[0]) < 81
+    if HAVE_CAFFE2:
+        assert pins["torch"] == "1.10.2" and pins["numpy"].startswith("1.")
+    else:
+        assert pins["torch"].startswith("2.") and pins["torch"].endswith("+cpu")
+        assert pins["numpy"].startswith("2.")
     # The environment's own site-packages only: once torch imported pkg_resources,
     # setuptools' _vendor folder is on sys.path too, with older copies of
     # packaging, tomli, wheel and zipp.
@@ -55,9 +65,9 @@ def test_environment_is_the_lock():
     installed = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version
                  for d in metadata.distributions(path=[site_packages])}
     wrong = {n: (v, installed.get(n)) for n, v in pins.items() if installed.get(n) != v}
-    assert not wrong, f"locked vs installed (run `make env`): {wrong}"
+    assert not wrong, f"locked vs installed (run `make env` / `make env311`): {wrong}"
     extra = set(installed) - set(pins) - {"data-workers"}
-    assert not extra, f"installed but not in requirements.txt: {sorted(extra)}"
+    assert not extra, f"installed but not in {LOCK}: {sorted(extra)}"
 
 
 def test_pip_check_is_clean():
@@ -65,17 +75,41 @@ def test_pip_check_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+#: The extras each leg's lock satisfies: all of them on the Caffe2 leg; the modern leg
+#: has torch 2.x and numpy 2.x, so neither Caffe2 nor Ray (whose tests need Caffe2).
+LEG_EXTRAS = ({"torch", "caffe2", "ray", "demo", "bench", "test", "docs"} if HAVE_CAFFE2
+              else {"torch", "demo", "bench", "test", "docs"})
+
+
 def test_every_extra_is_satisfied_by_the_environment():
     from packaging.requirements import Requirement
 
     md = metadata.metadata("data_workers")
-    assert md["Requires-Python"] == ">=3.8,<3.10"
-    extras = md.get_all("Provides-Extra")
-    assert set(extras) >= {"ray", "demo", "bench", "test", "docs"}
+    assert md["Requires-Python"] == ">=3.8"
+    assert set(md.get_all("Provides-Extra")) == {"torch", "caffe2", "ray", "demo", "bench", "test", "docs"}
+    checked = set()
     for text in metadata.requires("data_workers") or []:
         req = Requirement(text)
+        extra = next((e for e in md.get_all("Provides-Extra") if req.marker and req.marker.evaluate({"extra": e})), None)
+        if req.marker and extra not in LEG_EXTRAS:
+            continue
+        checked.add(extra)
         version = metadata.version(req.name)
         assert req.specifier.contains(version, prereleases=True), (text, version)
+    assert checked == LEG_EXTRAS | {None}  # None: the core's own requirements
+
+
+def test_core_needs_neither_torch_nor_caffe2():
+    """What `pip install data_workers` alone installs: numpy and cloudpickle."""
+    from packaging.requirements import Requirement
+
+    core = sorted(Requirement(t).name for t in metadata.requires("data_workers") or []
+                  if Requirement(t).marker is None)
+    assert core == ["cloudpickle", "numpy"]
+    caffe2 = {Requirement(t).name: str(Requirement(t).specifier)
+              for t in metadata.requires("data_workers") or []
+              if Requirement(t).marker and Requirement(t).marker.evaluate({"extra": "caffe2"})}
+    assert caffe2["torch"] == "==1.10.2" and caffe2["numpy"] == "<1.24"
 
 
 @pytest.mark.timeout(120)
@@ -87,7 +121,9 @@ def test_wheel_installs_and_runs_in_a_new_venv():
 
 
 def _public_exceptions():
-    return [getattr(data_workers, n) for n in data_workers.__all__
+    # Exceptions live in the core (_errors.py): none of them needs Caffe2.
+    names = [n for n, m in data_workers._EXPORTS.items() if m.endswith("errors")]
+    return [getattr(data_workers, n) for n in names
             if isinstance(getattr(data_workers, n), type)
             and issubclass(getattr(data_workers, n), BaseException)]
 

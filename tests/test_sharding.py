@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from caffe2.python import core, workspace
+from legs import core, workspace  # None on the modern leg (no Caffe2)
 
 import data_workers
 from data_workers.sharding import (
@@ -29,7 +29,6 @@ from data_workers.sharding import (
 
 pytestmark = pytest.mark.timeout(60)
 
-workspace.GlobalInit(["caffe2", "--caffe2_log_level=3"])
 
 
 def _sources(n: int, batch: int, world: int, policy: str, seed: int = 3, **kw: Any) -> list[ShardedSource]:
@@ -232,13 +231,17 @@ def test_validation_errors() -> None:
     assert LastBatchPolicy("pad") is LastBatchPolicy.PAD
 
 
-def test_checkpoint_file_and_model_db_round_trip(tmp_path: Path) -> None:
+def test_checkpoint_file_round_trip(tmp_path: Path) -> None:
     ckpt = ShardedSource([np.arange(30)], 4, world_size=1, seed=5, policy="pad").checkpoint(11)
     ckpt.save(tmp_path / "input.json")
     assert InputCheckpoint.load(tmp_path / "input.json") == ckpt
     assert [p.name for p in tmp_path.iterdir()] == ["input.json"]  # no temp file left
 
-    # Stored in the same minidb as the model's parameters, and read back from it.
+
+@pytest.mark.caffe2
+def test_checkpoint_model_db_round_trip(tmp_path: Path) -> None:
+    """Stored in the same minidb as the model's parameters, and read back from it."""
+    ckpt = ShardedSource([np.arange(30)], 4, world_size=1, seed=5, policy="pad").checkpoint(11)
     ws = "sharding_ckpt_db"
     prev = workspace.CurrentWorkspace()
     workspace.SwitchWorkspace(ws, True)

@@ -503,8 +503,8 @@ def main():
     workspace.GlobalInit(["caffe2", "--caffe2_log_level=3"])
     net = core.Net("forked")
     coord = data_workers.init_data_input_workers(
-        net, ["data", "label"], SteadyFetcher(), 4, num_worker_threads=2, timeout=10,
-        worker_type="process")
+        net, ["data", "label"], SteadyFetcher(), 4, num_worker_threads=2, timeout=60,
+        worker_type="process")  # timeout: spawning workers took > 10 s on loaded CI
     workspace.CreateNet(net)
     coord.start()
     for _ in range(3):
@@ -529,9 +529,10 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.timeout(120)  # the script's own limit is 100 s (loaded CI: slow spawns)
 def test_a_forked_child_that_exits_leaves_the_parents_input_alone(tmp_path):
     """Rule 8: the exit hook and shared-memory writes are no-ops in a forked child."""
-    out = _run_script(tmp_path, _FORK_SCRIPT)
+    out = _run_script(tmp_path, _FORK_SCRIPT, timeout=100)
     assert "PARENT OK" in out and "Traceback" not in out, out
     _figure("forked child exit: %s" % [l for l in out.splitlines() if l.startswith("CHILD")])
 

@@ -11,17 +11,19 @@ The autouse ``no_leaks`` fixture checks that every loader left nothing behind.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from typing import Any, List, Tuple
 
 import pytest
 import torch
 import torch.utils.data
+from torch.utils.data._utils.collate import default_collate  # public from torch 1.11 on
 
 from data_workers import DataInputError, FetcherError, WorkerDiedError
 from data_workers.torch import Loader
-from torch_datasets import (BrokenShards, Counting, DiesAt, FailsAt, Gate, Indexed, InitSeen,
-                            Mixed, Shards, WhereAmI, plain_batches, record_init)
+from torch_datasets import (BadSamples, BrokenShards, Counting, DiesAt, FailsAt, Gate, Indexed,
+                            InitSeen, Mixed, Shards, WhereAmI, plain_batches, record_init)
 
 #: (num_workers, worker_type) configurations every order test runs over.
 CONFIGS = [(0, "thread"), (1, "thread"), (3, "thread"), (2, "process")]
@@ -305,3 +307,126 @@ def test_timeout_names_the_batch_it_waited_for_and_the_loader_stays_usable() -> 
 def test_next_on_the_loader_itself_says_to_use_iter() -> None:
     with pytest.raises(TypeError, match="iter"):
         next(Loader(Indexed(4), 2))  # type: ignore[call-overload]
+
+
+# ----------------------------------------------------------------------------- skipped samples
+
+#: Corrupt records of BadSamples(LENGTH, ...): 4..7 fill batch 1 of an unshuffled
+#: epoch (every sample of it fails), 13 and 22 spoil one sample of their batch.
+BAD = (4, 5, 6, 7, 13, 22)
+
+
+def without_bad(batches: List[List[int]], bad: Any = BAD) -> List[List[int]]:
+    """What a run that skips ``bad`` yields: each batch less those samples, empty ones gone."""
+    kept = [[i for i in batch if i not in bad] for batch in batches]
+    return [batch for batch in kept if batch]
+
+
+@pytest.mark.parametrize("num_workers,worker_type", CONFIGS)
+def test_failing_samples_are_left_out_and_everything_else_keeps_its_place(
+        num_workers: int, worker_type: str) -> None:
+    with Loader(Indexed(LENGTH), BATCH, num_workers=2) as clean:
+        reference = epochs(clean, 2)
+    with Loader(BadSamples(LENGTH, BAD), BATCH, num_workers=num_workers,
+                worker_type=worker_type, max_fetch_failures=len(BAD) * 2) as loader:
+        got = []
+        for _ in range(2):
+            batches = list(loader)
+            # The features were collated from the same samples as the labels.
+            assert all(b[0][:, 0].tolist() == [float(i) for i in b[1].tolist()] for b in batches)
+            got.append(labels(batches))
+        stats = loader.stats()
+    # An epoch whose batch 1 lost every sample yields one batch less than len(loader).
+    assert [len(e) for e in got] == [len(loader) - 1] * 2
+    assert got == [without_bad(e) for e in reference]
+    if num_workers:
+        assert stats is not None and stats.fetch_failures == 2 * len(BAD)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_failing_first_sample_is_skipped_too(num_workers: int) -> None:
+    # The loader reads one sample itself to learn the batch's structure.
+    with Loader(BadSamples(LENGTH, [0, 1]), BATCH, num_workers=num_workers,
+                max_fetch_failures=2) as loader:
+        assert labels(list(loader))[0] == [2, 3]
+
+
+def test_skipped_samples_are_logged_with_the_workers_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="data_workers"):
+        with Loader(BadSamples(LENGTH, [13]), BATCH, num_workers=2, worker_type="process",
+                    max_fetch_failures=1) as loader:
+            list(loader)
+    [record] = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert "dataset[13] in process worker 1 raised ValueError" in record.getMessage()
+    assert "max_fetch_failures=1" in record.getMessage()
+    assert record.exc_info is not None
+    assert "in __getitem__" in str(record.exc_info[1].__cause__)  # the worker's traceback
+
+
+@pytest.mark.parametrize("cut,first,second", [
+    (2, (2, "thread"), (3, "thread")),     # right after the batch that lost 13
+    (4, (2, "process"), (0, "thread")),
+    (6, (0, "thread"), (2, "process")),    # across the epoch boundary
+])
+def test_a_resume_skips_the_same_samples_as_an_uninterrupted_run(cut: int, first: Any,
+                                                                  second: Any) -> None:
+    reference = without_bad(uninterrupted())
+    options = {"shuffle": True, "max_fetch_failures": 0.5}
+    with Loader(BadSamples(LENGTH, BAD), BATCH, num_workers=first[0], worker_type=first[1],
+                seed=21, **options) as loader:
+        before, state = run_until(loader, cut)
+    assert before == reference[:cut]
+    with Loader(BadSamples(LENGTH, BAD), BATCH, num_workers=second[0], worker_type=second[1],
+                **options) as resumed:
+        resumed.load_state_dict(state)
+        assert finish(resumed, len(reference), cut) == reference[cut:]
+
+
+@pytest.mark.parametrize("num_workers,worker_type", [(0, "thread"), (2, "thread"),
+                                                     (2, "process")])
+def test_the_failure_beyond_the_budget_raises_at_its_batchs_turn(num_workers: int,
+                                                                 worker_type: str) -> None:
+    loader = Loader(BadSamples(LENGTH, [5, 13]), BATCH, num_workers=num_workers,
+                    worker_type=worker_type, max_fetch_failures=1)
+    got: List[List[int]] = []
+    with pytest.raises(FetcherError, match=r"after 1 samples skipped; max_fetch_failures=1") \
+            as caught:
+        for batch in loader:
+            got.append(batch[1].tolist())
+    assert got == [[0, 1, 2, 3], [4, 6, 7], [8, 9, 10, 11]]  # 5 skipped, 13 beyond
+    message = str(caught.value)
+    assert "ValueError" in message and "sample 13 of batch 3 of epoch 0" in message
+    assert "record 13 is truncated" in message
+    assert isinstance(caught.value.__cause__, ValueError)
+    assert loader.close() is True
+
+
+def test_a_fraction_counts_samples_after_the_first_hundred() -> None:
+    # 3 bad of 300 samples: 1% <= 2%.  5 bad of the first 100: over 2% of 100.
+    with Loader(BadSamples(300, [10, 150, 290]), 10, num_workers=2,
+                max_fetch_failures=0.02) as loader:
+        assert sum(len(b[1]) for b in loader) == 297
+    with pytest.raises(FetcherError, match="after 2 samples skipped; max_fetch_failures=0.02"):
+        list(Loader(BadSamples(300, [1, 2, 3]), 10, num_workers=2, max_fetch_failures=0.02))
+
+
+def broken_collate(samples: List[Any]) -> Any:
+    """Collates as DataLoader does, except a batch holding sample 9."""
+    if any(label == 9 for _, label in samples):
+        raise RuntimeError("collate_fn is broken")
+    return default_collate(samples)
+
+
+def test_collate_errors_and_iterable_datasets_are_never_skipped() -> None:
+    with pytest.raises(FetcherError, match="collate_fn is broken"):
+        list(Loader(Indexed(LENGTH), BATCH, num_workers=2, collate_fn=broken_collate,
+                    max_fetch_failures=100))
+    with Loader(BrokenShards(), 1, num_workers=2, max_fetch_failures=100) as loader:
+        with pytest.raises(FetcherError, match="in thread worker 1 raised OSError"):
+            list(loader)
+
+
+def test_max_fetch_failures_is_checked() -> None:
+    with pytest.raises(ValueError, match="max_fetch_failures"):
+        Loader(Indexed(LENGTH), BATCH, max_fetch_failures=1.5)

@@ -187,3 +187,17 @@ class BrokenShards(torch.utils.data.IterableDataset):
         if info is not None and info.id == 1:
             raise OSError("shard 1 unreadable")
         yield 1
+
+
+class BadSamples(Indexed):
+    """``Indexed``, whose ``__getitem__`` raises ValueError for the indices in ``bad``
+    (a corrupt record each)."""
+
+    def __init__(self, length: int, bad: Any) -> None:
+        super().__init__(length)
+        self.bad = frozenset(bad)
+
+    def __getitem__(self, index: int) -> Any:
+        if index in self.bad:
+            raise ValueError("record %d is truncated" % index)
+        return super().__getitem__(index)

@@ -13,7 +13,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from caffe2.python import core, workspace
+from legs import core, workspace  # None on the modern leg (no Caffe2)
 
 import data_workers
 

@@ -20,6 +20,10 @@ A skipped call keeps the position exact: in deterministic order it still is
 that worker's turn (an empty turn marker), and the input records which turn
 it was, so that a ``ShardedSource`` checkpoint counts the block it skipped.
 
+``Loader(dataset, ...)`` charges one failing ``__getitem__`` (one sample) at a
+time, with its own count of calls (samples loaded) and wording (``unit``,
+``what``); the rules above are the same.
+
 Caffe2-free; the budget is kept in the trainer, for all workers together.
 """
 
@@ -29,7 +33,7 @@ import logging
 import math
 import threading
 import time
-from typing import Union
+from typing import Optional, Union
 
 from .metrics import InputCounters, Metrics
 
@@ -55,11 +59,13 @@ class FetchFailureBudget:
         input_source: names the input in log lines.
         counters: where a skipped exception is counted (``stats().fetch_failures``).
         metrics: where it is counted for external loggers (``fetch_failures``).
+        unit: what one skipped exception is, in log lines and ``note()``.
     """
 
     def __init__(self, limit: FractionOrCount, input_source: str, counters: InputCounters,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, unit: str = "fetcher exceptions") -> None:
         self.limit = limit
+        self.unit = unit
         self._input_source = input_source
         self._counters = counters
         self._metrics = metrics
@@ -72,17 +78,21 @@ class FetchFailureBudget:
     def enabled(self) -> bool:
         return self.limit != 0
 
-    def charge(self, worker_id: int, exc: BaseException) -> bool:
+    def charge(self, worker_id: int, exc: BaseException, calls: Optional[int] = None,
+               what: Optional[str] = None) -> bool:
         """Count one exception of ``fetch_fun``; True if it is skipped (within budget).
 
         ``exc`` carries the remote traceback as ``__cause__`` for process workers;
-        it is logged with it, at most once per ``LOG_EVERY_SECS``.
+        it is logged with it, at most once per ``LOG_EVERY_SECS``.  ``calls``:
+        the calls made so far, this one included (default: the fetch calls the
+        counters saw); ``what``: who raised, for the log line (default: the fetcher).
         """
         if not self.enabled or not isinstance(exc, Exception):
             return False
         with self._lock:
-            snap = self._counters.snapshot()
-            calls = snap.chunks_fetched + snap.chunks_skipped + snap.fetch_failures + 1
+            if calls is None:
+                snap = self._counters.snapshot()
+                calls = snap.chunks_fetched + snap.chunks_skipped + snap.fetch_failures + 1
             if isinstance(self.limit, float):
                 allowed = self.limit * max(calls, MIN_CALLS)
             else:
@@ -101,9 +111,10 @@ class FetchFailureBudget:
         self._metrics.put_metric("fetch_failures", 1)
         if log:
             logger.warning(
-                "input %r: fetcher %d raised %s: %s; skipped (%d fetcher exceptions skipped so "
-                "far, max_fetch_failures=%r%s)", self._input_source, worker_id,
-                type(exc).__name__, exc, self._skipped, self.limit,
+                "input %r: %s raised %s: %s; skipped (%d %s skipped so far, "
+                "max_fetch_failures=%r%s)", self._input_source,
+                "fetcher %d" % worker_id if what is None else what,
+                type(exc).__name__, exc, self._skipped, self.unit, self.limit,
                 "; %d more since the last such line" % unlogged if unlogged else "",
                 exc_info=exc)
         return True
@@ -112,5 +123,5 @@ class FetchFailureBudget:
         """What a failure beyond the budget adds to its message ("" without a budget)."""
         if not self.enabled:
             return ""
-        return " (after %d fetcher exceptions skipped; max_fetch_failures=%r)" % (
-            self._skipped, self.limit)
+        return " (after %d %s skipped; max_fetch_failures=%r)" % (
+            self._skipped, self.unit, self.limit)

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Dict, Iterable, Optional, Protocol, Tuple
+from typing import Any, Dict, Iterable, NamedTuple, Optional, Protocol, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -181,50 +181,50 @@ class InputCounters:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # writers only
-        #: (chunks_fetched, rows_fetched, chunks_skipped, batches_enqueued,
-        #: rows_enqueued, batches_lent, fetch_failures)
-        self._values: Tuple[int, int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0, 0)
+        self._values = _Counts()
         self.started_at: Optional[float] = None
 
     def started(self) -> None:
         self.started_at = time.monotonic()
 
-    def fetched(self, rows: int, chunks: int = 1) -> None:
+    def _add(self, **deltas: int) -> None:
         with self._lock:
-            cf, rf, cs, be, re, bl, ff = self._values
-            self._values = (cf + chunks, rf + rows, cs, be, re, bl, ff)
+            values = self._values
+            self._values = values._replace(
+                **{name: getattr(values, name) + delta for name, delta in deltas.items()})
+
+    def fetched(self, rows: int, chunks: int = 1) -> None:
+        self._add(chunks_fetched=chunks, rows_fetched=rows)
 
     def skipped(self) -> None:
-        with self._lock:
-            cf, rf, cs, be, re, bl, ff = self._values
-            self._values = (cf, rf, cs + 1, be, re, bl, ff)
+        self._add(chunks_skipped=1)
 
     def fetch_failed(self) -> None:
-        with self._lock:
-            cf, rf, cs, be, re, bl, ff = self._values
-            self._values = (cf, rf, cs, be, re, bl, ff + 1)
+        self._add(fetch_failures=1)
 
     def enqueued(self, rows: int, lent: bool = False) -> None:
-        with self._lock:
-            cf, rf, cs, be, re, bl, ff = self._values
-            self._values = (cf, rf, cs, be + 1, re + rows, bl + lent, ff)
+        self._add(batches_enqueued=1, rows_enqueued=rows, batches_lent=int(lent))
 
     def snapshot(self) -> "CounterSnapshot":
         """A consistent snapshot, without a lock (one read of the published tuple)."""
-        cf, rf, cs, be, re, bl, ff = self._values
+        values = self._values
         started_at = self.started_at
         elapsed = 0.0 if started_at is None else time.monotonic() - started_at
         return CounterSnapshot(
-            chunks_fetched=cf,
-            rows_fetched=rf,
-            chunks_skipped=cs,
-            fetch_failures=ff,
-            batches_enqueued=be,
-            rows_enqueued=re,
-            batches_lent=bl,
-            elapsed_secs=elapsed,
-            inputs_per_sec=re / elapsed if elapsed > 0 else 0.0,
-        )
+            **values._asdict(), elapsed_secs=elapsed,
+            inputs_per_sec=values.rows_enqueued / elapsed if elapsed > 0 else 0.0)
+
+
+class _Counts(NamedTuple):
+    """The published counter values: replaced whole, never mutated."""
+
+    chunks_fetched: int = 0
+    rows_fetched: int = 0
+    chunks_skipped: int = 0
+    fetch_failures: int = 0
+    batches_enqueued: int = 0
+    rows_enqueued: int = 0
+    batches_lent: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

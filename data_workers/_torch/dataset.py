@@ -25,6 +25,13 @@ the kind says whether the slot holds a batch, a batch pickled whole, an
 exception raised making it (raised in the batch's turn), or an iterable
 worker's end of data.
 
+With ``max_fetch_failures`` (map-style datasets), a worker leaves a sample
+whose ``__getitem__`` raised out of its batch and collates the rest; every
+message then also carries the batch's sample count and those failures (the
+``WITH_FAILURES`` flag), and the loader's budget decides, in stream order,
+whether they are skipped.  A batch whose every sample failed is a ``SKIPPED``
+message: its position is taken, no batch is handed out for it.
+
 Imports torch (this is the torch sink's layer), never Caffe2.
 """
 
@@ -45,7 +52,7 @@ from .sink import TORCH_DTYPE_RULE
 
 __all__ = ["is_dataset", "is_iterable_dataset", "EpochPlanner", "DatasetFetch", "Template",
            "make_template", "flatten", "unflatten", "leaf_names", "epoch_seed", "BATCH", "PICKLED",
-           "ERROR", "END_OF_DATA",
+           "ERROR", "END_OF_DATA", "SKIPPED", "WITH_FAILURES", "SampleFailure", "load_samples",
            "install_thread_worker_info", "ShuffledIndices"]
 
 #: What a worker's message holds, the third column of its tag (epoch, batch, kind):
@@ -53,6 +60,17 @@ __all__ = ["is_dataset", "is_iterable_dataset", "EpochPlanner", "DatasetFetch", 
 #: an exception raised making the batch; an iterable dataset's worker is
 #: exhausted (every later turn of it, until its run is closed).
 BATCH, PICKLED, ERROR, END_OF_DATA = 0, 1, 2, 3
+#: Every sample of the batch failed and was left out (``max_fetch_failures``).
+SKIPPED = 4
+#: A flag on the kind: the pickled element is (payload, samples, failures) --
+#: the batch's sample count and a ``SampleFailure`` per sample left out.  With
+#: ``max_fetch_failures`` set, every BATCH, PICKLED and SKIPPED message of a
+#: map-style dataset has it (an ERROR may not); without it, none has.
+WITH_FAILURES = 8
+
+#: A sample left out of its batch: (index, the exception if it pickles else
+#: None, its type's name, its text, where it was raised, its traceback as text).
+SampleFailure = Tuple[Any, Optional[Exception], str, str, str, str]
 
 # 64-bit odd multiplier (the golden ratio's): epochs of nearby seeds do not
 # share permutations.
@@ -350,13 +368,16 @@ class DatasetFetch:
             global), ``"thread"`` (worker info for the calling thread alone), or
             ``"here"`` (``num_workers=0``: no worker, ``get_worker_info()`` stays None).
         batch_size, drop_last: an iterable dataset's batching.
+        skip_failures: ``max_fetch_failures`` is set: leave failing samples out
+            of their batch and report them (map-style datasets only).
     """
 
     def __init__(self, dataset: Any, planner: Optional[EpochPlanner], collate: Callable[[Any], Any],
                  template: Template, num_workers: int, start: Tuple[int, int], seed: int,
                  worker_init_fn: Optional[Callable[[int], None]], where: str,
-                 batch_size: Optional[int], drop_last: bool) -> None:
+                 batch_size: Optional[int], drop_last: bool, skip_failures: bool = False) -> None:
         self.dataset = dataset
+        self.skip_failures = skip_failures
         self.planner = planner
         self.collate = collate
         self.template = template
@@ -413,11 +434,14 @@ class DatasetFetch:
                 if position % self.num_workers == worker_id:
                     try:
                         indices = plan[k]
-                        if planner.batch_sampler is None:
-                            batch = self.collate(self.dataset[indices])
+                        single = planner.batch_sampler is None
+                        if self.skip_failures:
+                            packed = self._skipping(indices, single, epoch, k, worker_id)
+                        elif single:
+                            packed = self._pack(self.collate(self.dataset[indices]), epoch, k)
                         else:
-                            batch = self.collate([self.dataset[i] for i in indices])
-                        packed = self._pack(batch, epoch, k)
+                            packed = self._pack(
+                                self.collate([self.dataset[i] for i in indices]), epoch, k)
                     except Exception as exc:  # in-band: raised at this batch's turn
                         packed = self._error(exc, epoch, k, worker_id)
                     yield packed
@@ -425,6 +449,23 @@ class DatasetFetch:
                 k += 1
             epoch += 1
             k = 0
+
+    def _where(self, worker_id: int) -> str:
+        return ("in %s worker %d" % (self.where, worker_id) if self.where != "here"
+                else "in the calling thread (num_workers=0)")
+
+    def _skipping(self, indices: Any, single: bool, epoch: int, k: int,
+                  worker_id: int) -> List[np.ndarray]:
+        """The batch of ``indices`` without its failing samples, and which those were.
+
+        Raises what ``collate_fn`` raises (never skipped: the caller sends it in-band).
+        """
+        samples, failures = load_samples(self.dataset, indices, single, self._where(worker_id))
+        count = len(samples) + len(failures)
+        if not samples:
+            return self._message(SKIPPED, epoch, k, None, (count, failures))
+        batch = self.collate(samples[0] if single else samples)
+        return self._pack(batch, epoch, k, (count, failures))
 
     def _iterable_batches(self, worker_id: int) -> Iterator[List[np.ndarray]]:
         epoch = self.start[0]
@@ -449,37 +490,71 @@ class DatasetFetch:
         while True:  # every later turn of this worker: nothing more this epoch
             yield end
 
-    def _pack(self, batch: Any, epoch: int, k: int) -> List[np.ndarray]:
+    def _pack(self, batch: Any, epoch: int, k: int,
+              failures: Optional[Tuple[int, List[SampleFailure]]] = None) -> List[np.ndarray]:
+        """``batch`` as a message; ``failures``: (samples, failures) to send with it."""
         arrays: List[np.ndarray] = []
         objects: List[Any] = []
         template = flatten(batch, arrays, objects)
         if template != self.template:
             # Another structure than the probe's (a list as long as the batch):
             # the whole batch travels pickled.
-            return self._message(PICKLED, epoch, k, batch)
+            return self._message(PICKLED, epoch, k, batch, failures)
         # Object arrays carry str or bytes alone (what every sink accepts): the
         # non-array leaves travel pickled, in one element.
-        return ([np.array([[epoch, k, BATCH]], np.int64)] + arrays
-                + [np.array([pickle.dumps(objects, pickle.HIGHEST_PROTOCOL)], object)])
+        return self._with_tail(BATCH, epoch, k, arrays, objects, failures)
 
-    def _message(self, kind: int, epoch: int, k: int, payload: Any) -> List[np.ndarray]:
+    def _message(self, kind: int, epoch: int, k: int, payload: Any,
+                 failures: Optional[Tuple[int, List[SampleFailure]]] = None) -> List[np.ndarray]:
         """A batch slot holding no arrays: ``payload`` pickled, empty leaves of the right dtypes."""
         leaves = [np.zeros((0,), np.dtype(d)) for d in leaf_dtypes(self.template)]
-        return ([np.array([[epoch, k, kind]], np.int64)] + leaves
+        return self._with_tail(kind, epoch, k, leaves, payload, failures)
+
+    @staticmethod
+    def _with_tail(kind: int, epoch: int, k: int, arrays: List[np.ndarray], payload: Any,
+                   failures: Optional[Tuple[int, List[SampleFailure]]]) -> List[np.ndarray]:
+        """[tag, arrays..., pickled payload]; with ``failures``, the kind has
+        ``WITH_FAILURES`` and the payload is (payload, samples, failures)."""
+        if failures is not None:
+            kind |= WITH_FAILURES
+            payload = (payload,) + tuple(failures)
+        return ([np.array([[epoch, k, kind]], np.int64)] + arrays
                 + [np.array([pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)], object)])
 
     def _error(self, exc: Exception, epoch: int, k: int, worker_id: int) -> List[np.ndarray]:
         """``exc`` as a value, raised by the loader when this batch's turn comes (as
         DataLoader's ``ExceptionWrapper``): the batches before it are not lost."""
+        return self._message(ERROR, epoch, k, exception_payload(exc, self._where(worker_id)))
+
+
+def exception_payload(exc: Exception, where: str) -> Tuple[Optional[Exception], str, str, str,
+                                                             str]:
+    """``exc`` as values that survive pickling: (itself or None, type name, text, where,
+    traceback text)."""
+    try:
+        pickle.dumps(exc)
+        original: Optional[Exception] = exc
+    except Exception:
+        original = None
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return original, type(exc).__name__, str(exc), where, text
+
+
+def load_samples(dataset: Any, indices: Any, single: bool,
+                 where: str) -> Tuple[List[Any], List[SampleFailure]]:
+    """The samples of one batch, leaving out (and describing) each whose ``__getitem__`` raised.
+
+    ``single``: ``indices`` is one index (``batch_size=None``), not a list.
+    Only ``Exception`` subclasses are left out; anything else propagates.
+    """
+    samples: List[Any] = []
+    failures: List[SampleFailure] = []
+    for index in ([indices] if single else indices):
         try:
-            pickle.dumps(exc)
-            original: Optional[Exception] = exc
-        except Exception:
-            original = None
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        where = ("in %s worker %d" % (self.where, worker_id) if self.where != "here"
-                 else "in the calling thread (num_workers=0)")
-        return self._message(ERROR, epoch, k, (original, type(exc).__name__, str(exc), where, text))
+            samples.append(dataset[index])
+        except Exception as exc:
+            failures.append((index,) + exception_payload(exc, where))
+    return samples, failures
 
 
 def _describe(template: Template) -> str:

@@ -17,6 +17,13 @@ An iterable dataset gets one run per epoch: each worker iterates its own copy
 (``get_worker_info()`` tells it which), then returns end-of-data markers until
 every worker has reached its end.
 
+Skipped samples (``max_fetch_failures``, map-style datasets): a worker leaves
+a failing sample out of its batch and reports it with the batch
+(``_torch/dataset.py``); the training thread charges each to the run's
+``FetchFailureBudget`` in stream order, when the batch's turn comes, so the
+skips and the failure beyond the budget come where an uninterrupted run has
+them.  A batch left with no sample takes its position and hands out nothing.
+
 Failure and shutdown of a run: NOTE [ Shutdown and error protocol ] in
 ``_core/coordinator.py``; ``close()`` closes the current run.
 """
@@ -31,13 +38,16 @@ import torch.utils.data
 # Public as torch.utils.data.default_collate from torch 1.11 on; here in 1.10 too.
 from torch.utils.data._utils.collate import default_collate, default_convert
 
-from .._core.args import check_int, check_positive_int, check_positive_seconds
+from .._core.args import (check_int, check_max_fetch_failures, check_positive_int,
+                          check_positive_seconds)
 from .._core.backend import WORKER_TYPES
+from .._core.budget import FetchFailureBudget
 from .._core.errors import FetcherError, RemoteTraceback
-from .._core.metrics import InputStats
+from .._core.metrics import InputCounters, InputStats, Metrics
 from .._workers.pickling import check_picklable
-from .dataset import (BATCH, END_OF_DATA, ERROR, DatasetFetch, EpochPlanner, ShuffledIndices,
-                      Template, install_thread_worker_info, is_iterable_dataset, leaf_names,
+from .dataset import (BATCH, END_OF_DATA, ERROR, SKIPPED, WITH_FAILURES, DatasetFetch,
+                      EpochPlanner, SampleFailure, ShuffledIndices, Template,
+                      install_thread_worker_info, is_iterable_dataset, leaf_names, load_samples,
                       make_template, unflatten)
 from .sink import check_pin_memory
 
@@ -69,8 +79,9 @@ class DatasetLoader:
                  name: str = "loader", stall_warning_secs: Optional[float] = None,
                  shm_bytes_per_worker: Optional[int] = None,
                  external_loggers: Optional[Sequence[Any]] = None,
-                 log_interval_secs: Optional[float] = None) -> None:
+                 log_interval_secs: Optional[float] = None, max_fetch_failures: Any = 0) -> None:
         self.dataset = dataset
+        self.max_fetch_failures = check_max_fetch_failures(max_fetch_failures)
         self.num_workers = check_int("num_workers", num_workers, minimum=0)
         if worker_type not in WORKER_TYPES:
             raise ValueError("worker_type must be one of %s, got %r" % (WORKER_TYPES, worker_type))
@@ -143,6 +154,10 @@ class DatasetLoader:
         self._run: Optional[Any] = None   # the engine: a fetch_fun Loader
         self._run_next: Optional[Tuple[int, int]] = None  # tag its next batch must carry
         self._closed = False
+        # The current run's budget (None until a sample fails) and the samples
+        # it has seen, failed ones included: both start afresh with each run.
+        self._budget: Optional[FetchFailureBudget] = None
+        self._samples_seen = 0
 
     @staticmethod
     def _samplers(dataset: Any, batch_size: Optional[int], shuffle: Optional[bool],
@@ -209,6 +224,10 @@ class DatasetLoader:
         if self._closed:
             raise RuntimeError("loader %r was closed" % self.name)
         if self._open:
+            if self.num_workers == 0 and not self.iterable and self._taken < len(self):
+                # An epoch left midway: where workers would start a new run, the
+                # budget starts afresh here too.
+                self._budget, self._samples_seen = None, 0
             self._epoch += 1
             self._taken = 0
         self._open = True
@@ -223,26 +242,80 @@ class DatasetLoader:
         while self._taken < length:
             self._check_current(generation)
             if self.num_workers == 0:
-                batch = self._load_here(self._epoch, self._taken)
+                kind, batch = self._load_here(self._epoch, self._taken)
             else:
-                batch = self._from_run(self._epoch, self._taken)
+                kind, batch = self._from_run(self._epoch, self._taken)
             self._taken += 1
-            yield batch
+            if kind != SKIPPED:  # else every sample failed: the position passes, no batch
+                yield batch
 
     def _check_current(self, generation: int) -> None:
         if generation != self._generation:
             raise RuntimeError("this iterator of loader %r was superseded: a later iter() "
                                "started another epoch" % self.name)
 
-    def _load_here(self, epoch: int, k: int) -> Any:
-        """``num_workers=0``: the batch, loaded in the calling thread."""
+    def _load_here(self, epoch: int, k: int) -> Tuple[int, Any]:
+        """``num_workers=0``: the batch's kind (BATCH or SKIPPED) and the batch, loaded
+        in the calling thread."""
         assert self.planner is not None  # invariant: map-style
         indices = self.planner.plan(epoch)[k]
-        if self.batch_sampler is None:
-            return self.collate_fn(self.dataset[indices])
-        return self.collate_fn([self.dataset[i] for i in indices])
+        single = self.batch_sampler is None
+        if self.max_fetch_failures != 0:
+            samples, failures = load_samples(self.dataset, indices, single, "in the calling thread (num_workers=0)")
+            self._charge(failures, len(samples) + len(failures), epoch, k)
+            if not samples:
+                return SKIPPED, None
+            return BATCH, self.collate_fn(samples[0] if single else samples)
+        if single:
+            return BATCH, self.collate_fn(self.dataset[indices])
+        return BATCH, self.collate_fn([self.dataset[i] for i in indices])
 
-    def _from_run(self, epoch: int, k: int) -> Any:
+    def _charge(self, failures: Sequence[SampleFailure], samples: int, epoch: int,
+                k: int) -> None:
+        """Skip the failed samples of batch ``k`` of ``epoch`` (``samples`` in all) within
+        the budget, each logged and counted.
+
+        Raises:
+            FetcherError: one failure beyond the budget (its exception is the
+                cause); the run is closed.
+        """
+        self._samples_seen += samples
+        if not failures:
+            return
+        if self._budget is None:
+            self._budget = FetchFailureBudget(
+                self.max_fetch_failures, self.name, *self._run_counters(),
+                unit="samples")
+        for index, original, type_name, text, where, tb_text in failures:
+            remote = RemoteTraceback(tb_text)
+            if original is not None:
+                original.__cause__ = remote  # logged with the worker's traceback
+            if self._budget.charge(0, original if original is not None else remote,
+                                   calls=self._samples_seen,
+                                   what="dataset[%r] %s" % (index, where)):
+                continue
+            note = self._budget.note()
+            self._close_run()
+            err = FetcherError(
+                "Caught %s %s of loader %r, loading sample %r of batch %d of epoch %d: %s%s\n"
+                "Original %s" % (type_name, where, self.name, index, k, epoch, text, note,
+                                 tb_text))
+            raise err from (original if original is not None else remote)
+
+    def _run_counters(self) -> Tuple[InputCounters, Metrics]:
+        """Where the budget counts a skipped sample: the run's counters and metrics
+        (``stats().fetch_failures``, external loggers), or, with no run
+        (``num_workers=0``, whose ``stats()`` is None), counters of its own that
+        only the log lines show."""
+        if self._run is None:
+            return InputCounters(), Metrics()
+        return self._engine_counters(self._run)
+
+    def _engine_counters(self, run: Any) -> Tuple[InputCounters, Metrics]:
+        """The counters and metrics of ``run`` (the public class knows the engine)."""
+        raise NotImplementedError("data_workers.torch.Loader provides the engine")
+
+    def _from_run(self, epoch: int, k: int) -> Tuple[int, Any]:
         if self._run is None or self._run_next != (epoch, k):
             self._start_run((epoch, k))
         tag, kind, value = self._decode(self._take(epoch, k), k)
@@ -253,7 +326,7 @@ class DatasetLoader:
                 "order is not a function of the seed and the epoch"
                 % (self.name, k, epoch, tag[1], tag[0], len(self)))
         self._run_next = (epoch, k + 1) if k + 1 < len(self) else (epoch + 1, 0)
-        return value
+        return kind, value
 
     def _take(self, epoch: int, k: int) -> Sequence[Any]:
         """The run's next message, with a timeout worded for this loader.
@@ -281,10 +354,13 @@ class DatasetLoader:
         epoch, k, kind = (int(v) for v in arrays[0][0])
         assert self._template is not None  # invariant: set by _start_run
         template, count, _ = self._template
-        if kind == BATCH:
-            return (epoch, k), kind, unflatten(template, arrays[1:1 + count],
-                                              pickle.loads(arrays[1 + count][0]))
         payload = pickle.loads(arrays[1 + count][0])
+        if kind & WITH_FAILURES:
+            kind &= ~WITH_FAILURES
+            payload, samples, failures = payload
+            self._charge(failures, samples, epoch, k)
+        if kind == BATCH:
+            return (epoch, k), kind, unflatten(template, arrays[1:1 + count], payload)
         if kind != ERROR:
             return (epoch, k), kind, payload
         original, type_name, text, where, tb_text = payload
@@ -328,7 +404,8 @@ class DatasetLoader:
             self._template = make_template(self._probe())
         return DatasetFetch(
             self.dataset, self.planner, self.collate_fn, self._template[0], workers, start,
-            self.seed, self.worker_init_fn, where, self._batch_size, self.drop_last)
+            self.seed, self.worker_init_fn, where, self._batch_size, self.drop_last,
+            skip_failures=self.max_fetch_failures != 0 and not self.iterable)
 
     def _probe(self) -> Any:
         """One sample collated in this thread: the batch's structure (how many arrays)."""
@@ -340,10 +417,18 @@ class DatasetLoader:
         plan = self.planner.plan(self._epoch)
         if not plan:
             raise ValueError("loader %r: the sampler yields no batch" % self.name)
-        first = plan[0]
-        if self.batch_sampler is None:
-            return self.collate_fn(self.dataset[first])
-        return self.collate_fn([self.dataset[first[0]]])
+        single = self.batch_sampler is None
+        if self.max_fetch_failures == 0:
+            first = plan[0]
+            return self.collate_fn(self.dataset[first] if single else [self.dataset[first[0]]])
+        # Failing samples may be skipped: the first sample of the epoch that
+        # loads shows the structure (the failed ones are charged at their turn).
+        for indices in plan:
+            samples, _ = load_samples(self.dataset, indices, single, "in the calling thread (num_workers=0)")
+            if samples:
+                return self.collate_fn(samples[0] if single else samples[:1])
+        raise ValueError("loader %r: no sample of epoch %d loads (every __getitem__ raised); "
+                         "fix the dataset" % (self.name, self._epoch))
 
     def _start_run(self, start: Tuple[int, int]) -> None:
         self._close_run()
@@ -368,6 +453,7 @@ class DatasetLoader:
 
     def _close_run(self) -> None:
         run, self._run, self._run_next = self._run, None, None
+        self._budget, self._samples_seen = None, 0
         if run is not None:
             run.close()
 

@@ -157,13 +157,13 @@ class ShmArena:
         return sum(_aligned(a.nbytes) for a in arrays)
 
     def layout_bytes(self, layouts: Sequence[Tuple[str, Tuple[int, ...]]]) -> int:
-        """Ring bytes arrays of these ``(dtype, shape)``\ s take, alignment included."""
+        """Ring bytes that arrays of these ``(dtype, shape)`` pairs take, alignment included."""
         return sum(_aligned(math.prod(shape) * np.dtype(dtype).itemsize)
                    for dtype, shape in layouts)
 
     def reserve(self, layouts: Sequence[Tuple[str, Tuple[int, ...]]],
                 keep_waiting: Callable[[], bool]) -> Optional[Tuple[int, List[ArrayLayout]]]:
-        """Claim contiguous ring space for arrays of these ``(dtype, shape)``\ s.
+        """Claim contiguous ring space for arrays of these ``(dtype, shape)`` pairs.
 
         Waits for room while ``keep_waiting()``.
 
