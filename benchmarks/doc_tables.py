@@ -68,11 +68,6 @@ def run_line(doc: Doc) -> str:
             f"of its configuration; other programs used {load} of the CPUs during the cases.")
 
 
-def summary_block(doc: Doc, summaries: run.Summaries) -> str:
-    """For the README: the run, then the targets table."""
-    return run_line(doc) + "\n\n" + run.targets_markdown(summaries) + "\n"
-
-
 def full_block(doc: Doc, summaries: run.Summaries) -> str:
     """For docs/benchmarks.md: the run, every workload's table with its notes, the targets."""
     parts = [run_line(doc)]
@@ -88,9 +83,81 @@ def full_block(doc: Doc, summaries: run.Summaries) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _spread_of(values: Sequence[float], fmt: str) -> str:
+    """``median (min-max)`` of the repeats, or the one value."""
+    import statistics
+
+    if not values:
+        return "-"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return fmt.format(med)
+    return f"{fmt.format(med)} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def claims_block(doc: Doc, peer_doc: Doc) -> str:
+    """For the README: what a user gets, each figure with its spread and the machine.
+
+    No goals, no verdicts: those belong to the method page.
+    """
+    from benchmarks import peers
+
+    by_config: Dict[str, List[Any]] = {}
+    for r in doc["cases"]:
+        if r.get("complete", True) and "error" not in r:
+            by_config.setdefault(r["config_key"], []).append(r)
+
+    def values(key: str, fn: Callable[[Any], Optional[float]]) -> List[float]:
+        out = [fn(r) for r in by_config.get(key, [])]
+        return [v for v in out if v is not None]
+
+    def rate(r: Any) -> Optional[float]:
+        return r.get("batches_per_s")
+
+    def gbs(r: Any) -> Optional[float]:
+        b = r.get("batches_per_s")
+        return None if b is None else b * r["bytes_per_batch"] / 1e9
+
+    def first_ms(r: Any) -> Optional[float]:
+        v = r.get("first_batch_s")
+        return None if v is None else 1000 * v
+
+    rows = [("small chunks of 1-64 rows, batches/s", "small_chunks", rate, "{:,.0f}"),
+            ("19.3 MB batches, GB/s into the net", "large_batches", gbs, "{:.1f}"),
+            ("GIL-bound fetcher (~5 ms of Python per batch), batches/s", "gil_bound", rate,
+             "{:,.0f}"),
+            ("`start()` to the first batch, ms", "startup", first_ms, "{:,.0f}")]
+    info = doc["machine"]
+    out = [f"Measured {info['date_utc'][:10]} on a {info['cpu_count']}-core {info.get('cpu', '?')} "
+           f"VM ({info.get('memory_gib', '?')} GiB, Python {info['python']}), 2 workers on "
+           "each side; median (min-max) over fresh-process repeats.", "",
+           "| workload | upstream, 2 threads | data_workers, 2 threads "
+           "| data_workers, 2 processes |", "| --- | ---: | ---: | ---: |"]
+    for title, workload, fn, fmt in rows:
+        cells = [_spread_of(values(f"{workload}/{side}/{label}", fn), fmt)
+                 for side, label in (("upstream", "2 threads"), ("ours", "2 threads"),
+                                     ("ours", "2 processes"))]
+        out.append(f"| {title} | " + " | ".join(cells) + " |")
+    results = peer_doc["results"]
+    out += ["", f"Against torch's `DataLoader` (2 worker processes, each batch fed with "
+            f"`FeedBlob`), {peer_doc.get('date_utc', '?')[:10]}, {peer_doc.get('machine', '?')}, "
+            f"{peer_doc['repeats']} repeats; batches/s, median (min-max):", "",
+            "| workload | data_workers, 2 processes | data_workers, 2 threads "
+            "| DataLoader + FeedBlob |", "| --- | ---: | ---: | ---: |"]
+    titles = {"one_sample": "one sample per call", "gil_bound": "GIL-bound (~10 ms of Python)",
+              "big_batches": "whole 19.3 MB batches"}
+    for workload, cases in results.items():
+        cells = []
+        for case in ("ours-process", "ours-thread", "dataloader"):
+            st = peers._stats(cases.get(case, []))
+            cells.append("-" if st is None else
+                         f"{st[0]:,.0f} ({st[1]:,.0f}-{st[2]:,.0f})")
+        out.append(f"| {titles.get(workload, workload)} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 # file (relative to the repository) -> block name -> renderer
 BLOCKS: Dict[str, Dict[str, Callable[[Doc, run.Summaries], str]]] = {
-    "README.md": {"benchmarks-summary": summary_block},
     os.path.join("docs", "benchmarks.md"): {"benchmarks-tables": full_block},
 }
 
@@ -110,11 +177,16 @@ def render_file(text: str, path: str, blocks: Dict[str, str]) -> str:
 #: file, the block, and whether it gets every workload's table (with the trainer's
 #: CPU) or one table of batches/s; both end with the goals.
 PEER_BLOCKS: Dict[str, Tuple[str, bool]] = {
-    "README.md": ("peers-summary", False),
     os.path.join("docs", "benchmarks.md"): ("peers-tables", True),
 }
+#: The README's user-facing figures, from both runs (``claims_block``).
+CLAIMS_BLOCKS: Dict[str, str] = {"README.md": "readme-figures",
+                                  os.path.join("docs", "workers.md"): "worker-figures"}
 #: Blocks rendered from docs/torch_loader.json by ``benchmarks.torch_loader.markdown``.
+#: Of those, the pages that also show the goal and its verdict.
+TORCH_GOAL_PAGES = {os.path.join("docs", "benchmarks.md")}
 TORCH_BLOCKS: Dict[str, str] = {
+    os.path.join("docs", "benchmarks.md"): "torch-loader-goals",
     os.path.join("docs", "torch.md"): "torch-loader-tables",
     "README.md": "torch-loader-summary",
 }
@@ -137,17 +209,21 @@ def stale_files(write: bool, json_path: str = JSON_PATH, root: str = h.REPO_ROOT
     peer_doc, torch_doc = _read_json(peers_path), _read_json(torch_path)
     torch_docs = [torch_doc] + ([_read_json(torch2_path)] if os.path.exists(torch2_path) else [])
     stale = []
-    for rel in [*BLOCKS, *(r for r in TORCH_BLOCKS if r not in BLOCKS)]:
+    for rel in dict.fromkeys([*BLOCKS, *TORCH_BLOCKS, *CLAIMS_BLOCKS]):
         path = os.path.join(root, rel)
         with open(path, encoding="utf-8") as f:
             old = f.read()
         blocks = {name: fn(doc, summaries) for name, fn in BLOCKS.get(rel, {}).items()}
+        if rel in CLAIMS_BLOCKS:
+            blocks[CLAIMS_BLOCKS[rel]] = claims_block(doc, peer_doc)
         if rel in PEER_BLOCKS:
             name, tables = PEER_BLOCKS[rel]
             blocks[name] = peers.markdown(peer_doc, tables)
         if rel in TORCH_BLOCKS:
+            # Goals and verdicts only on the evidence pages (docs/benchmarks.md).
+            goals = rel in TORCH_GOAL_PAGES
             blocks[TORCH_BLOCKS[rel]] = (torch_loader.markdown(torch_doc) if len(torch_docs) == 1
-                                         else torch_loader.markdown_legs(torch_docs))
+                                         else torch_loader.markdown_legs(torch_docs, goals))
         new = render_file(old, rel, blocks)
         if new != old:
             stale.append(rel)

@@ -150,7 +150,9 @@ def plot(ax: Any, s: h.Summary) -> None:
                 label=name)
     if c.get("best"):
         ax.axhline(1.8 * c["best"], color="k", lw=1, ls="--", label="target 1.8x upstream best")
-    ax.set_ylim(bottom=0)
+    # Room above the highest point for the legend, so it covers no line.
+    tallest = max([p[1] for pts in c["series"].values() for p in pts] or [1.0])
+    ax.set_ylim(0, tallest * 1.45)
     ax.set_xticks([1, 2, 3, 4])
     ax.set_xlabel("workers")
     ax.set_ylabel("batches/s (higher is better)")
@@ -158,4 +160,4 @@ def plot(ax: Any, s: h.Summary) -> None:
     if c.get("ratio"):
         title += f": 2 procs {c['ratio']:.2f}x"
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", ncol=2)

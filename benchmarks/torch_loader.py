@@ -451,9 +451,10 @@ def markdown(results: Dict[str, Any]) -> str:
 GOAL_RATIO = 1.5
 
 
-def markdown_legs(docs: Sequence[Dict[str, Any]]) -> str:
+def markdown_legs(docs: Sequence[Dict[str, Any]], goals: bool = True) -> str:
     """Runs on several torch versions (one per test leg) as one table, side by side,
-    each run's own line first; then the goal, checked on the newest torch's run."""
+    each run's own line first; then, with ``goals``, the goal, checked on the newest
+    torch's run (the evidence pages show it; user pages show the figures alone)."""
     lines = []
     for results in docs:
         lines += ["- torch %s: " % results["machine"]["torch"] + _run_line(results)]
@@ -472,7 +473,10 @@ def markdown_legs(docs: Sequence[Dict[str, Any]]) -> str:
                 rates("dataloader"), w["ratio_median"], w["ratio_min"], w["ratio_max"],
                 first("ours"), first("dataloader")))
     lines += ["", "Batches/s and ratios: median (min-max) over the repeats; a ratio pairs "
-              "the two sides of one repeat.", ""]
+              "the two sides of one repeat."]
+    if not goals:
+        return "\n".join(lines) + "\n"
+    lines.append("")
     newest = docs[-1]
     lines += ["| goal on torch %s | measured median (min-max) | goal | result |"
               % newest["machine"]["torch"], "| --- | ---: | ---: | --- |"]

@@ -46,11 +46,23 @@ def init_workers(worker_fun: Callable[[int], Any], num_worker_threads: int = 2,
                  shutdown_fun: Optional[Callable[[], None]] = None) -> GlobalWorkerCoordinator:
     """Create a group of ``num_worker_threads`` threads running ``worker_fun``.
 
+    Args:
+        worker_fun: called as ``worker_fun(worker_id)`` in each thread, over and
+            over, until the group stops.  An exception stops the group; ``check()``
+            or ``stop()`` re-raises it as a ``FetcherError`` (cause attached).
+        num_worker_threads: threads to start; their ids are global across groups.
+        worker_name: names the group (logs, ``stop_coordinator(worker_name)``).
+        init_fun: called once as ``init_fun(worker_coordinator,
+            global_coordinator)`` by ``start()``, before the threads start.
+        external_loggers: objects with a ``log(metrics: dict)`` method, given the
+            group's metrics.
+        shutdown_fun: called once, with no argument, when a started group stops.
+
     Returns:
         The module's global coordinator (the same object every call).
 
     Raises:
-        TypeError / ValueError: ``worker_fun`` is not callable or the count is not positive.
+        TypeError, ValueError: ``worker_fun`` is not callable or the count is not positive.
     """
     if not callable(worker_fun):
         raise TypeError("worker_fun must be callable, got %r" % (worker_fun,))

@@ -200,6 +200,14 @@ class RayDataSource:
         drop up to ``n - 1`` rows to make that so), which keeps synchronous trainers in
         step. Other keyword arguments go to the constructor.
 
+        Args:
+            dataset: the ``ray.data.Dataset`` to read (already mapped / preprocessed).
+            columns: the dataset columns to feed, one per input blob, in blob order.
+            batch_size: rows per batch each source returns.
+            n: the number of consumers (trainers, or inputs on one trainer).
+            equal: give every consumer the same number of rows per epoch.
+            **kwargs: other ``RayDataSource`` arguments (``num_epochs``, ``drop_last``, ...).
+
         Raises:
             TypeError: If ``n`` is not an integral number.
             ValueError: If ``n`` is not positive.
@@ -314,6 +322,12 @@ class RayDataSource:
 
         Uses thread fetchers (one by default: Ray does the parallel work, the thread
         only moves finished batches). Other keyword arguments pass through.
+
+        Args:
+            net: the ``core.Net`` or ``ModelHelper`` to feed.
+            input_blob_names: one blob per column, in the order of ``columns``.
+            num_workers: fetcher threads (1 is enough: Ray does the work).
+            **kwargs: any other keyword argument of ``init_data_input_workers``.
 
         Returns:
             The global coordinator.

@@ -86,7 +86,16 @@ class IndexableDataset(Protocol):
 
     def __len__(self) -> int: ...
 
-    def load(self, indices: np.ndarray) -> Sequence[np.ndarray]: ...
+    def load(self, indices: np.ndarray) -> Sequence[np.ndarray]:
+        """Return the rows ``indices`` of every array, in that order.
+
+        Args:
+            indices: a 1-D ``int64`` array of row numbers in ``0 .. len(self) - 1``.
+
+        Returns:
+            One array per input blob, each with ``len(indices)`` rows.
+        """
+        ...
 
 
 class ArrayDataset:
@@ -114,7 +123,11 @@ class ArrayDataset:
         return int(self._arrays[0].shape[0])
 
     def load(self, indices: np.ndarray) -> list[np.ndarray]:
-        """Return the rows ``indices`` of every array (copies)."""
+        """Return the rows ``indices`` of every array (copies).
+
+        Args:
+            indices: a 1-D ``int64`` array of row numbers.
+        """
         return [a[indices] for a in self._arrays]
 
 
@@ -165,6 +178,9 @@ class InputCheckpoint:
     def from_dict(cls, data: Mapping[str, Any]) -> InputCheckpoint:
         """Build from :meth:`to_dict` output.
 
+        Args:
+            data: the dict ``to_dict()`` returned (e.g. after a JSON round trip).
+
         Raises:
             ValueError: On a missing field or an unknown version.
         """
@@ -180,7 +196,11 @@ class InputCheckpoint:
         return cls(**{k: data[k] for k in names})
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write as JSON, atomically (temporary file + rename in the same folder)."""
+        """Write as JSON, atomically (temporary file + rename in the same folder).
+
+        Args:
+            path: the JSON file to write; its folder must exist.
+        """
         path = os.fspath(path)
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".input_ckpt.", dir=folder)
@@ -197,7 +217,11 @@ class InputCheckpoint:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> InputCheckpoint:
-        """Read a checkpoint written by :meth:`save`."""
+        """Read a checkpoint written by :meth:`save`.
+
+        Args:
+            path: a file written by ``save()``.
+        """
         with open(path) as f:
             return cls.from_dict(json.load(f))
 
@@ -206,6 +230,9 @@ class InputCheckpoint:
 
         Include ``blob_name`` in the model's ``Save`` op so the input position is
         written into the same db, atomically with the parameters it belongs to.
+
+        Args:
+            blob_name: the blob to create or overwrite, e.g. ``"input_checkpoint"``.
         """
         from caffe2.python import workspace
 
@@ -214,7 +241,11 @@ class InputCheckpoint:
 
     @classmethod
     def from_blob(cls, blob_name: str) -> InputCheckpoint:
-        """Read a checkpoint stored by :meth:`to_blob` (e.g. after a ``Load`` op)."""
+        """Read a checkpoint stored by :meth:`to_blob` (e.g. after a ``Load`` op).
+
+        Args:
+            blob_name: the blob ``to_blob()`` wrote (after the model's ``Load`` op).
+        """
         from caffe2.python import workspace
 
         value = workspace.FetchBlob(blob_name)
@@ -230,6 +261,12 @@ def device_shard(rank: int, world_size: int, device: int, num_devices: int) -> t
     ``data_parallel_model`` builds one input per device; give each its own shard so
     devices and hosts all read disjoint data: shard ``rank * num_devices + device`` of
     ``world_size * num_devices``.
+
+    Args:
+        rank: this host's index, ``0 .. world_size - 1``.
+        world_size: the number of hosts.
+        device: this input's device index on the host, ``0 .. num_devices - 1``.
+        num_devices: inputs (devices) per host.
 
     Raises:
         TypeError: If an argument is not an int.
@@ -393,6 +430,10 @@ class ShardedSource:
     def bind_workers(self, worker_ids: Sequence[int]) -> None:
         """Tell the source the global ids of the input's fetchers (in order).
 
+        Args:
+            worker_ids: the input's global fetcher ids, in the order of their local
+                index (``input_coordinator.get_worker_ids()``).
+
         Raises:
             ValueError: If the ids are empty or repeated.
         """
@@ -406,6 +447,10 @@ class ShardedSource:
 
         It runs before the fetchers start (and before a process input pickles this
         source), so every fetcher knows its local index and the fetcher count.
+
+        Args:
+            input_coordinator: the input being started; its ``get_worker_ids()`` are bound.
+            global_coordinator: the registry (unused; part of the ``init_fun`` signature).
         """
         self.bind_workers(input_coordinator.get_worker_ids())
         if callable(getattr(input_coordinator, "skipped_turns", None)):
@@ -426,6 +471,14 @@ class ShardedSource:
         :meth:`init_fun`, followed by ``init_fun`` if given. Other keyword arguments
         (``worker_type``, ``input_source_name``, ``max_buffered_batches``, ...) pass
         through.
+
+        Args:
+            net: the ``core.Net`` or ``ModelHelper`` to feed.
+            input_blob_names: one blob per array the dataset's ``load`` returns.
+            num_workers: fetchers (threads, or processes with ``worker_type="process"``).
+            init_fun: your own ``init_fun(input_coordinator, global_coordinator)``, run
+                after the source's.
+            **kwargs: any other keyword argument of ``init_data_input_workers``.
 
         Returns:
             The global coordinator.
@@ -494,6 +547,9 @@ class ShardedSource:
         """Dataset indices of this shard's block for relative step ``step``.
 
         Step 0 is the first step after the start (or after ``resume``).
+
+        Args:
+            step: batches after the start (or after the checkpoint resumed from), from 0.
         """
         epoch, offset = self._step_position(step)
         pos = offset + self._rank * self._batch_size + np.arange(self._batch_size, dtype=np.int64)
@@ -586,6 +642,10 @@ class ShardedSource:
         ``data_workers.torch.Loader.load_state_dict``.  Allowed only before any
         fetcher called this source, since a block already served cannot be
         taken back.
+
+        Args:
+            checkpoint: an ``InputCheckpoint`` from ``checkpoint()`` of a source built
+                with the same dataset size, seed, shuffle, policy and shard count.
 
         Raises:
             RuntimeError: a fetcher already called this source.

@@ -92,7 +92,7 @@ class Loader:
     ``state_dict()`` / ``load_state_dict()`` resume exactly, with any worker
     count or type.  ``seed`` fixes every epoch's order (default: drawn from
     ``generator``, else from torch's RNG).  What differs from DataLoader:
-    ``docs/torch.md``; the implementation: ``_torch/dataset_loader.py``.
+    ``docs/torch.md``.  Implemented in ``_torch/dataset_loader.py``.
 
     ``max_fetch_failures`` (not DataLoader's; the rules of the fetch_fun form,
     counted in samples): ``0`` raises a failing ``__getitem__`` at its batch's
@@ -153,10 +153,20 @@ class Loader:
         dtypes: the dtype some or all arrays must have, by name (``names``, or
             ``array0``, ``array1``...), e.g. ``{"data": np.float32}``: another
             dtype is a ``ChunkTypeError`` at the first chunk.
-        stall_warning_secs, shm_bytes_per_worker, external_loggers,
-            log_interval_secs, max_fetch_failures: as for ``init_data_input_workers``
-            (``max_fetch_failures``: fetcher exceptions to skip, a count or a
-            fraction of fetch calls).
+        stall_warning_secs: seconds without a batch moving before one warning
+            names the stuck stage (default: off), as for
+            ``init_data_input_workers``.
+        shm_bytes_per_worker: bytes of shared memory per process worker
+            (default: ten batches, at least 64 MiB), as for
+            ``init_data_input_workers``.
+        external_loggers: objects with a ``log(metrics: dict)`` method, called
+            every ``log_interval_secs``, as for ``init_data_input_workers``.
+        log_interval_secs: seconds between inputs/sec log lines and
+            external-logger calls.
+        max_fetch_failures: fetcher exceptions to skip (bad records) instead of
+            failing the loader: ``0`` (default) none, an int N up to N, a float
+            in (0, 1) that fraction of fetch calls; as for
+            ``init_data_input_workers``.
 
     Raises:
         TypeError, ValueError: an argument is invalid (the message names it).
@@ -357,6 +367,10 @@ class Loader:
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Continue from ``state_dict`` (from ``state_dict()``); before the first batch.
+
+        Args:
+            state_dict: what ``state_dict()`` returned, e.g. read back with
+                ``torch.load`` beside the model's checkpoint.
 
         Raises:
             TypeError, ValueError: as for ``state_dict()``, or ``state_dict`` is not

@@ -33,7 +33,16 @@ logger = logging.getLogger(__name__)
 
 
 def get_worker_ids(num_workers: int) -> List[int]:
-    """``[0, ..., num_workers - 1]`` (upstream helper)."""
+    """``[0, ..., num_workers - 1]`` (upstream helper).
+
+    Args:
+        num_workers: how many ids.
+
+    Returns:
+        The list ``[0, 1, ..., num_workers - 1]``; it does not consult the
+        registry (the ids an input's workers get are
+        ``input_coordinator.get_worker_ids()``).
+    """
     return list(range(num_workers))
 
 
@@ -57,6 +66,11 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
         self._unjoined: List[InputCoordinator] = []
 
     def inputs(self) -> List[InputCoordinator]:
+        """The registered inputs, one per ``init_data_input_workers`` call not yet stopped.
+
+        Returns:
+            A new list; ``stats()`` gives their counters.
+        """
         return [g for g in self._live_groups() if isinstance(g, InputCoordinator)]
 
     def start(self) -> None:
@@ -79,10 +93,14 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
 
     def release_workspace(self, workspace_name: str) -> None:
         """Stop and forget the inputs living in ``workspace_name`` (it is being reset),
-        and wait up to ``STOP_TIMEOUT_SECS`` for any enqueuer there that a stop()
-        left running.
+        and wait up to 5 s for any enqueuer there that a stop() left running.
+
+        ``workspace.ResetWorkspace()`` calls it for you; you need not.
 
         NOTE [ Shutdown and error protocol ], rule 9 (``_core/coordinator.py``).
+
+        Args:
+            workspace_name: the Caffe2 workspace being reset.
 
         Raises:
             RuntimeError: an input's enqueuer could not be joined; resetting now
@@ -109,7 +127,16 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
                 "running inside it and would write to freed memory" % (workspace_name, stuck))
 
     def stats(self) -> Tuple[InputStats, ...]:
-        """A frozen snapshot of every registered input's counters."""
+        """A frozen snapshot of every registered input's counters.
+
+        Returns:
+            One ``InputStats`` per input, in registration order.
+
+        Usage::
+
+            for s in coordinator.stats():
+                print(s.input_source, s.state, s.batches_enqueued, s.chunk_queue_depth)
+        """
         return tuple(c.stats() for c in self.inputs())
 
     def reset_data_input(self, namescope: str, name: str, net: Any, batch_size: int) -> None:
@@ -117,6 +144,16 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
 
         Adds the dequeue op to ``net`` unless it already has it.  Rows already
         fetched are kept; the new size applies from the next batch.
+
+        Args:
+            namescope: the name scope the input was created in (``""`` or
+                ``"gpu_0/"``).
+            name: its ``input_source_name``.
+            net: a ``core.Net`` or ``ModelHelper`` that will read the batches.
+            batch_size: the new number of rows per batch.
+
+        Raises:
+            TypeError, ValueError: ``batch_size`` is not a positive int.
         """
         batch_size = check_positive_int("batch_size", batch_size)
         logger.info("reset data input %r in %r: batch size %d", name, namescope, batch_size)
@@ -222,9 +259,82 @@ def init_data_input_workers(
 ) -> GlobalCoordinator:
     """Feed ``input_blob_names`` of ``net`` from ``fetch_fun``, in the current scopes.
 
-    Upstream-compatible arguments keep their meaning (see the README).  Extras:
+    Appends to ``net`` one ``DequeueBlobs`` op that fills every blob of
+    ``input_blob_names`` with the next batch (so call it before adding the ops
+    that read them), and registers an input that, once
+    ``start()`` is called on the returned coordinator, runs ``num_worker_threads``
+    copies of ``fetch_fun``, cuts what they return into batches of exactly
+    ``batch_size`` rows and queues up to 4 of them for the net.  Blob names, the
+    Caffe2 queue and the scratch blobs are created under the name scope and device
+    scope current at this call (``core.NameScope("gpu_0")`` gives ``gpu_0/data``).
+
+    Usage::
+
+        def fetch(worker_id, batch_size):   # batch_size is a hint
+            rows = 50
+            return [np.random.rand(rows, 4).astype(np.float32),
+                    np.random.randint(0, 10, rows).astype(np.int32)]
+
+        coordinator = data_workers.init_data_input_workers(
+            model.net, ["data", "label"], fetch, 32)
+        workspace.CreateNet(model.net)
+        with coordinator:                   # start() ... stop()
+            for _ in range(100):
+                workspace.RunNet(model.net.Proto().name)
 
     Args:
+        net: the net to feed: a Caffe2 ``core.Net`` or a ``ModelHelper`` (its
+            ``.net``).  The dequeue op is added to it here, so call this before
+            ``workspace.CreateNet``.
+        input_blob_names: one blob name per array ``fetch_fun`` returns, in the
+            same order, e.g. ``["data", "label"]``; names are unique and
+            non-empty.
+        fetch_fun: called as ``fetch_fun(worker_id, batch_size)`` in each worker,
+            over and over; returns a list (or tuple) of numpy arrays, one per blob,
+            with the same number of rows along each blob's batch column.  A chunk
+            may hold any number of rows: ``batch_size`` is a hint, not a contract;
+            the library re-batches.  ``None`` or a zero-row chunk is skipped.
+            Dtypes are those a Caffe2 blob holds (``float32`` data and ``int32``
+            labels for most operators); a dtype or trailing shape that changes
+            between chunks is a ``ChunkValueError``.  An exception raised here
+            stops the input and is re-raised by ``check()`` / ``stop()`` as a
+            ``FetcherError``.
+        batch_size: rows per batch the net receives (a positive int), and the
+            hint passed to ``fetch_fun``.
+        num_worker_threads: how many workers run ``fetch_fun`` at once (threads,
+            or processes with ``worker_type="process"``).  Their ids, passed as
+            ``worker_id``, are global across inputs: ``get_worker_ids(n)`` on
+            upstream, or read them in ``init_fun``.
+        input_source_name: names the input (``"train"``, ``"val"``): the
+            Caffe2 queue, the logs, ``stats()``, ``stop_coordinator(name)`` and
+            errors use it.  Two inputs may feed the same blob names under
+            different names and never mix.
+        max_buffered_batches: the most *chunks* (fetcher results, not batches)
+            waiting between the fetchers and the re-batcher; fetchers block
+            when it is reached.  It bounds the memory of thread workers:
+            lower it when chunks are large (see the memory notes in the
+            migration guide).  Process workers are bounded by their
+            shared-memory ring instead.
+        init_fun: called once as ``init_fun(input_coordinator,
+            global_coordinator)`` in the training process by ``start()``, before
+            any worker starts, e.g. to read ``input_coordinator.get_worker_ids()``.
+            If it raises, ``start()`` raises ``FetcherError`` and starts nothing.
+        external_loggers: objects with a ``log(metrics: dict)`` method; every
+            ``log_interval_secs`` seconds each gets the upstream metric keys
+            (``inputs_per_sec``, ``queue_size``, ``time_elapsed``,
+            ``fetcher_time``, ``enqueue_time``, ``worker_time`` and their
+            ``_count`` keys).  One that raises is logged and skipped.
+        dont_rebatch: if true, each chunk ``fetch_fun`` returns is one batch as it
+            is: blobs keep their own shapes and row counts (``lengths`` of 4
+            beside ``values`` of 10), and ``batch_size`` is only the hint.
+        batch_columns: per blob, the axis its rows run along: ``[1, 1, 0]`` for
+            time-major ``(T, N, ...)`` data beside an ``(N,)`` label.  Default:
+            axis 0 for every blob.
+        timeout: seconds the net's ``DequeueBlobs`` waits for a batch before
+            ``RunNet`` fails: a positive number up to 2147483.5 (about 24.8
+            days), or ``float("inf")`` to wait until a batch comes or the input
+            stops.  A failed or stopped input makes the dequeue fail at once,
+            whatever the timeout.
         worker_type: ``"thread"`` (default) or ``"process"``: fetchers run in
             worker processes and return arrays through shared memory.
             ``fetch_fun`` is sent to them with cloudpickle: lambdas, closures and
@@ -242,7 +352,7 @@ def init_data_input_workers(
             64 MiB); a batch that cannot fit is a ``ChunkValueError``.
         stall_warning_secs: if set, log one warning naming the stuck stage (and,
             for thread workers, the fetchers' stacks) when no batch has moved
-            for this many seconds; see ``data_workers/_core/watchdog.py``.
+            for this many seconds (the stall watchdog in the reliability guide).
         dtypes: the dtype some or all blobs must have, e.g. ``{"data": np.float32,
             "label": np.int32}``: a chunk with another dtype is a ``ChunkTypeError``
             naming the blob, at the first chunk, instead of an error from the
@@ -255,10 +365,19 @@ def init_data_input_workers(
             how many were skipped.  See ``data_workers/_core/budget.py``.
 
     Returns:
-        The global coordinator (the same object for every call).
+        ``data_workers.global_coordinator``, the same object for every call:
+        ``start()``, ``stop()``, ``check()`` and ``stats()`` on it act on every
+        registered input.
 
     Raises:
-        TypeError, ValueError: an argument is invalid (the message names it).
+        TypeError: an argument has the wrong type (``batch_size=True``,
+            ``input_blob_names="data"``, a ``fetch_fun`` that is not callable, or,
+            with ``worker_type="process"``, one that cannot be pickled); the
+            message names the argument.
+        ValueError: an argument has a wrong value (``batch_size=0``, duplicate
+            blob names, ``timeout=0``, ``shm_bytes_per_worker`` without process
+            workers), or a live input already uses the queue this one would
+            create (same name scope, ``input_source_name`` and blob).
     """
     blob_names, timeout = _check_caffe2_args(net, input_blob_names, input_source_name,
                                              init_fun, timeout)

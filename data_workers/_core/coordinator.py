@@ -158,6 +158,11 @@ class WorkerGroup:
         return self.lifecycle.accepts_work
 
     def get_worker_ids(self) -> List[int]:
+        """Every worker id handed out so far, in order.
+
+        Returns:
+            A new list of ints.
+        """
         return list(self.worker_ids)
 
     @property
@@ -354,10 +359,20 @@ class GroupRegistry:
         self.worker_ids: List[int] = []
 
     def add(self, coordinator: WorkerGroup) -> None:
+        """Register a group (upstream internal; ``init_*`` calls it).
+
+        Args:
+            coordinator: the group to start and stop with the others.
+        """
         with self._lock:
             self.groups.append(coordinator)
 
     def get_new_worker_id(self) -> int:
+        """The next unused worker id: ids are unique across every group (upstream internal).
+
+        Returns:
+            0 for the first worker ever created, then 1, 2, ...
+        """
         with self._lock:
             worker_id = self.next_worker_id
             self.next_worker_id += 1
@@ -365,6 +380,11 @@ class GroupRegistry:
             return worker_id
 
     def get_worker_ids(self) -> List[int]:
+        """Every worker id handed out so far, in order.
+
+        Returns:
+            A new list of ints.
+        """
         return list(self.worker_ids)
 
     def _live_groups(self) -> List[WorkerGroup]:
@@ -373,6 +393,10 @@ class GroupRegistry:
 
     def start(self) -> None:
         """Run every group's ``init_fun`` serially, then start every group.
+
+        Call it once, after every ``init_*`` call and ``workspace.CreateNet``; the
+        first call also registers the exit hook that stops workers still running
+        when the interpreter exits.  ``with coordinator:`` calls it on entry.
 
         Raises:
             FetcherError: an ``init_fun`` raised; no group was started.
@@ -385,7 +409,15 @@ class GroupRegistry:
             c.start()
 
     def check(self) -> None:
-        """Raise the first failure of any group that has not been raised yet."""
+        """Raise the first failure of any group that has not been raised yet.
+
+        Cheap enough to call every step.  Each failure is raised once: by
+        ``check()`` or by ``stop()``, whichever comes first.
+
+        Raises:
+            DataInputError: the input's failure (``FetcherError``,
+                ``WorkerDiedError``, ``ChunkTypeError``, ...).
+        """
         for c in self._live_groups():
             c.check()
 
@@ -417,10 +449,16 @@ class GroupRegistry:
     def stop(self, raise_failure: bool = True, timeout: Optional[float] = None) -> bool:
         """Stop every group and forget them.
 
+        Halts every group, then waits for all of them against one deadline,
+        however many are stuck.  Idempotent: a second call returns ``True`` at
+        once.  ``with coordinator:`` calls it on exit, raising the input's failure
+        even when the body raised.
+
         Args:
             raise_failure: raise the first failure not raised yet.
             timeout: seconds for the whole call to wait for workers (default
-                ``STOP_TIMEOUT_SECS``); stuck process workers are then
+                5 s); a thread stuck in your code is left running, its stack
+                logged; stuck process workers are then
                 terminated and killed, which adds at most about 2 s.
 
         Returns:
@@ -437,7 +475,18 @@ class GroupRegistry:
         return self._stop_groups(self._live_groups(), raise_failure, timeout)
 
     def stop_coordinator(self, worker_name: str) -> bool:
-        """Stop and forget the groups named ``worker_name``."""
+        """Stop and forget the groups named ``worker_name``; the others keep running.
+
+        Args:
+            worker_name: the ``input_source_name`` (``worker_name`` for
+                ``parallel_workers``) of the groups to stop, e.g. ``"val"``.
+
+        Returns:
+            True if every worker of those groups ended within 5 s.
+
+        Raises:
+            DataInputError: the first failure of those groups not raised yet.
+        """
         groups = [c for c in self._live_groups() if c.name == worker_name]
         return self._stop_groups(groups, raise_failure=True, timeout=None)
 

@@ -23,9 +23,32 @@ __all__ = ["Metrics", "ExternalLogger", "InputStats", "InputCounters", "CounterS
 
 
 class ExternalLogger(Protocol):
-    """Anything with a ``log(metrics)`` method, e.g. a TensorBoard writer wrapper."""
+    """Anything with a ``log(metrics)`` method, e.g. a TensorBoard writer wrapper.
 
-    def log(self, metrics: Dict[str, Any]) -> None: ...
+    Pass a list of them as ``external_loggers=``.
+
+    Usage::
+
+        class PrintRate:
+            def log(self, metrics):
+                print("inputs/s:", metrics.get("inputs_per_sec"))
+
+        data_workers.init_data_input_workers(net, ["data", "label"], fetch, 32,
+                                             external_loggers=[PrintRate()])
+    """
+
+    def log(self, metrics: Dict[str, Any]) -> None:
+        """Receive the metrics gathered since the last call, every ``log_interval_secs``.
+
+        Called from the input's flusher thread.  An exception is logged and the
+        logger is called again next time; it never stops the input.
+
+        Args:
+            metrics: a new dict the logger may keep: the upstream keys
+                ``inputs_per_sec``, ``queue_size``, ``time_elapsed``,
+                ``fetcher_time``, ``enqueue_time``, ``worker_time`` and their
+                ``_count`` keys (sums and counts since the last call).
+        """
 
 
 class Metrics:
@@ -97,7 +120,7 @@ class InputStats:
     input_source: str
     #: The Caffe2 name scope captured at init (e.g. ``"gpu_0/"``), or ``""``.
     namescope: str
-    #: Lifecycle state name: created, running, broken or stopped.
+    #: Lifecycle state name: created, running, broken, stopping or stopped.
     state: str
     #: ``"thread"`` or ``"process"``.
     worker_type: str
