@@ -49,13 +49,13 @@ compatibility layer over the core, ``_compat.py``.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING as _TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING as _TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 # Names are resolved on first use (PEP 562), so that a worker process, which
 # imports data_workers._workers.child, does not pay for importing Caffe2.
-_EXPORTS: Dict[str, str] = {
+_EXPORTS: dict[str, str] = {
     # upstream caffe2.python.data_workers names
     "init_data_input_workers": "._caffe2.api",
     "global_coordinator": "._caffe2.api",
@@ -120,7 +120,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def __dir__() -> List[str]:
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 

@@ -32,7 +32,7 @@ upstream spelling                         ours
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any
 
 from ._core.coordinator import GroupRegistry, WorkerGroup
 from ._core.exit_hook import register_exit_hook
@@ -45,8 +45,8 @@ class _WorkerCoordinatorNames:
     """Upstream ``WorkerCoordinator`` attribute names."""
 
     name: str
-    worker_ids: List[int]
-    threads: List[Any]
+    worker_ids: list[int]
+    threads: list[Any]
     state: Any
 
     @property
@@ -54,7 +54,7 @@ class _WorkerCoordinatorNames:
         return self.name
 
     @property
-    def _worker_ids(self) -> List[int]:
+    def _worker_ids(self) -> list[int]:
         return self.worker_ids
 
     @property
@@ -62,17 +62,17 @@ class _WorkerCoordinatorNames:
         return self.state
 
     @property
-    def _workers(self) -> List[Any]:
+    def _workers(self) -> list[Any]:
         return self.threads
 
     @_workers.setter
-    def _workers(self, threads: List[Any]) -> None:
+    def _workers(self, threads: list[Any]) -> None:
         self.threads = list(threads)
 
     def _start(self) -> None:
         self.start()  # type: ignore[attr-defined]
 
-    def _stop(self, reason: Optional[str] = None) -> None:
+    def _stop(self, reason: str | None = None) -> None:
         self.begin_stop()  # type: ignore[attr-defined]
 
     def _wait_finish(self, cleanup: Any = None) -> bool:
@@ -82,16 +82,16 @@ class _WorkerCoordinatorNames:
 class _GlobalCoordinatorNames:
     """Upstream ``GlobalWorkerCoordinator`` attribute names."""
 
-    groups: List[Any]
+    groups: list[Any]
     next_worker_id: int
-    worker_ids: List[int]
+    worker_ids: list[int]
 
     @property
-    def _coordinators(self) -> List[Any]:
+    def _coordinators(self) -> list[Any]:
         return self.groups
 
     @_coordinators.setter
-    def _coordinators(self, groups: List[Any]) -> None:
+    def _coordinators(self, groups: list[Any]) -> None:
         self.groups = list(groups)
 
     @property
@@ -99,7 +99,7 @@ class _GlobalCoordinatorNames:
         return self.next_worker_id
 
     @property
-    def _worker_ids(self) -> List[int]:
+    def _worker_ids(self) -> list[int]:
         return self.worker_ids
 
     def register_shutdown_handler(self) -> None:
@@ -113,7 +113,7 @@ class _BatchFeederNames:
 
     namescope: str
     batch_size: int
-    blob_names: List[str]
+    blob_names: list[str]
     input_source: str
 
     @property
@@ -133,7 +133,7 @@ class _BatchFeederNames:
         self.set_batch_size(value)  # type: ignore[attr-defined]
 
     @property
-    def _input_blob_names(self) -> List[str]:
+    def _input_blob_names(self) -> list[str]:
         return self.blob_names
 
     @property

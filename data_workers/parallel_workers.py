@@ -17,7 +17,8 @@ registered at import; ``State`` really is abstract.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable
+from collections.abc import Iterable
 
 from ._core.args import check_positive_int
 from ._compat import GlobalWorkerCoordinator, WorkerCoordinator
@@ -41,9 +42,9 @@ global_coordinator = GlobalWorkerCoordinator()
 
 
 def init_workers(worker_fun: Callable[[int], Any], num_worker_threads: int = 2,
-                 worker_name: str = "train", init_fun: Optional[InitFun] = None,
-                 external_loggers: Optional[Iterable[ExternalLogger]] = None,
-                 shutdown_fun: Optional[Callable[[], None]] = None) -> GlobalWorkerCoordinator:
+                 worker_name: str = "train", init_fun: InitFun | None = None,
+                 external_loggers: Iterable[ExternalLogger] | None = None,
+                 shutdown_fun: Callable[[], None] | None = None) -> GlobalWorkerCoordinator:
     """Create a group of ``num_worker_threads`` threads running ``worker_fun``.
 
     Args:

@@ -49,7 +49,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 

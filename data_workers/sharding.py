@@ -55,7 +55,8 @@ import os
 import tempfile
 import threading
 import weakref
-from typing import Any, Callable, Mapping, Protocol, Sequence, cast
+from typing import Any, Callable, Protocol, cast
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

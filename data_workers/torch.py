@@ -38,7 +38,8 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -69,7 +70,7 @@ _STATE_VERSION = 1
 # coordinators weakly, and a loader its user dropped without close() must still
 # be stopped (and its shared memory released) at interpreter exit.
 _running_lock = threading.RLock()
-_running: Set[GroupRegistry] = set()
+_running: set[GroupRegistry] = set()
 
 
 class Loader:
@@ -188,19 +189,19 @@ class Loader:
         *,
         worker_type: str = "thread",
         deterministic: bool = False,
-        seed: Optional[int] = None,
-        batch_columns: Optional[Sequence[int]] = None,
+        seed: int | None = None,
+        batch_columns: Sequence[int] | None = None,
         dont_rebatch: bool = False,
         max_buffered_batches: int = 800,
         timeout: float = 600,
         pin_memory: bool = False,
-        names: Optional[Sequence[str]] = None,
+        names: Sequence[str] | None = None,
         name: str = "loader",
-        stall_warning_secs: Optional[float] = None,
-        shm_bytes_per_worker: Optional[int] = None,
-        external_loggers: Optional[Iterable[ExternalLogger]] = None,
+        stall_warning_secs: float | None = None,
+        shm_bytes_per_worker: int | None = None,
+        external_loggers: Iterable[ExternalLogger] | None = None,
         log_interval_secs: float = LOG_INT_SECS,
-        dtypes: Optional[Mapping[str, Any]] = None,
+        dtypes: Mapping[str, Any] | None = None,
         max_fetch_failures: FractionOrCount = 0,
     ) -> None:
         blob_names = _check_loader_args(names, name, batch_columns, pin_memory)
@@ -241,7 +242,7 @@ class Loader:
     def __iter__(self) -> "Loader":
         return self
 
-    def __next__(self) -> Tuple[torch.Tensor, ...]:
+    def __next__(self) -> tuple[torch.Tensor, ...]:
         """The next batch.
 
         Raises:
@@ -297,7 +298,7 @@ class Loader:
             self._group.start()  # registers the exit hook; binds a ShardedSource's ids
 
     # -- lifecycle ---------------------------------------------------------------
-    def close(self, timeout: Optional[float] = None) -> bool:
+    def close(self, timeout: float | None = None) -> bool:
         """Stop the fetchers, join them and release every buffer.  Idempotent.
 
         NOTE [ Shutdown and error protocol ] (``_core/coordinator.py``): halts, joins
@@ -339,7 +340,7 @@ class Loader:
         return self._config.batch_size
 
     @property
-    def names(self) -> Tuple[str, ...]:
+    def names(self) -> tuple[str, ...]:
         return tuple(self._config.blob_names)
 
     def __repr__(self) -> str:
@@ -348,7 +349,7 @@ class Loader:
             self._config.worker_type, self._input.lifecycle.value)
 
     # -- checkpoints (the names torchdata's StatefulDataLoader uses) ----------------
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """The position after the batches taken so far, as a plain dict.
 
         Save it with the model's ``state_dict()`` of the same step; a new loader
@@ -409,7 +410,7 @@ class _DatasetLoader(DatasetLoader, Loader):  # type: ignore[misc]
     def _make_run(self, fetch: Any, *args: Any, **kwargs: Any) -> Loader:
         return Loader(fetch, *args, **kwargs)
 
-    def _engine_counters(self, run: Any) -> Tuple[InputCounters, Metrics]:
+    def _engine_counters(self, run: Any) -> tuple[InputCounters, Metrics]:
         return run._input.feeder.counters, run._input.metrics
 
 
@@ -418,7 +419,7 @@ _ARG_NAMES = ArgNames(blob_names="names", num_workers="num_workers")
 
 
 def _check_loader_args(names: Any, name: Any, batch_columns: Any,
-                       pin_memory: Any) -> Tuple[str, ...]:
+                       pin_memory: Any) -> tuple[str, ...]:
     """The checks only the Loader has; ``check_input_args`` makes the shared ones.
 
     Returns:

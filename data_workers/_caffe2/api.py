@@ -10,7 +10,8 @@ import logging
 import math
 import numbers
 import time
-from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable
+from collections.abc import Iterable, Mapping, Sequence
 
 from caffe2.proto import caffe2_pb2
 from caffe2.python import core, scope
@@ -32,7 +33,7 @@ __all__ = ["GlobalCoordinator", "global_coordinator", "init_data_input_workers",
 logger = logging.getLogger(__name__)
 
 
-def get_worker_ids(num_workers: int) -> List[int]:
+def get_worker_ids(num_workers: int) -> list[int]:
     """``[0, ..., num_workers - 1]`` (upstream helper).
 
     Args:
@@ -63,9 +64,9 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
         #: importing torch, copying a batch...).  The registry has forgotten them,
         #: but the enqueuer may still touch their workspace's blobs: a reset of
         #: that workspace waits for it (NOTE [ Shutdown and error protocol ], rule 9).
-        self._unjoined: List[InputCoordinator] = []
+        self._unjoined: list[InputCoordinator] = []
 
-    def inputs(self) -> List[InputCoordinator]:
+    def inputs(self) -> list[InputCoordinator]:
         """The registered inputs, one per ``init_data_input_workers`` call not yet stopped.
 
         Returns:
@@ -79,8 +80,8 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
         finally:
             _start_watch.settle()  # started inputs need no start watch
 
-    def _stop_groups(self, groups: List[Any], raise_failure: bool,
-                     timeout: Optional[float]) -> bool:
+    def _stop_groups(self, groups: list[Any], raise_failure: bool,
+                     timeout: float | None) -> bool:
         try:
             return super()._stop_groups(groups, raise_failure, timeout)
         finally:
@@ -126,7 +127,7 @@ class GlobalCoordinator(GlobalWorkerCoordinator):
                 "refusing to reset Caffe2 workspace %r: the enqueuer of input(s) %s is still "
                 "running inside it and would write to freed memory" % (workspace_name, stuck))
 
-    def stats(self) -> Tuple[InputStats, ...]:
+    def stats(self) -> tuple[InputStats, ...]:
         """A frozen snapshot of every registered input's counters.
 
         Returns:
@@ -174,7 +175,7 @@ global_coordinator = GlobalCoordinator()
 
 
 def _check_caffe2_args(net: Any, input_blob_names: Any, input_source_name: Any,
-                       init_fun: Any, timeout: Any) -> Tuple[Tuple[str, ...], float]:
+                       init_fun: Any, timeout: Any) -> tuple[tuple[str, ...], float]:
     """The checks only the Caffe2 front end has; ``check_input_args`` makes the rest.
 
     Returns:
@@ -242,19 +243,19 @@ def init_data_input_workers(
     num_worker_threads: int = 2,
     input_source_name: str = "train",
     max_buffered_batches: int = 800,
-    init_fun: Optional[InitFun] = None,
-    external_loggers: Optional[Iterable[ExternalLogger]] = None,
+    init_fun: InitFun | None = None,
+    external_loggers: Iterable[ExternalLogger] | None = None,
     dont_rebatch: bool = False,
-    batch_columns: Optional[Sequence[int]] = None,
+    batch_columns: Sequence[int] | None = None,
     timeout: float = 600,
     *,
     worker_type: str = "thread",
     deterministic: bool = False,
-    seed: Optional[int] = None,
+    seed: int | None = None,
     log_interval_secs: float = LOG_INT_SECS,
-    stall_warning_secs: Optional[float] = None,
-    shm_bytes_per_worker: Optional[int] = None,
-    dtypes: Optional[Mapping[str, Any]] = None,
+    stall_warning_secs: float | None = None,
+    shm_bytes_per_worker: int | None = None,
+    dtypes: Mapping[str, Any] | None = None,
     max_fetch_failures: FractionOrCount = 0,
 ) -> GlobalCoordinator:
     """Feed ``input_blob_names`` of ``net`` from ``fetch_fun``, in the current scopes.

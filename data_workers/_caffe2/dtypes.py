@@ -34,7 +34,7 @@ below to ``core.DataType`` values.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +44,7 @@ __all__ = ["TENSOR_DTYPES", "CAFFE2_DTYPE_RULE", "SUPPORTED_DTYPES_TEXT", "unsup
 
 #: numpy dtype -> name of the ``caffe2.python.core.DataType`` a blob of it holds.
 #: Native byte order only: ``np.dtype(">f8")`` is not equal to any key.
-TENSOR_DTYPES: Dict[np.dtype, str] = {
+TENSOR_DTYPES: dict[np.dtype, str] = {
     np.dtype(np.bool_): "BOOL",
     np.dtype(np.int8): "INT8",
     np.dtype(np.int16): "INT16",
@@ -58,7 +58,7 @@ TENSOR_DTYPES: Dict[np.dtype, str] = {
 }
 
 
-def unsupported_element(item: Any) -> Optional[str]:
+def unsupported_element(item: Any) -> str | None:
     """Why an element of an object array cannot go into a string tensor, or None if it can."""
     if isinstance(item, bytes):
         return None

@@ -36,7 +36,8 @@ import sys
 import threading
 import warnings
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable
+from collections.abc import Sequence
 
 import numpy as np
 from caffe2.proto import caffe2_pb2
@@ -73,12 +74,12 @@ class Caffe2Names:
     """The workspace blobs and net one input creates besides the user's output blobs."""
 
     queue: str
-    scratch: Tuple[str, ...]
+    scratch: tuple[str, ...]
     status: str
     #: The enqueue net's requested name (core.Net may make it unique).
     net: str
 
-    def all_blobs(self) -> Tuple[str, ...]:
+    def all_blobs(self) -> tuple[str, ...]:
         return (self.queue,) + self.scratch + (self.status,)
 
 
@@ -96,7 +97,7 @@ def caffe2_names(blob_names: Sequence[str], namescope: str, input_source: str) -
         net="data_workers_enqueue/" + queue)
 
 
-def caffe2_dtype(dtype: np.dtype) -> Optional[int]:
+def caffe2_dtype(dtype: np.dtype) -> int | None:
     """The Caffe2 tensor type a numpy dtype maps to without conversion, or None."""
     return _DTYPES.get(np.dtype(dtype))
 
@@ -165,7 +166,7 @@ def is_gpu(device_option: caffe2_pb2.DeviceOption) -> bool:
 
 
 #: Weak references to lent arrays Caffe2 has not dropped yet (``_Lease``).
-_LIVE_LEASE_REFS: Dict[int, Any] = {}
+_LIVE_LEASE_REFS: dict[int, Any] = {}
 
 
 class _Lease:
@@ -247,9 +248,9 @@ class Caffe2Feed:
         # from here.
         self._stat_base = self._queue_stats()
         #: (last raw read_time_ns, nanoseconds waited up to it): one consistent pair.
-        self._waited: Tuple[int, int] = (self._stat_base[1], 0)
+        self._waited: tuple[int, int] = (self._stat_base[1], 0)
 
-    def _queue_stats(self) -> Tuple[int, int]:
+    def _queue_stats(self) -> tuple[int, int]:
         """(queue_balance, read_time_ns sum) of this queue in Caffe2's statistics.
 
         ``queue_balance`` falls by one at every read attempt and rises by one at
@@ -335,7 +336,7 @@ class Caffe2Feed:
             name=dequeue_op_name(self.input_source))
         return True
 
-    def destinations(self, layout: BatchLayout) -> List[np.ndarray]:
+    def destinations(self, layout: BatchLayout) -> list[np.ndarray]:
         """Arrays the next batch is written into, one per blob.
 
         On the CPU path these are views of the scratch blobs' own memory.
@@ -383,7 +384,7 @@ class Caffe2Feed:
         self._lend_asks += 1
         return _torch_ready(start_import=self._lend_asks > 1)
 
-    def lend(self, arrays: List[np.ndarray], release: Callable[[], None]) -> bool:
+    def lend(self, arrays: list[np.ndarray], release: Callable[[], None]) -> bool:
         """Enqueue shared-memory arrays uncopied (``_core.sink.LendingSink``).
 
         Each array becomes a torch tensor over the same memory, fed to a scratch
@@ -482,7 +483,7 @@ class Caffe2Feed:
                     blob.feed(private)
         self._remove_objects([self.status_blob] + self.scratch)
 
-    def _slot_blobs(self) -> List[str]:
+    def _slot_blobs(self) -> list[str]:
         """The blobs ``CreateBlobsQueue`` made for its slots (``<queue>_<slot>_<blob>``)."""
         return ["%s_%d_%d" % (self.queue_name, i, j)
                 for i in range(C2_QUEUE_CAPACITY) for j in range(len(self.outputs))]

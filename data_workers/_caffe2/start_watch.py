@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Optional
 
 from .._core.lifecycle import Lifecycle
 
@@ -44,11 +44,11 @@ WARN_SECS = 1.0
 POLL_SECS = 0.25
 
 _lock = threading.Lock()
-_Entry = Tuple["weakref.ref[Any]", Callable[[Any], bool], List[Optional[float]]]
+_Entry = tuple["weakref.ref[Any]", Callable[[Any], bool], list[Optional[float]]]
 #: (input coordinator, whether its registry still holds it, when a read
 #: attempt was first seen) per watched input.
-_watched: List[_Entry] = []
-_thread: Optional[threading.Thread] = None
+_watched: list[_Entry] = []
+_thread: threading.Thread | None = None
 #: Set to make the thread look now (settle()).
 _wake = threading.Event()
 
@@ -64,7 +64,7 @@ def watch(coordinator: Any, registered: Callable[[Any], bool]) -> None:
             _thread.start()
 
 
-def _watched_input(entry: _Entry) -> Optional[Any]:
+def _watched_input(entry: _Entry) -> Any | None:
     """The entry's input if it is still to be watched, else None."""
     coordinator = entry[0]()
     if coordinator is None or coordinator.lifecycle is not Lifecycle.CREATED \
@@ -112,7 +112,7 @@ def _run() -> None:
                 return
 
 
-def _check(coordinator: Any, seen: List[Optional[float]]) -> bool:
+def _check(coordinator: Any, seen: list[float | None]) -> bool:
     """Warn if a net has tried to dequeue from ``coordinator`` for WARN_SECS; True once warned."""
     feed = coordinator.feeder.sink
     if feed.read_attempts() <= 0:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Optional, Sequence
+from typing import Optional
+from collections.abc import Sequence
 
 __all__ = ["main"]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m data_workers",

@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 import warnings
-from typing import Callable, List, Tuple
+from typing import Callable
 
 import numpy as np
 
@@ -26,12 +26,12 @@ __all__ = ["run_doctor"]
 _SHM_LOW_BYTES = 64 << 20
 
 
-def _self_test_fetch(worker_id: int, batch_size: int) -> List[np.ndarray]:
+def _self_test_fetch(worker_id: int, batch_size: int) -> list[np.ndarray]:
     rows = 1 + worker_id % 3
     return [np.full((rows, 4), worker_id, np.float32), np.arange(rows, dtype=np.int32)]
 
 
-def _versions() -> List[Tuple[str, str]]:
+def _versions() -> list[tuple[str, str]]:
     lines = [("python", "%s (%s)" % (platform.python_version(), sys.executable)),
              ("numpy", np.__version__)]
     try:
@@ -65,7 +65,7 @@ def _check_pidfd() -> str:
 
 def run_doctor(seconds: float) -> int:
     """The ``doctor`` command; returns the exit status (0: all well, 1: a problem)."""
-    problems: List[str] = []
+    problems: list[str] = []
     for name, value in _versions():
         print("%-10s %s" % (name, value))
     print("%-10s %d usable of %s" % ("cores", usable_cores(), os.cpu_count()))
@@ -78,7 +78,7 @@ def run_doctor(seconds: float) -> int:
                   "workers use memfd). In Docker: --shm-size=1g")
     except OSError as exc:
         print("%-10s missing (%s)" % ("/dev/shm", exc))
-    checks: List[Tuple[str, Callable[[], str], str, bool]] = [
+    checks: list[tuple[str, Callable[[], str], str, bool]] = [
         ("memfd", _check_memfd, "process workers need os.memfd_create (Linux 3.17+, Python "
          "3.8+): use worker_type='thread' here, or a newer kernel", True),
         ("pidfd", _check_pidfd, "without pidfd_open (Linux 5.3+) a dead worker process is "

@@ -25,7 +25,8 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -43,7 +44,7 @@ class Measured:
     num_workers: int
     rows_per_sec: float
     #: Resident memory of the worker processes together (process workers only).
-    workers_rss_mb: Optional[float] = None
+    workers_rss_mb: float | None = None
 
 
 def load_target(target: str) -> Callable[[int, int], Any]:
@@ -107,7 +108,7 @@ def _probe_steps(seconds: float, busy: Callable[[], None]) -> int:
 
 
 def measure_alone(fetch: Callable[[int, int], Any], batch_size: int,
-                  seconds: float) -> Dict[str, Any]:
+                  seconds: float) -> dict[str, Any]:
     """FUNC called in this thread for ``seconds``: rows/s, per call, bytes per row, GIL."""
     first = fetch(0, batch_size)
     arrays = [np.asarray(a) for a in first] if isinstance(first, (list, tuple)) else []
@@ -145,7 +146,7 @@ def measure_alone(fetch: Callable[[int, int], Any], batch_size: int,
     }
 
 
-def _rss_mb(pids: Sequence[int]) -> Optional[float]:
+def _rss_mb(pids: Sequence[int]) -> float | None:
     total = 0
     for pid in pids:
         try:
@@ -193,7 +194,7 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def run_profile(target: str, batch_size: int, seconds: float, max_workers: Optional[int],
+def run_profile(target: str, batch_size: int, seconds: float, max_workers: int | None,
                 as_json: bool) -> int:
     """The ``profile`` command; returns the exit status."""
     try:
@@ -203,7 +204,7 @@ def run_profile(target: str, batch_size: int, seconds: float, max_workers: Optio
         print("profile: %s: %s" % (type(exc).__name__, exc), file=sys.stderr)
         return 2
     top = max_workers or usable_cores()
-    table: List[Measured] = [Measured("alone", 1, alone["rows_per_sec"])]
+    table: list[Measured] = [Measured("alone", 1, alone["rows_per_sec"])]
     for worker_type in ("thread", "process"):
         for n in range(1, top + 1):
             table.append(loader_rows_per_sec(fetch, batch_size, n, worker_type, seconds,

@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import Any, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Literal, overload
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -30,7 +31,7 @@ __all__ = ["check_int", "check_positive_int", "check_positive_seconds", "check_b
            "check_max_fetch_failures", "check_dtypes"]
 
 
-def check_int(name: str, value: Any, *, minimum: Optional[int] = None) -> int:
+def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     """``value`` as a plain ``int``.
 
     Raises:
@@ -54,10 +55,10 @@ def check_positive_int(name: str, value: Any, *, or_none: Literal[False] = ...) 
 
 
 @overload
-def check_positive_int(name: str, value: Any, *, or_none: bool) -> Optional[int]: ...
+def check_positive_int(name: str, value: Any, *, or_none: bool) -> int | None: ...
 
 
-def check_positive_int(name: str, value: Any, *, or_none: bool = False) -> Optional[int]:
+def check_positive_int(name: str, value: Any, *, or_none: bool = False) -> int | None:
     """``value`` as a plain ``int`` >= 1 (or None, if ``or_none`` and it is None).
 
     Raises:
@@ -81,10 +82,10 @@ def check_positive_seconds(name: str, value: Any, *, or_none: Literal[False] = .
 
 
 @overload
-def check_positive_seconds(name: str, value: Any, *, or_none: bool) -> Optional[float]: ...
+def check_positive_seconds(name: str, value: Any, *, or_none: bool) -> float | None: ...
 
 
-def check_positive_seconds(name: str, value: Any, *, or_none: bool = False) -> Optional[float]:
+def check_positive_seconds(name: str, value: Any, *, or_none: bool = False) -> float | None:
     """``value`` as a ``float`` > 0; ``inf`` is allowed (or None, if ``or_none``).
 
     Raises:
@@ -111,7 +112,7 @@ def _is_integral(value: Any) -> bool:
     return True
 
 
-def check_batch_columns(batch_columns: Any, blob_names: Sequence[str]) -> List[int]:
+def check_batch_columns(batch_columns: Any, blob_names: Sequence[str]) -> list[int]:
     """One batch column per blob, as plain ``int`` s (all 0 if ``batch_columns`` is None).
 
     Raises:
@@ -131,7 +132,7 @@ def check_batch_columns(batch_columns: Any, blob_names: Sequence[str]) -> List[i
     return columns
 
 
-def check_max_fetch_failures(value: Any) -> Union[int, float]:
+def check_max_fetch_failures(value: Any) -> int | float:
     """``max_fetch_failures`` as an ``int`` >= 0 or a ``float`` in (0, 1)
     (``_core/budget.py``).  Unlike other counts, an integral float (``2.0``) is refused:
     it would read as a fraction.
@@ -154,7 +155,7 @@ def check_max_fetch_failures(value: Any) -> Union[int, float]:
     return fraction
 
 
-def check_dtypes(dtypes: Any, blob_names: Sequence[str]) -> Optional[Tuple[Optional[np.dtype], ...]]:
+def check_dtypes(dtypes: Any, blob_names: Sequence[str]) -> tuple[np.dtype | None, ...] | None:
     """The expected dtype of each blob (None: any), or None if ``dtypes`` is None.
 
     Args:
@@ -175,7 +176,7 @@ def check_dtypes(dtypes: Any, blob_names: Sequence[str]) -> Optional[Tuple[Optio
     if unknown:
         raise ValueError("dtypes names %r, which is not one of the blobs %s"
                          % (unknown[0], list(blob_names)))
-    expected: List[Optional[np.dtype]] = []
+    expected: list[np.dtype | None] = []
     for name in blob_names:
         if name not in dtypes:
             expected.append(None)

@@ -24,7 +24,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import threading
-from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Protocol
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -51,9 +52,9 @@ class BackendSpec:
     batch_columns: Sequence[int]
     dont_rebatch: bool
     #: Base seed of process workers (worker i seeds with ``seed + i``); None: random.
-    seed: Optional[int]
+    seed: int | None
     #: Shared memory per process worker; None: the backend's default.
-    shm_bytes_per_worker: Optional[int]
+    shm_bytes_per_worker: int | None
     #: The sink's dtypes, which process workers check before sending a chunk.
     dtype_rule: DtypeRule
     #: One chunk from each worker in turn (the channel's order).
@@ -62,26 +63,26 @@ class BackendSpec:
     #: ``skip_fetch_failure`` instead of failing the worker at once.
     skip_fetch_failures: bool = False
     #: The dtype each blob must have (None: any); checked where chunks are validated.
-    dtypes: Optional[Tuple[Optional[np.dtype], ...]] = None
+    dtypes: tuple[np.dtype | None, ...] | None = None
 
 
 class ChunkSource(Protocol):
     """What the enqueuer takes chunks from: the input's channel (``_core/channel.py``),
     or a backend that hands whole batches over itself (``FetcherBackend.batch_source``)."""
 
-    def get_ready(self, timeout: Optional[float] = None, want_rows: int = 1) -> List[Chunk]:
+    def get_ready(self, timeout: float | None = None, want_rows: int = 1) -> list[Chunk]:
         """Chunks ready now, waiting up to ``timeout`` for one; empty once closed."""
 
     def close(self) -> None:
         """Wake a waiting ``get_ready``; it returns empty from now on.  Never blocks."""
 
-    def drain(self) -> List[Chunk]:
+    def drain(self) -> list[Chunk]:
         """Remove and return what is still buffered (the owner releases it)."""
 
     def depth(self) -> int:
         """Chunks buffered; lock-free (``stats()`` and a signal handler read it)."""
 
-    def waiting_for(self) -> Optional[int]:
+    def waiting_for(self) -> int | None:
         """The worker whose chunk must come next, if only one will do."""
 
 
@@ -92,7 +93,7 @@ class FetcherHost(Protocol):
     def name(self) -> str: ...
 
     @property
-    def worker_ids(self) -> List[int]: ...
+    def worker_ids(self) -> list[int]: ...
 
     @property
     def metrics(self) -> Metrics: ...
@@ -110,7 +111,7 @@ class FetcherHost(Protocol):
     def add_batch_size_hook(self, hook: Callable[[int], None]) -> None:
         """Call ``hook(new_size)`` whenever the batch size changes."""
 
-    def accept(self, worker_id: int, output: Any, chunks: int = 1) -> Optional[Chunk]:
+    def accept(self, worker_id: int, output: Any, chunks: int = 1) -> Chunk | None:
         """Validate and count fetcher output (``chunks`` fetcher results assembled
         into one); None if skipped.  Raises Chunk*Error."""
 
@@ -140,7 +141,7 @@ class FetcherBackend(abc.ABC):
     """Runs ``fetch_fun`` for every worker id of one input."""
 
     #: Threads the backend runs in the trainer (upstream's ``coordinator._workers``).
-    threads: List[threading.Thread]
+    threads: list[threading.Thread]
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -162,11 +163,11 @@ class FetcherBackend(abc.ABC):
     def close(self) -> None:
         """Release OS resources (sockets, shared memory).  Idempotent."""
 
-    def pids(self) -> List[Optional[int]]:
+    def pids(self) -> list[int | None]:
         """Process ids of the workers, for messages (empty for threads)."""
         return []
 
-    def batch_source(self) -> Optional[ChunkSource]:
+    def batch_source(self) -> ChunkSource | None:
         """Where the enqueuer reads chunks itself, instead of the host's channel.
 
         Fixed when the backend is built.  A backend that returns a source gets
@@ -177,5 +178,5 @@ class FetcherBackend(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def locations(self, only: Optional[int] = None) -> str:
+    def locations(self, only: int | None = None) -> str:
         """Where the workers are (``only``: that worker id), for the stall watchdog."""

@@ -33,7 +33,7 @@ import logging
 import math
 import threading
 import time
-from typing import Optional, Union
+from typing import Union
 
 from .metrics import InputCounters, Metrics
 
@@ -78,8 +78,8 @@ class FetchFailureBudget:
     def enabled(self) -> bool:
         return self.limit != 0
 
-    def charge(self, worker_id: int, exc: BaseException, calls: Optional[int] = None,
-               what: Optional[str] = None) -> bool:
+    def charge(self, worker_id: int, exc: BaseException, calls: int | None = None,
+               what: str | None = None) -> bool:
         """Count one exception of ``fetch_fun``; True if it is skipped (within budget).
 
         ``exc`` carries the remote traceback as ``__cause__`` for process workers;

@@ -19,7 +19,8 @@ not import them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable
+from collections.abc import Iterable, Sequence
 
 from .args import (check_batch_columns, check_dtypes, check_int, check_max_fetch_failures,
                    check_positive_int, check_positive_seconds)
@@ -43,7 +44,7 @@ class ArgNames:
     num_workers: str = "num_worker_threads"
 
 
-def check_blob_names(blob_names: Any, arg: str, noun: str = "blob") -> Tuple[str, ...]:
+def check_blob_names(blob_names: Any, arg: str, noun: str = "blob") -> tuple[str, ...]:
     """``blob_names`` as a tuple: a non-empty list of distinct, non-empty str.
 
     Args:
@@ -135,11 +136,11 @@ def check_input_args(
 
 
 def build_input(config: InputConfig, fetch_fun: FetchFun, sink: BatchSink,
-                backends: BackendFactory, *, worker_ids: List[int],
-                init_fun: Optional[InitFun] = None,
-                external_loggers: Optional[Iterable[ExternalLogger]] = None,
-                input_type: Type[InputCoordinator] = InputCoordinator,
-                stage_type: Type[BatchStage] = BatchStage) -> InputCoordinator:
+                backends: BackendFactory, *, worker_ids: list[int],
+                init_fun: InitFun | None = None,
+                external_loggers: Iterable[ExternalLogger] | None = None,
+                input_type: type[InputCoordinator] = InputCoordinator,
+                stage_type: type[BatchStage] = BatchStage) -> InputCoordinator:
     """The input: its backend (not started), feeder and coordinator, feeding ``sink``.
 
     ``input_type`` and ``stage_type`` let the Caffe2 front end build the

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Deque, Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 from .chunk import Chunk
 
@@ -58,7 +58,7 @@ class ChunkChannel:
         """Remove the next chunk and wake one producer that may now have room."""
         raise NotImplementedError
 
-    def _all_view(self) -> List[Chunk]:
+    def _all_view(self) -> list[Chunk]:
         raise NotImplementedError
 
     def _clear(self) -> None:
@@ -68,7 +68,7 @@ class ChunkChannel:
         raise NotImplementedError
 
     # -- public ---------------------------------------------------------------
-    def put(self, chunk: Chunk, timeout: Optional[float] = None) -> bool:
+    def put(self, chunk: Chunk, timeout: float | None = None) -> bool:
         """Block until there is room, then add the chunk.
 
         A failure marker (``chunk.failure``) never waits for room: a failing
@@ -89,7 +89,7 @@ class ChunkChannel:
             self._not_empty.notify()
             return True
 
-    def get_ready(self, timeout: Optional[float] = None, want_rows: int = 1) -> List[Chunk]:
+    def get_ready(self, timeout: float | None = None, want_rows: int = 1) -> list[Chunk]:
         """Chunks that can leave now, in channel order, waiting for at least one.
 
         Takes chunks until they hold ``want_rows`` rows or none is ready, so the
@@ -117,7 +117,7 @@ class ChunkChannel:
             self._not_empty.notify_all()
             self._wake_all_producers()
 
-    def drain(self) -> List[Chunk]:
+    def drain(self) -> list[Chunk]:
         """Remove and return everything still buffered."""
         with self._lock:
             left = self._all_view()
@@ -133,7 +133,7 @@ class ChunkChannel:
     def _count(self) -> int:
         raise NotImplementedError
 
-    def waiting_for(self) -> Optional[int]:
+    def waiting_for(self) -> int | None:
         """The worker whose chunk the consumer needs next, if only one will do (else None)."""
         return None
 
@@ -144,7 +144,7 @@ class FifoChannel(ChunkChannel):
     def __init__(self, capacity: int) -> None:
         super().__init__()
         self._capacity = capacity
-        self._items: Deque[Chunk] = collections.deque()
+        self._items: collections.deque[Chunk] = collections.deque()
         self._not_full = threading.Condition(self._lock)
 
     def _not_full_for(self, chunk: Chunk) -> threading.Condition:
@@ -163,7 +163,7 @@ class FifoChannel(ChunkChannel):
         self._not_full.notify()  # one slot freed: one producer may proceed
         return self._items.popleft()
 
-    def _all_view(self) -> List[Chunk]:
+    def _all_view(self) -> list[Chunk]:
         return list(self._items)
 
     def _count(self) -> int:
@@ -188,8 +188,8 @@ class RoundRobinChannel(ChunkChannel):
         self._order = list(worker_ids)
         self._turn = 0
         self._capacity = capacity_per_worker
-        self._items: Dict[int, Deque[Chunk]] = {w: collections.deque() for w in self._order}
-        self._not_full: Dict[int, threading.Condition] = {
+        self._items: dict[int, collections.deque[Chunk]] = {w: collections.deque() for w in self._order}
+        self._not_full: dict[int, threading.Condition] = {
             w: threading.Condition(self._lock) for w in self._order}
 
     def _not_full_for(self, chunk: Chunk) -> threading.Condition:
@@ -210,7 +210,7 @@ class RoundRobinChannel(ChunkChannel):
         self._not_full[worker].notify()
         return self._items[worker].popleft()
 
-    def _all_view(self) -> List[Chunk]:
+    def _all_view(self) -> list[Chunk]:
         return [c for w in self._order for c in self._items[w]]
 
     def _count(self) -> int:
@@ -224,7 +224,7 @@ class RoundRobinChannel(ChunkChannel):
         for cond in self._not_full.values():
             cond.notify_all()
 
-    def waiting_for(self) -> Optional[int]:
+    def waiting_for(self) -> int | None:
         with self._lock:
             worker = self._order[self._turn]
             return None if self._items[worker] else worker

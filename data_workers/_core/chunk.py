@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable, List, Optional
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -25,17 +25,17 @@ class Chunk:
     """
 
     worker_id: int
-    arrays: List[np.ndarray]
+    arrays: list[np.ndarray]
     rows: int
     #: Called once every row has been copied out (process workers use it to
     #: hand the shared-memory space back to the child).
-    release: Optional[Callable[[], None]] = None
+    release: Callable[[], None] | None = None
     #: Process workers: asks whether this chunk, a whole batch in shared
     #: memory, may go to the sink uncopied.
-    lend: Optional[Callable[[], bool]] = None
+    lend: Callable[[], bool] | None = None
     #: Set on a failure marker: the worker's failure, raised once every whole
     #: batch of the rows queued before it has been handed to the sink.
-    failure: Optional["DataInputError"] = None
+    failure: "DataInputError" | None = None
 
     def done(self) -> None:
         if self.release is not None:

@@ -97,7 +97,7 @@ import numbers
 import os
 import threading
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable
 
 from .errors import DataInputError, FetcherError, InputClosedError, PipelineError
 from .exit_hook import register_exit_hook
@@ -131,21 +131,21 @@ class WorkerGroup:
         shutdown_fun: called once when a started group stops.
     """
 
-    def __init__(self, worker_name: str, worker_ids: List[int], init_fun: Optional[InitFun],
-                 state: Any = None, shutdown_fun: Optional[Callable[[], None]] = None) -> None:
+    def __init__(self, worker_name: str, worker_ids: list[int], init_fun: InitFun | None,
+                 state: Any = None, shutdown_fun: Callable[[], None] | None = None) -> None:
         self.name = worker_name
         self.worker_ids = list(worker_ids)
         self.init_fun = init_fun
         self.state = state
         self.shutdown_fun = shutdown_fun
-        self.threads: List[threading.Thread] = []
+        self.threads: list[threading.Thread] = []
         self.lifecycle = Lifecycle.CREATED
         # Reentrant: see NOTE [ Shutdown and error protocol ], rule 7.
         self._lock = threading.RLock()
         self._init_lock = threading.Lock()
-        self._failure: Optional[DataInputError] = None
+        self._failure: DataInputError | None = None
         #: A worker's failure on its way behind the data before it (rule 10).
-        self._pending_failure: Optional[DataInputError] = None
+        self._pending_failure: DataInputError | None = None
         self._failure_raised = False
         self._initialized = False
         self._was_started = False
@@ -157,7 +157,7 @@ class WorkerGroup:
         """True while workers should keep working."""
         return self.lifecycle.accepts_work
 
-    def get_worker_ids(self) -> List[int]:
+    def get_worker_ids(self) -> list[int]:
         """Every worker id handed out so far, in order.
 
         Returns:
@@ -166,7 +166,7 @@ class WorkerGroup:
         return list(self.worker_ids)
 
     @property
-    def failure(self) -> Optional[DataInputError]:
+    def failure(self) -> DataInputError | None:
         """The group's failure, or a worker's failure still behind its data (rule 10)."""
         return self._failure or self._pending_failure
 
@@ -281,7 +281,7 @@ class WorkerGroup:
             if self._failure is None:
                 self._failure = err
 
-    def stop(self, timeout: Optional[float] = None) -> bool:
+    def stop(self, timeout: float | None = None) -> bool:
         """Halt, join and clean up this group alone.  Idempotent.
 
         Returns:
@@ -291,7 +291,7 @@ class WorkerGroup:
         self.begin_stop()
         return self.finish_stop(started + _timeout(timeout), started)
 
-    def _take_unreported(self) -> Optional[DataInputError]:
+    def _take_unreported(self) -> DataInputError | None:
         """The failure if nobody reported it yet, marking it reported; else None."""
         with self._lock:
             if self._failure is None or self._failure_raised:
@@ -337,7 +337,7 @@ class WorkerGroup:
             self.state.cleanup()
 
 
-def _timeout(timeout: Optional[float]) -> float:
+def _timeout(timeout: float | None) -> float:
     if timeout is None:
         return STOP_TIMEOUT_SECS
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
@@ -354,9 +354,9 @@ class GroupRegistry:
     def __init__(self) -> None:
         # Reentrant: see NOTE [ Shutdown and error protocol ], rule 7.
         self._lock = threading.RLock()
-        self.groups: List[WorkerGroup] = []
+        self.groups: list[WorkerGroup] = []
         self.next_worker_id = 0
-        self.worker_ids: List[int] = []
+        self.worker_ids: list[int] = []
 
     def add(self, coordinator: WorkerGroup) -> None:
         """Register a group (upstream internal; ``init_*`` calls it).
@@ -379,7 +379,7 @@ class GroupRegistry:
             self.worker_ids.append(worker_id)
             return worker_id
 
-    def get_worker_ids(self) -> List[int]:
+    def get_worker_ids(self) -> list[int]:
         """Every worker id handed out so far, in order.
 
         Returns:
@@ -387,7 +387,7 @@ class GroupRegistry:
         """
         return list(self.worker_ids)
 
-    def _live_groups(self) -> List[WorkerGroup]:
+    def _live_groups(self) -> list[WorkerGroup]:
         with self._lock:
             return [c for c in self.groups if c.owned_here()]
 
@@ -421,8 +421,8 @@ class GroupRegistry:
         for c in self._live_groups():
             c.check()
 
-    def _stop_groups(self, groups: List[WorkerGroup], raise_failure: bool,
-                     timeout: Optional[float]) -> bool:
+    def _stop_groups(self, groups: list[WorkerGroup], raise_failure: bool,
+                     timeout: float | None) -> bool:
         """NOTE [ Shutdown and error protocol ], rules 4-6: halt all, join all, clean, forget."""
         started = time.monotonic()
         deadline = started + _timeout(timeout)
@@ -446,7 +446,7 @@ class GroupRegistry:
             first.check()
         return success
 
-    def stop(self, raise_failure: bool = True, timeout: Optional[float] = None) -> bool:
+    def stop(self, raise_failure: bool = True, timeout: float | None = None) -> bool:
         """Stop every group and forget them.
 
         Halts every group, then waits for all of them against one deadline,

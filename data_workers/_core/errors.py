@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import types
-from typing import Any, Optional, Type, TypeVar
+from typing import Any, TypeVar
 
 __all__ = [
     "DataInputError",
@@ -46,18 +46,18 @@ class DataInputError(Exception):
         worker_id: the global worker id involved, if any.
     """
 
-    input_source: Optional[str] = None
-    worker_id: Optional[int] = None
+    input_source: str | None = None
+    worker_id: int | None = None
 
-    def where(self, input_source: Optional[str], worker_id: Optional[int]) -> "DataInputError":
+    def where(self, input_source: str | None, worker_id: int | None) -> "DataInputError":
         """Attach the location of the failure and return self (for chaining)."""
         self.input_source = input_source
         self.worker_id = worker_id
         return self
 
     @classmethod
-    def wrapping(cls: Type[E], exc: BaseException, context: str, input_source: Optional[str],
-                 worker_id: Optional[int], note: str = "") -> E:
+    def wrapping(cls: type[E], exc: BaseException, context: str, input_source: str | None,
+                 worker_id: int | None, note: str = "") -> E:
         """A new error of this class for ``exc``, which becomes its ``__cause__``.
 
         The message is ``context`` followed by the exception's type and text, then
@@ -83,8 +83,8 @@ class WorkerDiedError(DataInputError):
         signal_name: e.g. ``"SIGKILL"`` when killed by a signal, else ``None``.
     """
 
-    def __init__(self, message: str, pid: Optional[int] = None,
-                 exitcode: Optional[int] = None, signal_name: Optional[str] = None) -> None:
+    def __init__(self, message: str, pid: int | None = None,
+                 exitcode: int | None = None, signal_name: str | None = None) -> None:
         super().__init__(message)
         self.pid = pid
         self.exitcode = exitcode

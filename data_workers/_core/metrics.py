@@ -15,7 +15,8 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Dict, Iterable, NamedTuple, Optional, Protocol, Tuple
+from typing import Any, NamedTuple, Protocol
+from collections.abc import Iterable
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class ExternalLogger(Protocol):
                                              external_loggers=[PrintRate()])
     """
 
-    def log(self, metrics: Dict[str, Any]) -> None:
+    def log(self, metrics: dict[str, Any]) -> None:
         """Receive the metrics gathered since the last call, every ``log_interval_secs``.
 
         Called from the input's flusher thread.  An exception is logged and the
@@ -61,10 +62,10 @@ class Metrics:
         external_loggers: objects with a ``log(dict)`` method, or None.
     """
 
-    def __init__(self, external_loggers: Optional[Iterable[ExternalLogger]] = None) -> None:
+    def __init__(self, external_loggers: Iterable[ExternalLogger] | None = None) -> None:
         # Reentrant: NOTE [ Shutdown and error protocol ], rule 7 (_core/coordinator.py).
         self._lock = threading.RLock()
-        self._metrics: Dict[str, float] = {}
+        self._metrics: dict[str, float] = {}
         self._external_loggers = list(external_loggers or [])
 
     def put_metric(self, key: str, value: float, count: bool = True) -> None:
@@ -74,7 +75,7 @@ class Metrics:
                 count_key = key + "_count"
                 self._metrics[count_key] = self._metrics.get(count_key, 0) + 1
 
-    def snapshot(self) -> Dict[str, float]:
+    def snapshot(self) -> dict[str, float]:
         with self._lock:
             return dict(self._metrics)
 
@@ -82,7 +83,7 @@ class Metrics:
         with self._lock:
             self._metrics = {}
 
-    def take(self) -> Dict[str, float]:
+    def take(self) -> dict[str, float]:
         """Return the accumulated metrics and start afresh, in one step.
 
         One lock for both: a ``put_metric`` from a fetcher between a separate
@@ -104,7 +105,7 @@ class Metrics:
         if self._external_loggers:
             self._send(self.snapshot())
 
-    def _send(self, current: Dict[str, float]) -> None:
+    def _send(self, current: dict[str, float]) -> None:
         for ext in self._external_loggers:
             try:
                 ext.log(dict(current))
@@ -127,7 +128,7 @@ class InputStats:
     #: Number of fetcher workers.
     workers: int
     #: Process ids of the worker processes (``()`` for thread workers or before start).
-    worker_pids: Tuple[int, ...]
+    worker_pids: tuple[int, ...]
     #: Chunks returned by fetchers and accepted (not None, not empty).
     chunks_fetched: int
     #: Rows in those chunks.
@@ -154,7 +155,7 @@ class InputStats:
     #: Seconds since start() (0 before).
     elapsed_secs: float
     #: ``repr`` of the failure that broke the input, if any.
-    failure: Optional[str]
+    failure: str | None
     #: Share of the recent past (the last one to two ``log_interval_secs``, or
     #: since start) in which the consumer -- the net's dequeue, the loop's
     #: ``next()`` -- waited for a batch: near 0 the input keeps up, near 1
@@ -182,7 +183,7 @@ class InputCounters:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # writers only
         self._values = _Counts()
-        self.started_at: Optional[float] = None
+        self.started_at: float | None = None
 
     def started(self) -> None:
         self.started_at = time.monotonic()

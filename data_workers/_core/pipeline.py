@@ -23,7 +23,8 @@ import logging
 import threading
 import time
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -70,14 +71,14 @@ class InputConfig:
     timeout: float
     worker_type: str
     deterministic: bool
-    seed: Optional[int]
+    seed: int | None
     log_interval_secs: float = LOG_INT_SECS
-    shm_bytes_per_worker: Optional[int] = None
-    stall_warning_secs: Optional[float] = None
+    shm_bytes_per_worker: int | None = None
+    stall_warning_secs: float | None = None
     #: Fetcher exceptions to skip: a count, or a fraction of calls (``_core/budget.py``).
     max_fetch_failures: FractionOrCount = 0
     #: The dtype each blob must have (None: any); None: no ``dtypes=`` given.
-    dtypes: Optional[Tuple[Optional[np.dtype], ...]] = None
+    dtypes: tuple[np.dtype | None, ...] | None = None
 
 
 class BatchStage(State):
@@ -97,7 +98,7 @@ class BatchStage(State):
         self.input_source = config.input_source
         self.batch_size = config.batch_size
         #: Called with the new size by set_batch_size (process workers share it).
-        self.batch_size_hooks: List[Callable[[int], None]] = []
+        self.batch_size_hooks: list[Callable[[int], None]] = []
         self.metrics = metrics
         self.counters = InputCounters()
         self.budget = FetchFailureBudget(config.max_fetch_failures, config.input_source,
@@ -106,8 +107,8 @@ class BatchStage(State):
         # worker's next call, and the turns whose call raised and was skipped.
         # Each worker's count has one writer (its fetcher or receiver thread).
         self._index = {w: i for i, w in enumerate(worker_ids)}
-        self._calls: Dict[int, int] = {w: 0 for w in worker_ids}
-        self.skipped_turns: List[int] = []
+        self._calls: dict[int, int] = {w: 0 for w in worker_ids}
+        self.skipped_turns: list[int] = []
         self.validator = ChunkValidator(self.blob_names, config.batch_columns,
                                         config.dont_rebatch, config.input_source, sink.dtype_rule,
                                         config.dtypes)
@@ -128,15 +129,15 @@ class BatchStage(State):
         self._logged_rows = 0
         #: monotonic time the enqueuer began pushing a batch it has not pushed
         #: yet (the sink is full), else None; read by the stall watchdog.
-        self.enqueue_blocked_since: Optional[float] = None
+        self.enqueue_blocked_since: float | None = None
         #: A worker's failure the enqueuer has taken from its source: raised
         #: once the rows queued before it make no further whole batch (rule 10).
-        self.failure_due: Optional[DataInputError] = None
+        self.failure_due: DataInputError | None = None
         #: The first batch's layout has been logged (once per input).
         self._described = False
         #: (monotonic time, sink.consumer_wait_secs()) at the last two log
         #: intervals, oldest first: ``input_bound`` is measured from the older.
-        self._wait_marks: List[Tuple[float, float]] = []
+        self._wait_marks: list[tuple[float, float]] = []
         self._wait_sampled = 0.0
 
     def read_from(self, source: ChunkSource) -> None:
@@ -156,7 +157,7 @@ class BatchStage(State):
             logger.debug("input %r: consumer wait unknown", self.input_source, exc_info=True)
             return 0.0
 
-    def input_bound(self, now: Optional[float] = None) -> float:
+    def input_bound(self, now: float | None = None) -> float:
         """Share of the recent past (the last one to two log intervals, or since
         start) in which the consumer waited for a batch: 0 (input keeps up) to 1."""
         marks = self._wait_marks
@@ -181,7 +182,7 @@ class BatchStage(State):
         self.release_buffers()
         self.sink.cleanup()
 
-    def release_buffers(self, include_rebatcher: bool = True) -> Optional[DataInputError]:
+    def release_buffers(self, include_rebatcher: bool = True) -> DataInputError | None:
         """Give back the memory of chunks that will never be batched (on stop).
 
         Returns:
@@ -204,7 +205,7 @@ class BatchStage(State):
         return failure
 
     # -- fetcher side -----------------------------------------------------
-    def accept(self, worker_id: int, output: Any, chunks: int = 1) -> Optional[Chunk]:
+    def accept(self, worker_id: int, output: Any, chunks: int = 1) -> Chunk | None:
         """Validate fetcher output and count it (``chunks``: fetcher results a
         worker process assembled into this one).  Raises ChunkTypeError/ChunkValueError."""
         chunk = self.validator.check(worker_id, output, self.batch_size)
@@ -218,7 +219,7 @@ class BatchStage(State):
         self.counters.fetched(chunk.rows, chunks)
         return chunk
 
-    def put(self, output: Any, coordinator: Optional[WorkerGroup] = None,
+    def put(self, output: Any, coordinator: WorkerGroup | None = None,
             worker_id: int = -1) -> bool:
         """Validate one fetcher result and queue it for re-batching.
 
@@ -397,15 +398,15 @@ class InputCoordinator(WorkerGroup):
             refuses gets a traceback that begins at its definition.
     """
 
-    def __init__(self, config: InputConfig, worker_ids: List[int], init_fun: Optional[InitFun],
+    def __init__(self, config: InputConfig, worker_ids: list[int], init_fun: InitFun | None,
                  feeder: BatchStage,
                  make_backend: Callable[[FetcherHost], FetcherBackend],
-                 fetch_fun: Optional[Callable[..., Any]] = None) -> None:
+                 fetch_fun: Callable[..., Any] | None = None) -> None:
         super().__init__(config.input_source, worker_ids, init_fun, state=feeder)
         self.config = config
         self._fetch_fun = fetch_fun
         #: The first refused chunk's error and its traceback from the fetch_fun on.
-        self._pointed: Optional[Tuple[DataInputError, Optional[TracebackType]]] = None
+        self._pointed: tuple[DataInputError, TracebackType | None] | None = None
         self.feeder = feeder
         prefix = "data_workers %s%s" % (feeder.namescope, config.input_source)
         self.enqueuer_thread = threading.Thread(
@@ -413,7 +414,7 @@ class InputCoordinator(WorkerGroup):
         self._flush_halted = threading.Event()
         self.flusher_thread = threading.Thread(
             target=self._flush_loop, daemon=True, name=prefix + " flusher")
-        self.watchdog: Optional[StallWatchdog] = None
+        self.watchdog: StallWatchdog | None = None
         if config.stall_warning_secs is not None:
             self.watchdog = StallWatchdog(
                 prefix, self.name, self.probe, self._fetcher_locations, config.stall_warning_secs,
@@ -436,7 +437,7 @@ class InputCoordinator(WorkerGroup):
     def add_batch_size_hook(self, hook: Callable[[int], None]) -> None:
         self.feeder.batch_size_hooks.append(hook)
 
-    def accept(self, worker_id: int, output: Any, chunks: int = 1) -> Optional[Chunk]:
+    def accept(self, worker_id: int, output: Any, chunks: int = 1) -> Chunk | None:
         return self.feeder.accept(worker_id, output, chunks)
 
     def put(self, output: Any, worker_id: int) -> bool:
@@ -451,7 +452,7 @@ class InputCoordinator(WorkerGroup):
     def fetch_failure_note(self) -> str:
         return self.feeder.budget.note()
 
-    def skipped_turns(self) -> Tuple[int, ...]:
+    def skipped_turns(self) -> tuple[int, ...]:
         """Deterministic order: the turns (0, 1, ... in round-robin order since
         start) whose fetch call raised and was skipped (``max_fetch_failures``)."""
         return tuple(sorted(self.feeder.skipped_turns))
@@ -552,7 +553,7 @@ class InputCoordinator(WorkerGroup):
             input_source=self.config.input_source,
             scope=self.feeder.namescope)
 
-    def _fetcher_locations(self, only: Optional[int]) -> str:
+    def _fetcher_locations(self, only: int | None) -> str:
         return self.backend.locations(only)
 
     def stats(self) -> InputStats:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import IO, Any, Dict, Optional
+from typing import IO, Any
 
 __all__ = ["ProgressLogger"]
 
@@ -37,8 +37,8 @@ class ProgressLogger:
         file: where tqdm draws (default: stderr).
     """
 
-    def __init__(self, desc: str = "input", total_rows: Optional[int] = None,
-                 use_tqdm: Optional[bool] = None, file: Optional[IO[str]] = None) -> None:
+    def __init__(self, desc: str = "input", total_rows: int | None = None,
+                 use_tqdm: bool | None = None, file: IO[str] | None = None) -> None:
         if use_tqdm is None:
             use_tqdm = importlib.util.find_spec("tqdm") is not None
         self.desc = desc
@@ -50,7 +50,7 @@ class ProgressLogger:
             self._bar = tqdm(total=total_rows, desc=desc, unit="rows", file=file,
                              dynamic_ncols=True)
 
-    def log(self, metrics: Dict[str, Any]) -> None:
+    def log(self, metrics: dict[str, Any]) -> None:
         """One interval's metrics (``inputs_per_sec``, ``time_elapsed``, ``input_bound``)."""
         rows = int(round(metrics.get("inputs_per_sec", 0) * metrics.get("time_elapsed", 0)))
         bound = float(metrics.get("input_bound", 0.0))

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
+from typing import Any, Callable
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -47,10 +48,10 @@ class _CopyHelper:
     def __init__(self, name: str) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._job: Optional[Tuple[Callable[..., None], Tuple[Any, ...]]] = None
+        self._job: tuple[Callable[..., None], tuple[Any, ...]] | None = None
         self._closed = False
         self._done = threading.Event()
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
@@ -65,7 +66,7 @@ class _CopyHelper:
             self._wake.notify()
             return True
 
-    def wait(self) -> Optional[BaseException]:
+    def wait(self) -> BaseException | None:
         """Wait for the submitted copy; return what it raised, if anything."""
         self._done.wait()
         return self._error
@@ -108,11 +109,11 @@ class Rebatcher:
         self.dont_rebatch = dont_rebatch
         # Index prefix per blob, (slice(None),) * column: built once, not per copy.
         self._prefixes = [(slice(None),) * column for column in self.batch_columns]
-        self._pending: Deque[Chunk] = collections.deque()
+        self._pending: collections.deque[Chunk] = collections.deque()
         self._offset = 0  # rows of _pending[0] already copied out
         self._rows = 0  # rows buffered, not yet copied out
         self._name = name
-        self._helper: Optional[_CopyHelper] = None
+        self._helper: _CopyHelper | None = None
         self._helper_closed = False
         # close_helper (stop()) may race the enqueuer starting the helper.
         self._helper_lock = threading.Lock()
@@ -128,7 +129,7 @@ class Rebatcher:
         self._pending.append(chunk)
         self._rows += chunk.rows
 
-    def next_batch_rows(self) -> Optional[int]:
+    def next_batch_rows(self) -> int | None:
         """Rows in the next batch if one can be filled now, else None."""
         if not self._pending:
             return None
@@ -136,7 +137,7 @@ class Rebatcher:
             return self._pending[0].rows
         return self.batch_size if self._rows >= self.batch_size else None
 
-    def lendable_head(self, rows: int) -> Optional[Chunk]:
+    def lendable_head(self, rows: int) -> Chunk | None:
         """The oldest chunk, if it alone is the next batch of ``rows`` rows and may be lent."""
         if not self._pending or self._offset:
             return None
@@ -149,7 +150,7 @@ class Rebatcher:
         self._rows -= chunk.rows
         return chunk
 
-    def batch_layout(self, rows: int) -> List[Tuple[Tuple[int, ...], np.dtype]]:
+    def batch_layout(self, rows: int) -> list[tuple[tuple[int, ...], np.dtype]]:
         """Shape and dtype of each blob of the next batch of ``rows`` rows.
 
         With ``dont_rebatch`` each blob keeps its own shape: the sparse layout
@@ -165,7 +166,7 @@ class Rebatcher:
             layout.append((tuple(shape), arr.dtype))
         return layout
 
-    def fill(self, dests: Sequence[np.ndarray], rows: int) -> List[Tuple[int, int]]:
+    def fill(self, dests: Sequence[np.ndarray], rows: int) -> list[tuple[int, int]]:
         """Copy the next ``rows`` rows into ``dests`` (one array per blob).
 
         Returns:
@@ -175,7 +176,7 @@ class Rebatcher:
         if self.dont_rebatch:
             return self._fill_whole(dests)
         filled = 0
-        provenance: List[Tuple[int, int]] = []
+        provenance: list[tuple[int, int]] = []
         # Bytes of one batch row over all blobs: a piece of n rows is n * row_bytes.
         row_bytes = sum([d.nbytes for d in dests]) // max(rows, 1)
         while filled < rows:
@@ -196,7 +197,7 @@ class Rebatcher:
                 chunk.done()
         return provenance
 
-    def _fill_whole(self, dests: Sequence[np.ndarray]) -> List[Tuple[int, int]]:
+    def _fill_whole(self, dests: Sequence[np.ndarray]) -> list[tuple[int, int]]:
         """``dont_rebatch``: copy the oldest chunk, every blob whole, and release it."""
         chunk = self._pending[0]
         for dest, src in zip(dests, chunk.arrays):
@@ -231,7 +232,7 @@ class Rebatcher:
         if failed is not None:
             raise failed
 
-    def _start_helper(self) -> Optional[_CopyHelper]:
+    def _start_helper(self) -> _CopyHelper | None:
         with self._helper_lock:
             if self._helper is None and not self._helper_closed:
                 try:
@@ -240,7 +241,7 @@ class Rebatcher:
                     self._helper_closed = True
             return self._helper
 
-    def close_helper(self) -> Optional[threading.Thread]:
+    def close_helper(self) -> threading.Thread | None:
         """End the copy helper (on shutdown): no new one starts after this.
 
         Returns:

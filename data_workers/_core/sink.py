@@ -14,7 +14,8 @@ returns False.  ``cleanup()`` runs after the enqueuer has ended.
 
 from __future__ import annotations
 
-from typing import Callable, List, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from .validate import DtypeRule
 __all__ = ["BatchSink", "LendingSink", "BatchLayout"]
 
 #: Shape and dtype of each blob of one batch.
-BatchLayout = Sequence[Tuple[Tuple[int, ...], np.dtype]]
+BatchLayout = Sequence[tuple[tuple[int, ...], np.dtype]]
 
 
 class BatchSink(Protocol):
@@ -42,7 +43,7 @@ class BatchSink(Protocol):
     #: warning's words for the consumer's side ("... still calling RunNet?").
     full_hint: str
 
-    def destinations(self, layout: BatchLayout) -> List[np.ndarray]:
+    def destinations(self, layout: BatchLayout) -> list[np.ndarray]:
         """Arrays the next batch is written into, one per blob."""
 
     def enqueue(self, dests: Sequence[np.ndarray]) -> bool:
@@ -71,7 +72,7 @@ class LendingSink(BatchSink, Protocol):
     def can_lend(self, arrays: Sequence[np.ndarray]) -> bool:
         """True if ``lend`` would take these arrays (device and dtypes allow it)."""
 
-    def lend(self, arrays: List[np.ndarray], release: Callable[[], None]) -> bool:
+    def lend(self, arrays: list[np.ndarray], release: Callable[[], None]) -> bool:
         """Enqueue ``arrays`` as one batch, uncopied; False if closed meanwhile.
 
         ``release`` runs once the sink no longer needs the arrays: when its

@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Iterable
+from collections.abc import Iterable
 
 __all__ = ["thread_stack", "join_threads"]
 

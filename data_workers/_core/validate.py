@@ -24,7 +24,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from typing import Any, Callable, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any, Callable
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class BlobSpec:
 
     dtype: np.dtype
     #: The shape with the batch column removed.
-    trailing_shape: Tuple[int, ...]
+    trailing_shape: tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,12 +72,12 @@ class DtypeRule:
     #: What a batch array becomes, for messages: "a Caffe2 blob", "a torch tensor".
     holder: str
     #: The numeric dtypes taken, native byte order (``np.dtype(">f8")`` is not one).
-    dtypes: FrozenSet[np.dtype]
+    dtypes: frozenset[np.dtype]
     #: What object arrays become, for messages; "" if object arrays are refused.
     object_arrays: str = ""
     #: Why one element of an object array cannot be taken, or None if it can;
     #: None: any element.  A module-level function (it is pickled by name).
-    object_element: Optional[Callable[[Any], Optional[str]]] = None
+    object_element: Callable[[Any], str | None] | None = None
 
     def supported_text(self) -> str:
         names = ", ".join(str(d) for d in sorted(self.dtypes, key=lambda d: (d.kind, d.itemsize)))
@@ -90,7 +91,7 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _without(shape: Tuple[int, ...], column: int) -> Tuple[int, ...]:
+def _without(shape: tuple[int, ...], column: int) -> tuple[int, ...]:
     return shape[:column] + shape[column + 1:]
 
 
@@ -117,7 +118,7 @@ class ChunkValidator:
 
     def __init__(self, blob_names: Sequence[str], batch_columns: Sequence[int],
                  dont_rebatch: bool, input_source: str, dtype_rule: DtypeRule,
-                 dtypes: Optional[Sequence[Optional[np.dtype]]] = None) -> None:
+                 dtypes: Sequence[np.dtype | None] | None = None) -> None:
         self.blob_names = list(blob_names)
         self.dtype_rule = dtype_rule
         self.dtypes = list(dtypes) if dtypes is not None else [None] * len(self.blob_names)
@@ -125,18 +126,18 @@ class ChunkValidator:
         self.dont_rebatch = dont_rebatch
         self.input_source = input_source
         self._lock = threading.Lock()
-        self._specs: Optional[List[BlobSpec]] = None
-        self._spec_keys: Optional[List[Tuple[np.dtype, Tuple[int, ...]]]] = None
+        self._specs: list[BlobSpec] | None = None
+        self._spec_keys: list[tuple[np.dtype, tuple[int, ...]]] | None = None
         #: Bytes of one row of every blob under the recorded spec; None while no
         #: spec is recorded or when it holds object arrays (never fast-pathed).
-        self._row_bytes: Optional[int] = None
+        self._row_bytes: int | None = None
         #: Bytes one chunk, or one batch of its rows, may need (see MEMORY_BUDGET_FRACTION).
         self.max_bytes = default_memory_budget()
 
     def _where(self, worker_id: int) -> str:
         return "fetcher %d of input %r" % (worker_id, self.input_source)
 
-    def check(self, worker_id: int, output: Any, batch_size: Optional[int] = None) -> Optional[Chunk]:
+    def check(self, worker_id: int, output: Any, batch_size: int | None = None) -> Chunk | None:
         """Validate one fetcher result.
 
         Args:
@@ -167,7 +168,7 @@ class ChunkValidator:
         return Chunk(worker_id, arrays, rows)
 
     def check_fast(self, worker_id: int, output: Any,
-                   batch_size: Optional[int] = None) -> Optional[Chunk]:
+                   batch_size: int | None = None) -> Chunk | None:
         """The chunk if ``output`` matches the recorded layout exactly, else None.
 
         The hot path of worker processes, which call ``check`` only when this
@@ -176,7 +177,7 @@ class ChunkValidator:
         return self._matching_chunk(worker_id, output, batch_size)
 
     def _matching_chunk(self, worker_id: int, output: Any,
-                        batch_size: Optional[int]) -> Optional[Chunk]:
+                        batch_size: int | None) -> Chunk | None:
         """The chunk, if ``output`` is exactly what the recorded spec allows; else None.
 
         The per-chunk hot path once the first chunk fixed every blob's dtype and
@@ -217,7 +218,7 @@ class ChunkValidator:
         column = self.batch_columns[0]
         return shape[column] if len(shape) > column else 1
 
-    def check_structure(self, worker_id: int, output: Any) -> Optional[List[np.ndarray]]:
+    def check_structure(self, worker_id: int, output: Any) -> list[np.ndarray] | None:
         """The checks that need no memory of earlier chunks (also run in child processes)."""
         if output is None:
             return None
@@ -279,8 +280,8 @@ class ChunkValidator:
                            self.blob_names[0], output[0].shape))
         return list(output)
 
-    def _check_budget(self, worker_id: int, arrays: List[np.ndarray], rows: int,
-                      batch_size: Optional[int]) -> None:
+    def _check_budget(self, worker_id: int, arrays: list[np.ndarray], rows: int,
+                      batch_size: int | None) -> None:
         # Virtual sizes (size * itemsize): a broadcast view of 1 TiB is 1 TiB
         # once the re-batcher copies it.  Python ints: no overflow.
         chunk_bytes = sum(int(a.size) * a.dtype.itemsize for a in arrays)
@@ -300,7 +301,7 @@ class ChunkValidator:
                    _gib(self.max_bytes), MEMORY_BUDGET_FRACTION * 100,
                    [a.shape for a in arrays]))
 
-    def _check_spec(self, worker_id: int, arrays: List[np.ndarray]) -> None:
+    def _check_spec(self, worker_id: int, arrays: list[np.ndarray]) -> None:
         # Hot path (every chunk): plain (dtype, trailing shape) tuple compares;
         # BlobSpec objects and messages are built only when something differs.
         keys = self._spec_keys

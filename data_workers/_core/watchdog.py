@@ -33,7 +33,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 __all__ = ["StallWatchdog", "StallProbe", "STALL_FETCHERS", "STALL_REBATCHER", "STALL_CONSUMER"]
 
@@ -54,12 +54,12 @@ class StallProbe:
     batches_enqueued: int
     rows_fetched: int
     #: monotonic time the enqueuer began waiting on a full sink, else None.
-    enqueue_blocked_since: Optional[float]
+    enqueue_blocked_since: float | None
     rows_buffered: int
     batch_size: int
     chunks_queued: int
     #: deterministic order: the worker whose chunk is needed next, if only one will do.
-    waiting_for: Optional[int]
+    waiting_for: int | None
     input_source: str
     #: The sink's scope (a Caffe2 name scope), or "".
     scope: str
@@ -78,7 +78,7 @@ class StallWatchdog:
     """
 
     def __init__(self, thread_name: str, group: str, probe: Callable[[], StallProbe],
-                 locations: Callable[[Optional[int]], str], stall_secs: float,
+                 locations: Callable[[int | None], str], stall_secs: float,
                  full_hint: str) -> None:
         self._group = group
         self._full_hint = full_hint

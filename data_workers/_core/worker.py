@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import DataInputError, FetcherError
 from .metrics import Metrics
@@ -39,8 +39,8 @@ class Worker:
     describe_as = "worker"
 
     def __init__(self, coordinator: "WorkerGroup", worker_id: int,
-                 worker_fun: Optional[Callable[..., Any]] = None,
-                 metrics: Optional[Metrics] = None) -> None:
+                 worker_fun: Callable[..., Any] | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._coordinator = coordinator
         self._worker_id = worker_id
         self._worker_fun = worker_fun

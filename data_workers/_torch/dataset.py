@@ -41,7 +41,8 @@ import collections.abc
 import pickle
 import threading
 import traceback
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ WITH_FAILURES = 8
 
 #: A sample left out of its batch: (index, the exception if it pickles else
 #: None, its type's name, its text, where it was raised, its traceback as text).
-SampleFailure = Tuple[Any, Optional[Exception], str, str, str, str]
+SampleFailure = tuple[Any, Optional[Exception], str, str, str, str]
 
 # 64-bit odd multiplier (the golden ratio's): epochs of nearby seeds do not
 # share permutations.
@@ -145,18 +146,18 @@ class EpochPlanner:
         seed: the loader's base seed.
     """
 
-    def __init__(self, batch_sampler: Optional[Any], sampler: Any, seed: int) -> None:
+    def __init__(self, batch_sampler: Any | None, sampler: Any, seed: int) -> None:
         self.batch_sampler = batch_sampler
         self.sampler = sampler
         self.seed = seed
-        self._cache: Dict[int, Sequence[Any]] = {}
+        self._cache: dict[int, Sequence[Any]] = {}
         self._lock = threading.Lock()
 
-    def __getstate__(self) -> Dict[str, Any]:
+    def __getstate__(self) -> dict[str, Any]:
         # A worker process computes its own plans: send neither the cache nor the lock.
         return {"batch_sampler": self.batch_sampler, "sampler": self.sampler, "seed": self.seed}
 
-    def __setstate__(self, state: Dict[str, Any]) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["batch_sampler"], state["sampler"], state["seed"])  # type: ignore[misc]
 
     def plan(self, epoch: int) -> Sequence[Any]:
@@ -215,7 +216,7 @@ class _Batches(collections.abc.Sequence):
 #: ("T", i, dtype) a tensor leaf (array i), ("N", i, dtype) a numpy leaf, ("O", j) the j-th
 #: object leaf, ("tuple"|"list", children), ("dict", keys, children),
 #: ("named", type, children).
-Template = Tuple[Any, ...]
+Template = tuple[Any, ...]
 
 
 # Tensors of other dtypes (bfloat16, complex, ...) have no numpy twin the sink
@@ -233,7 +234,7 @@ def _has_array(obj: Any) -> bool:
     return False
 
 
-def flatten(batch: Any, arrays: List[np.ndarray], objects: List[Any]) -> Template:
+def flatten(batch: Any, arrays: list[np.ndarray], objects: list[Any]) -> Template:
     """Append ``batch``'s array leaves to ``arrays``, other leaves to ``objects``.
 
     Tensors become numpy views of their memory (no copy for a CPU tensor);
@@ -264,15 +265,15 @@ def flatten(batch: Any, arrays: List[np.ndarray], objects: List[Any]) -> Templat
     return ("O", len(objects) - 1)
 
 
-def make_template(batch: Any) -> Tuple[Template, int, int]:
+def make_template(batch: Any) -> tuple[Template, int, int]:
     """``batch``'s template, with its numbers of array and object leaves."""
-    arrays: List[np.ndarray] = []
-    objects: List[Any] = []
+    arrays: list[np.ndarray] = []
+    objects: list[Any] = []
     template = flatten(batch, arrays, objects)
     return template, len(arrays), len(objects)
 
 
-def leaf_names(template: Template, path: str = "batch") -> List[str]:
+def leaf_names(template: Template, path: str = "batch") -> list[str]:
     """A name per array leaf, in order (``batch[0]``, ``batch['image']``), for errors."""
     kind = template[0]
     if kind in ("T", "N"):
@@ -286,7 +287,7 @@ def leaf_names(template: Template, path: str = "batch") -> List[str]:
     return [n for i, child in enumerate(children) for n in leaf_names(child, "%s[%d]" % (path, i))]
 
 
-def leaf_dtypes(template: Template) -> List[str]:
+def leaf_dtypes(template: Template) -> list[str]:
     """The dtype of each array leaf, in order."""
     kind = template[0]
     if kind in ("T", "N"):
@@ -321,7 +322,7 @@ _patch_lock = threading.Lock()
 _patched = False
 
 
-def _worker_info_here() -> Optional[Any]:
+def _worker_info_here() -> Any | None:
     """``torch.utils.data.get_worker_info()`` that also answers inside our worker threads."""
     info = getattr(_thread_info, "info", None)
     if info is not None:
@@ -372,10 +373,10 @@ class DatasetFetch:
             of their batch and report them (map-style datasets only).
     """
 
-    def __init__(self, dataset: Any, planner: Optional[EpochPlanner], collate: Callable[[Any], Any],
-                 template: Template, num_workers: int, start: Tuple[int, int], seed: int,
-                 worker_init_fn: Optional[Callable[[int], None]], where: str,
-                 batch_size: Optional[int], drop_last: bool, skip_failures: bool = False) -> None:
+    def __init__(self, dataset: Any, planner: EpochPlanner | None, collate: Callable[[Any], Any],
+                 template: Template, num_workers: int, start: tuple[int, int], seed: int,
+                 worker_init_fn: Callable[[int], None] | None, where: str,
+                 batch_size: int | None, drop_last: bool, skip_failures: bool = False) -> None:
         self.dataset = dataset
         self.skip_failures = skip_failures
         self.planner = planner
@@ -388,14 +389,14 @@ class DatasetFetch:
         self.where = where
         self.batch_size = batch_size
         self.drop_last = drop_last
-        self._states: Dict[int, Iterator[List[np.ndarray]]] = {}
+        self._states: dict[int, Iterator[list[np.ndarray]]] = {}
 
-    def __getstate__(self) -> Dict[str, Any]:
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_states"] = {}
         return state
 
-    def __call__(self, worker_id: int, batch_size: int) -> List[np.ndarray]:
+    def __call__(self, worker_id: int, batch_size: int) -> list[np.ndarray]:
         batches = self._states.get(worker_id)
         if batches is None:
             self._enter_worker(worker_id)
@@ -421,7 +422,7 @@ class DatasetFetch:
         if self.worker_init_fn is not None:
             self.worker_init_fn(worker_id)
 
-    def _map_batches(self, worker_id: int) -> Iterator[List[np.ndarray]]:
+    def _map_batches(self, worker_id: int) -> Iterator[list[np.ndarray]]:
         planner = self.planner
         assert planner is not None  # invariant: only called for map-style datasets
         epoch, k = self.start
@@ -455,7 +456,7 @@ class DatasetFetch:
                 else "in the calling thread (num_workers=0)")
 
     def _skipping(self, indices: Any, single: bool, epoch: int, k: int,
-                  worker_id: int) -> List[np.ndarray]:
+                  worker_id: int) -> list[np.ndarray]:
         """The batch of ``indices`` without its failing samples, and which those were.
 
         Raises what ``collate_fn`` raises (never skipped: the caller sends it in-band).
@@ -467,11 +468,11 @@ class DatasetFetch:
         batch = self.collate(samples[0] if single else samples)
         return self._pack(batch, epoch, k, (count, failures))
 
-    def _iterable_batches(self, worker_id: int) -> Iterator[List[np.ndarray]]:
+    def _iterable_batches(self, worker_id: int) -> Iterator[list[np.ndarray]]:
         epoch = self.start[0]
         k = 0
         try:
-            samples: List[Any] = []
+            samples: list[Any] = []
             for sample in self.dataset:
                 if self.batch_size is None:
                     yield self._pack(self.collate(sample), epoch, k)
@@ -491,10 +492,10 @@ class DatasetFetch:
             yield end
 
     def _pack(self, batch: Any, epoch: int, k: int,
-              failures: Optional[Tuple[int, List[SampleFailure]]] = None) -> List[np.ndarray]:
+              failures: tuple[int, list[SampleFailure]] | None = None) -> list[np.ndarray]:
         """``batch`` as a message; ``failures``: (samples, failures) to send with it."""
-        arrays: List[np.ndarray] = []
-        objects: List[Any] = []
+        arrays: list[np.ndarray] = []
+        objects: list[Any] = []
         template = flatten(batch, arrays, objects)
         if template != self.template:
             # Another structure than the probe's (a list as long as the batch):
@@ -505,14 +506,14 @@ class DatasetFetch:
         return self._with_tail(BATCH, epoch, k, arrays, objects, failures)
 
     def _message(self, kind: int, epoch: int, k: int, payload: Any,
-                 failures: Optional[Tuple[int, List[SampleFailure]]] = None) -> List[np.ndarray]:
+                 failures: tuple[int, list[SampleFailure]] | None = None) -> list[np.ndarray]:
         """A batch slot holding no arrays: ``payload`` pickled, empty leaves of the right dtypes."""
         leaves = [np.zeros((0,), np.dtype(d)) for d in leaf_dtypes(self.template)]
         return self._with_tail(kind, epoch, k, leaves, payload, failures)
 
     @staticmethod
-    def _with_tail(kind: int, epoch: int, k: int, arrays: List[np.ndarray], payload: Any,
-                   failures: Optional[Tuple[int, List[SampleFailure]]]) -> List[np.ndarray]:
+    def _with_tail(kind: int, epoch: int, k: int, arrays: list[np.ndarray], payload: Any,
+                   failures: tuple[int, list[SampleFailure]] | None) -> list[np.ndarray]:
         """[tag, arrays..., pickled payload]; with ``failures``, the kind has
         ``WITH_FAILURES`` and the payload is (payload, samples, failures)."""
         if failures is not None:
@@ -521,19 +522,19 @@ class DatasetFetch:
         return ([np.array([[epoch, k, kind]], np.int64)] + arrays
                 + [np.array([pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)], object)])
 
-    def _error(self, exc: Exception, epoch: int, k: int, worker_id: int) -> List[np.ndarray]:
+    def _error(self, exc: Exception, epoch: int, k: int, worker_id: int) -> list[np.ndarray]:
         """``exc`` as a value, raised by the loader when this batch's turn comes (as
         DataLoader's ``ExceptionWrapper``): the batches before it are not lost."""
         return self._message(ERROR, epoch, k, exception_payload(exc, self._where(worker_id)))
 
 
-def exception_payload(exc: Exception, where: str) -> Tuple[Optional[Exception], str, str, str,
+def exception_payload(exc: Exception, where: str) -> tuple[Exception | None, str, str, str,
                                                              str]:
     """``exc`` as values that survive pickling: (itself or None, type name, text, where,
     traceback text)."""
     try:
         pickle.dumps(exc)
-        original: Optional[Exception] = exc
+        original: Exception | None = exc
     except Exception:
         original = None
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -541,14 +542,14 @@ def exception_payload(exc: Exception, where: str) -> Tuple[Optional[Exception], 
 
 
 def load_samples(dataset: Any, indices: Any, single: bool,
-                 where: str) -> Tuple[List[Any], List[SampleFailure]]:
+                 where: str) -> tuple[list[Any], list[SampleFailure]]:
     """The samples of one batch, leaving out (and describing) each whose ``__getitem__`` raised.
 
     ``single``: ``indices`` is one index (``batch_size=None``), not a list.
     Only ``Exception`` subclasses are left out; anything else propagates.
     """
-    samples: List[Any] = []
-    failures: List[SampleFailure] = []
+    samples: list[Any] = []
+    failures: list[SampleFailure] = []
     for index in ([indices] if single else indices):
         try:
             samples.append(dataset[index])

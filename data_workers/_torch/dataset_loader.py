@@ -31,7 +31,8 @@ Failure and shutdown of a run: NOTE [ Shutdown and error protocol ] in
 from __future__ import annotations
 
 import pickle
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.utils.data
@@ -58,7 +59,7 @@ DATASET_STATE_VERSION = 1
 _FOREVER = 1e9
 
 
-def draw_seed(generator: Optional[torch.Generator]) -> int:
+def draw_seed(generator: torch.Generator | None) -> int:
     """A base seed drawn as DataLoader draws its own: from ``generator``, else torch's RNG."""
     return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
 
@@ -66,20 +67,20 @@ def draw_seed(generator: Optional[torch.Generator]) -> int:
 class DatasetLoader:
     """The dataset form of ``data_workers.torch.Loader`` (documented there)."""
 
-    def __init__(self, dataset: Any, batch_size: Optional[int] = 1, shuffle: Optional[bool] = None,
-                 sampler: Optional[Any] = None, batch_sampler: Optional[Any] = None,
-                 num_workers: int = 0, collate_fn: Optional[Callable[[Any], Any]] = None,
+    def __init__(self, dataset: Any, batch_size: int | None = 1, shuffle: bool | None = None,
+                 sampler: Any | None = None, batch_sampler: Any | None = None,
+                 num_workers: int = 0, collate_fn: Callable[[Any], Any] | None = None,
                  pin_memory: bool = False, drop_last: bool = False, timeout: float = 0,
-                 worker_init_fn: Optional[Callable[[int], None]] = None,
+                 worker_init_fn: Callable[[int], None] | None = None,
                  multiprocessing_context: Any = None,
-                 generator: Optional[torch.Generator] = None, *,
-                 prefetch_factor: Optional[int] = None, persistent_workers: bool = False,
+                 generator: torch.Generator | None = None, *,
+                 prefetch_factor: int | None = None, persistent_workers: bool = False,
                  pin_memory_device: str = "", in_order: bool = True, worker_type: str = "thread",
-                 seed: Optional[int] = None,
-                 name: str = "loader", stall_warning_secs: Optional[float] = None,
-                 shm_bytes_per_worker: Optional[int] = None,
-                 external_loggers: Optional[Sequence[Any]] = None,
-                 log_interval_secs: Optional[float] = None, max_fetch_failures: Any = 0) -> None:
+                 seed: int | None = None,
+                 name: str = "loader", stall_warning_secs: float | None = None,
+                 shm_bytes_per_worker: int | None = None,
+                 external_loggers: Sequence[Any] | None = None,
+                 log_interval_secs: float | None = None, max_fetch_failures: Any = 0) -> None:
         self.dataset = dataset
         self.max_fetch_failures = check_max_fetch_failures(max_fetch_failures)
         self.num_workers = check_int("num_workers", num_workers, minimum=0)
@@ -136,7 +137,7 @@ class DatasetLoader:
         self.persistent_workers = bool(persistent_workers)
         self.in_order = bool(in_order)
         self.name = name
-        self._engine_options: Dict[str, Any] = {
+        self._engine_options: dict[str, Any] = {
             "stall_warning_secs": stall_warning_secs, "shm_bytes_per_worker": shm_bytes_per_worker,
             "external_loggers": external_loggers}
         if log_interval_secs is not None:
@@ -150,19 +151,19 @@ class DatasetLoader:
         self._taken = 0
         self._open = False
         self._generation = 0
-        self._template: Optional[Tuple[Template, int, int]] = None
-        self._run: Optional[Any] = None   # the engine: a fetch_fun Loader
-        self._run_next: Optional[Tuple[int, int]] = None  # tag its next batch must carry
+        self._template: tuple[Template, int, int] | None = None
+        self._run: Any | None = None   # the engine: a fetch_fun Loader
+        self._run_next: tuple[int, int] | None = None  # tag its next batch must carry
         self._closed = False
         # The current run's budget (None until a sample fails) and the samples
         # it has seen, failed ones included: both start afresh with each run.
-        self._budget: Optional[FetchFailureBudget] = None
+        self._budget: FetchFailureBudget | None = None
         self._samples_seen = 0
 
     @staticmethod
-    def _samplers(dataset: Any, batch_size: Optional[int], shuffle: Optional[bool],
-                  sampler: Optional[Any], batch_sampler: Optional[Any],
-                  drop_last: bool) -> Tuple[Any, Any]:
+    def _samplers(dataset: Any, batch_size: int | None, shuffle: bool | None,
+                  sampler: Any | None, batch_sampler: Any | None,
+                  drop_last: bool) -> tuple[Any, Any]:
         """The (sampler, batch_sampler) pair, by DataLoader's rules (in our words)."""
         if is_iterable_dataset(dataset):
             for option, value, unset in (("shuffle", shuffle, shuffle in (None, False)),
@@ -194,12 +195,12 @@ class DatasetLoader:
             sampler, check_positive_int("batch_size", batch_size), bool(drop_last))
 
     @property
-    def batch_size(self) -> Optional[int]:
+    def batch_size(self) -> int | None:
         """Samples per batch; None with ``batch_sampler`` or ``batch_size=None``."""
         return self._batch_size
 
     @property
-    def names(self) -> Tuple[str, ...]:
+    def names(self) -> tuple[str, ...]:
         """The batch's tensors, as errors name them (``batch[0]``, ``batch['image']``)."""
         return () if self._template is None else tuple(leaf_names(self._template[0]))
 
@@ -254,7 +255,7 @@ class DatasetLoader:
             raise RuntimeError("this iterator of loader %r was superseded: a later iter() "
                                "started another epoch" % self.name)
 
-    def _load_here(self, epoch: int, k: int) -> Tuple[int, Any]:
+    def _load_here(self, epoch: int, k: int) -> tuple[int, Any]:
         """``num_workers=0``: the batch's kind (BATCH or SKIPPED) and the batch, loaded
         in the calling thread."""
         assert self.planner is not None  # invariant: map-style
@@ -302,7 +303,7 @@ class DatasetLoader:
                                  tb_text))
             raise err from (original if original is not None else remote)
 
-    def _run_counters(self) -> Tuple[InputCounters, Metrics]:
+    def _run_counters(self) -> tuple[InputCounters, Metrics]:
         """Where the budget counts a skipped sample: the run's counters and metrics
         (``stats().fetch_failures``, external loggers), or, with no run
         (``num_workers=0``, whose ``stats()`` is None), counters of its own that
@@ -311,11 +312,11 @@ class DatasetLoader:
             return InputCounters(), Metrics()
         return self._engine_counters(self._run)
 
-    def _engine_counters(self, run: Any) -> Tuple[InputCounters, Metrics]:
+    def _engine_counters(self, run: Any) -> tuple[InputCounters, Metrics]:
         """The counters and metrics of ``run`` (the public class knows the engine)."""
         raise NotImplementedError("data_workers.torch.Loader provides the engine")
 
-    def _from_run(self, epoch: int, k: int) -> Tuple[int, Any]:
+    def _from_run(self, epoch: int, k: int) -> tuple[int, Any]:
         if self._run is None or self._run_next != (epoch, k):
             self._start_run((epoch, k))
         tag, kind, value = self._decode(self._take(epoch, k), k)
@@ -344,7 +345,7 @@ class DatasetLoader:
                 "stall_warning_secs=... logs where the workers are"
                 % (self.name, self.timeout, k, epoch, k % max(1, self.num_workers))) from None
 
-    def _decode(self, arrays: Sequence[Any], turn: int) -> Tuple[Tuple[int, int], int, Any]:
+    def _decode(self, arrays: Sequence[Any], turn: int) -> tuple[tuple[int, int], int, Any]:
         """A worker's message: its (epoch, batch) tag, its kind, and the batch.
 
         Raises:
@@ -381,7 +382,7 @@ class DatasetLoader:
                 self._taken += 1
                 yield batch
         self._start_run((self._epoch, 0))
-        done: Set[int] = set()
+        done: set[int] = set()
         turn = 0
         try:
             while len(done) < self.num_workers:
@@ -399,7 +400,7 @@ class DatasetLoader:
                 self._close_run()
 
     # -- runs ---------------------------------------------------------------------------
-    def _fetch(self, start: Tuple[int, int], workers: int, where: str) -> DatasetFetch:
+    def _fetch(self, start: tuple[int, int], workers: int, where: str) -> DatasetFetch:
         if self._template is None:
             self._template = make_template(self._probe())
         return DatasetFetch(
@@ -430,7 +431,7 @@ class DatasetLoader:
         raise ValueError("loader %r: no sample of epoch %d loads (every __getitem__ raised); "
                          "fix the dataset" % (self.name, self._epoch))
 
-    def _start_run(self, start: Tuple[int, int]) -> None:
+    def _start_run(self, start: tuple[int, int]) -> None:
         self._close_run()
         in_process = self.worker_type == "process"
         fetch = self._fetch(start, self.num_workers, self.worker_type)
@@ -457,7 +458,7 @@ class DatasetLoader:
         if run is not None:
             run.close()
 
-    def close(self, timeout: Optional[float] = None) -> bool:
+    def close(self, timeout: float | None = None) -> bool:
         """Stop the workers and release their memory; idempotent (see ``Loader.close``)."""
         self._closed = True
         run, self._run, self._run_next = self._run, None, None
@@ -469,12 +470,12 @@ class DatasetLoader:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def stats(self) -> Optional[InputStats]:
+    def stats(self) -> InputStats | None:
         """The current run's counters (one batch per chunk); None when no worker runs."""
         return None if self._run is None else self._run.stats()
 
     # -- checkpoints -----------------------------------------------------------------------
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """The position after the last batch handed out, as StatefulDataLoader means it.
 
         Independent of ``num_workers`` and ``worker_type``: a loader built with

@@ -40,7 +40,8 @@ import collections
 import threading
 import time
 import weakref
-from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Optional
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -93,10 +94,10 @@ def check_pin_memory(pin_memory: Any) -> bool:
     return pin_memory
 
 
-_Key = Tuple[Tuple[int, ...], np.dtype]
+_Key = tuple[tuple[int, ...], np.dtype]
 #: What one handed-out array of a batch is: a pooled numpy base, or a pinned
 #: tensor (whose ``numpy()`` view is the destination), or an object array.
-_Slot = Tuple[np.ndarray, Optional[torch.Tensor]]
+_Slot = tuple[np.ndarray, Optional[torch.Tensor]]
 
 
 class _BufferPool:
@@ -110,7 +111,7 @@ class _BufferPool:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._free: Dict[_Key, List[np.ndarray]] = {}
+        self._free: dict[_Key, list[np.ndarray]] = {}
         self._closed = False
 
     def get(self, key: _Key) -> np.ndarray:
@@ -164,19 +165,19 @@ class TorchSink:
         self._lock = threading.RLock()
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
-        self._batches: Deque[List[_Slot]] = collections.deque()
-        self._filling: List[_Slot] = []
+        self._batches: collections.deque[list[_Slot]] = collections.deque()
+        self._filling: list[_Slot] = []
         self._closed = False
         #: Seconds take() waited for a batch, in total (under _lock).
         self._waited = 0.0
 
     # -- producer: the enqueuer thread ------------------------------------------
-    def destinations(self, layout: BatchLayout) -> List[np.ndarray]:
+    def destinations(self, layout: BatchLayout) -> list[np.ndarray]:
         """Arrays to write the next batch into: pooled buffers, pinned tensors' memory.
 
         Every dtype of ``layout`` passed ``TORCH_DTYPE_RULE`` at the first chunk.
         """
-        slots: List[_Slot] = []
+        slots: list[_Slot] = []
         for name, (shape, dtype) in zip(self.names, layout):
             if dtype.kind == "O":
                 slots.append((np.empty(shape, dtype), None))
@@ -210,7 +211,7 @@ class TorchSink:
             return True
 
     # -- consumer -------------------------------------------------------------
-    def take(self, timeout: float) -> Optional[Tuple[Any, ...]]:
+    def take(self, timeout: float) -> tuple[Any, ...] | None:
         """The next batch, as one tensor (or object array) per name.
 
         Waits at most ``timeout`` seconds (and never longer than the sink stays
@@ -235,7 +236,7 @@ class TorchSink:
             self._not_full.notify()
         return tuple(self._hand_out(array, tensor) for array, tensor in slots)
 
-    def _hand_out(self, array: np.ndarray, tensor: Optional[torch.Tensor]) -> Any:
+    def _hand_out(self, array: np.ndarray, tensor: torch.Tensor | None) -> Any:
         if tensor is not None:
             return tensor  # pinned: the caching host allocator decides on reuse
         if array.dtype.kind == "O":

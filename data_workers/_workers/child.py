@@ -54,7 +54,8 @@ import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable
+from collections.abc import Sequence
 
 import cloudpickle
 import numpy as np
@@ -77,9 +78,9 @@ class ChildImports:
     there, as the trainer would; ``argv`` is for modules that read it when imported.
     """
 
-    sys_path: Tuple[str, ...]
+    sys_path: tuple[str, ...]
     cwd: str
-    argv: Tuple[str, ...]
+    argv: tuple[str, ...]
 
     @classmethod
     def of_this_process(cls) -> "ChildImports":
@@ -114,13 +115,13 @@ class ChildSpec:
     #: ("fetch_failed") and go on; the trainer's budget decides.
     report_fetch_failures: bool = False
     #: ``BackendSpec.dtypes``.
-    dtypes: Optional[Tuple[Optional[np.dtype], ...]] = None
+    dtypes: tuple[np.dtype | None, ...] | None = None
 
 
-def _error_fields(exc: BaseException) -> Tuple[Optional[bytes], str, str, str]:
+def _error_fields(exc: BaseException) -> tuple[bytes | None, str, str, str]:
     """``(pickled_exc, type_name, text, tb)``: an exception as it crosses to the trainer."""
     try:
-        blob: Optional[bytes] = cloudpickle.dumps(exc)
+        blob: bytes | None = cloudpickle.dumps(exc)
     except Exception:
         blob = None
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -131,14 +132,14 @@ def _send_error(conn: Connection, exc: BaseException) -> None:
     conn.send(("error",) + _error_fields(exc))
 
 
-def _send_data(conn: Connection, arena: ShmArena, message: Tuple[Any, ...]) -> None:
+def _send_data(conn: Connection, arena: ShmArena, message: tuple[Any, ...]) -> None:
     """Send a data message, and count it in the arena (the trainer's queue depth)."""
     conn.send(message)
     arena.count_sent()
 
 
 def _batch_layouts(arrays: Sequence[np.ndarray], columns: Sequence[int],
-                   size: int) -> List[Tuple[str, Tuple[int, ...]]]:
+                   size: int) -> list[tuple[str, tuple[int, ...]]]:
     """``(dtype, shape)`` of each ring array of a batch of ``size`` rows like ``arrays``."""
     layouts = []
     for arr, column in zip(arrays, columns):
@@ -182,13 +183,13 @@ class _BatchBuilder:
         self._conn = conn
         self._keep_going = keep_going
         self._prefixes = [(slice(None),) * c for c in spec.batch_columns]
-        self._open: Optional[Tuple[int, List[Any], List[Optional[np.ndarray]], int]] = None
-        self._objects: Dict[int, List[np.ndarray]] = {}
+        self._open: tuple[int, list[Any], list[np.ndarray | None], int] | None = None
+        self._objects: dict[int, list[np.ndarray]] = {}
         self._filled = 0
         self._chunks = 0
         self._fetch_secs = 0.0
 
-    def add(self, arrays: List[np.ndarray], rows: int, fetch_secs: float) -> bool:
+    def add(self, arrays: list[np.ndarray], rows: int, fetch_secs: float) -> bool:
         """Copy the chunk's rows into the open batch(es); False if told to stop."""
         self._chunks += 1
         self._fetch_secs += fetch_secs
@@ -219,7 +220,7 @@ class _BatchBuilder:
                 self._send(span, layouts)
         return True
 
-    def _open_batch(self, arrays: List[np.ndarray]) -> bool:
+    def _open_batch(self, arrays: list[np.ndarray]) -> bool:
         # The batch size may have changed since the first chunk.
         check_batch_fits(self._spec, self._arena, arrays)
         size = self._arena.batch_size
@@ -230,13 +231,13 @@ class _BatchBuilder:
         span, placed = reserved
         views = iter(self._arena.views(placed))
         # One destination per blob, None for object blobs (not in the ring).
-        dests: List[Optional[np.ndarray]] = [
+        dests: list[np.ndarray | None] = [
             None if arr.dtype.kind == "O" else next(views) for arr in arrays]
         self._open = (span, placed, dests, size)
         self._filled = 0
         return True
 
-    def _send(self, span: int, layouts: List[Any]) -> None:
+    def _send(self, span: int, layouts: list[Any]) -> None:
         objects = {i: np.concatenate(parts, axis=self._spec.batch_columns[i])
                    for i, parts in self._objects.items()}
         _send_data(self._conn, self._arena,
@@ -247,7 +248,7 @@ class _BatchBuilder:
         self._fetch_secs = 0.0
 
 
-def _add(builder: "_BatchBuilder", control: Connection, arrays: List[np.ndarray], rows: int,
+def _add(builder: "_BatchBuilder", control: Connection, arrays: list[np.ndarray], rows: int,
          fetch_secs: float) -> bool:
     """``builder.add``, with a batch that cannot fit the ring reported as the error."""
     try:
@@ -321,7 +322,7 @@ def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Conn
         if arrays is None or validator.rows_of(arrays) == 0:
             _send_data(conn, arena, ("skip", fetch_secs))
             continue
-        numeric: List[np.ndarray] = [a for a in arrays if a.dtype.kind != "O"]
+        numeric: list[np.ndarray] = [a for a in arrays if a.dtype.kind != "O"]
         need = arena.chunk_bytes(numeric)
         rows = validator.rows_of(arrays)
         arena.size_for_batch(need if spec.dont_rebatch else
@@ -398,7 +399,7 @@ def main(argv: Sequence[str]) -> int:
     os.environ[IN_WORKER_ENV] = "1"
     conn = Connection(socket.socket(fileno=data_fd).detach())
     control = Connection(socket.socket(fileno=control_fd).detach())
-    arena: Optional[ShmArena] = None
+    arena: ShmArena | None = None
     try:
         try:
             imports, spec = control.recv()

@@ -56,7 +56,7 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any
 
 from .._core.backend import BackendSpec, ChunkSource, FetcherBackend, FetcherHost
 from .._core.chunk import Chunk
@@ -82,24 +82,24 @@ _TERM_SECS = 0.5
 _KILL_SECS = 1.0
 
 
-def _death_reason(exitcode: Optional[int]) -> Tuple[str, Optional[str]]:
+def _death_reason(exitcode: int | None) -> tuple[str, str | None]:
     if exitcode is not None and exitcode < 0:
         try:
-            name: Optional[str] = signal.Signals(-exitcode).name
+            name: str | None = signal.Signals(-exitcode).name
         except ValueError:
             name = "signal %d" % -exitcode
         return "was killed by %s" % name, name
     return "exited with code %s without reporting an error" % exitcode, None
 
 
-def _pidfd(pid: int) -> Optional[int]:
+def _pidfd(pid: int) -> int | None:
     try:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None  # kernel < 5.3 or not Linux: the watcher polls instead
 
 
-def _remote_exception(blob: Optional[bytes], type_name: str, text: str,
+def _remote_exception(blob: bytes | None, type_name: str, text: str,
                       tb: str) -> BaseException:
     """A worker's exception, unpickled (or rebuilt from its text), the child's
     traceback chained as ``__cause__``."""
@@ -138,7 +138,7 @@ class _DataSocket:
     def close(self) -> None:
         self._sock.close()
 
-    def read(self) -> List[Any]:
+    def read(self) -> list[Any]:
         """The messages that have arrived (possibly none yet: a partial one).
 
         Blocks until something can be read.  Raises EOFError once the child
@@ -153,7 +153,7 @@ class _DataSocket:
         self._end += n
         return self._messages()
 
-    def _messages(self) -> List[Any]:
+    def _messages(self) -> list[Any]:
         out = []
         buf = self._buf
         while True:
@@ -199,8 +199,8 @@ class _ProcessWorker:
         self.arena = ShmArena(spec.capacity, name="data_workers-%s-%d" % (spec.input_source, worker_id),
                               fixed=spec.fixed_capacity)
         self.arena.batch_size = owner.host.batch_size
-        self.process: Optional[subprocess.Popen] = None
-        self.pidfd: Optional[int] = None
+        self.process: subprocess.Popen | None = None
+        self.pidfd: int | None = None
         #: Set once the child is set up and about to call fetch_fun.  Before
         #: that it only imports modules, so stop() may end it without waiting.
         self.ready = False
@@ -211,23 +211,23 @@ class _ProcessWorker:
         #: Data messages read (the child counts those it sent in the arena).
         self.received = 0
         #: An error read off the control socket by join_process, for end_failure.
-        self.reported: Optional[DataInputError] = None
+        self.reported: DataInputError | None = None
         #: The worker's failure (an error it reported, or its death), set by the
         #: process watcher with the number of data messages the child had sent
         #: before it: due once the data path has read those (rule 10).
-        self.failure_after: Optional[Tuple[DataInputError, int]] = None
+        self.failure_after: tuple[DataInputError, int] | None = None
         self.failure_delivered = False
         #: Set by the data path once the child closed its data socket.
         self.data_closed = False
         self.failure_posted = threading.Event()
-        self.conn: Optional[_DataSocket] = None
-        self.control: Optional[Connection] = None
+        self.conn: _DataSocket | None = None
+        self.control: Connection | None = None
         self.thread = threading.Thread(
             target=self._receive, daemon=True,
             name="data_workers %s receiver %d" % (spec.input_source, worker_id))
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
     def launch(self) -> None:
@@ -277,7 +277,7 @@ class _ProcessWorker:
         self.failure_after = (err, self.arena.sent)
         self.failure_posted.set()
 
-    def due_failure(self) -> Optional[DataInputError]:
+    def due_failure(self) -> DataInputError | None:
         """The data path (one thread at a time): the posted failure, once every
         data message the child sent before it has been read; then None again."""
         posted = self.failure_after
@@ -320,7 +320,7 @@ class _ProcessWorker:
         except BaseException as exc:  # noqa: B902 - a thread has nobody to raise to
             host.fail(_receiving_failed(exc, host.name, self.worker_id))
 
-    def _handle(self, message: Tuple[Any, ...]) -> bool:
+    def _handle(self, message: tuple[Any, ...]) -> bool:
         host = self.owner.host
         if message[0] == "skip":
             self.received += 1
@@ -334,7 +334,7 @@ class _ProcessWorker:
             return False
         return host.put_chunk(chunk)
 
-    def chunk_of(self, message: Tuple[Any, ...]) -> Optional[Chunk]:
+    def chunk_of(self, message: tuple[Any, ...]) -> Chunk | None:
         """The accepted chunk a data message describes; None if there is none
         (a skip, counted), a failure marker if fetch_fun raised beyond the
         budget.  Raises Chunk*Error for output the host refuses."""
@@ -378,7 +378,7 @@ class _ProcessWorker:
         return chunk
 
     # -- control messages (process watcher thread) -------------------------------
-    def read_control(self) -> Optional[DataInputError]:
+    def read_control(self) -> DataInputError | None:
         """Handle every control message waiting; return a reported error, if any."""
         control = self.control
         while control is not None:
@@ -394,7 +394,7 @@ class _ProcessWorker:
                 return self._remote_error(*message[1:])
         return None
 
-    def _remote_error(self, blob: Optional[bytes], type_name: str, text: str,
+    def _remote_error(self, blob: bytes | None, type_name: str, text: str,
                       tb: str) -> DataInputError:
         exc = _remote_exception(blob, type_name, text, tb)
         if isinstance(exc, DataInputError):
@@ -411,7 +411,7 @@ class _ProcessWorker:
     def exited(self) -> bool:
         return self.process is not None and self.process.poll() is not None
 
-    def end_failure(self) -> Optional[DataInputError]:
+    def end_failure(self) -> DataInputError | None:
         """Why this ended worker's end is a failure, or None if it was asked to end.
 
         Called once the process has exited.  An error the child reported wins;
@@ -495,8 +495,8 @@ class _BatchReader(ChunkSource):
         self._lock = threading.RLock()
         self._closed = False
         self._poller = select.poll()
-        self._by_fd: Dict[int, _ProcessWorker] = {}
-        self._registered: Set[int] = set()  # worker ids, read or gone
+        self._by_fd: dict[int, _ProcessWorker] = {}
+        self._registered: set[int] = set()  # worker ids, read or gone
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._poller.register(self._wake_r, select.POLLIN)
 
@@ -518,7 +518,7 @@ class _BatchReader(ChunkSource):
                 self._by_fd[conn.fileno()] = w
                 self._poller.register(conn.fileno(), select.POLLIN)
 
-    def get_ready(self, timeout: Optional[float] = None, want_rows: int = 1) -> List[Chunk]:
+    def get_ready(self, timeout: float | None = None, want_rows: int = 1) -> list[Chunk]:
         """Read what has arrived from each worker whose socket is readable."""
         with self._lock:
             if self._closed or self._owner.halted:
@@ -526,7 +526,7 @@ class _BatchReader(ChunkSource):
             if len(self._registered) < len(self._owner.workers):
                 self._register_new()
             events = self._poller.poll(None if timeout is None else timeout * 1000)
-            chunks: List[Chunk] = []
+            chunks: list[Chunk] = []
             try:
                 for fd, _ in events:
                     worker = self._by_fd.get(fd)
@@ -551,7 +551,7 @@ class _BatchReader(ChunkSource):
                 raise
             return chunks
 
-    def _read(self, fd: int, worker: "_ProcessWorker", chunks: List[Chunk]) -> None:
+    def _read(self, fd: int, worker: "_ProcessWorker", chunks: list[Chunk]) -> None:
         """Append the chunks of ``worker``'s messages that have arrived to ``chunks``."""
         conn = worker.conn
         try:
@@ -586,14 +586,14 @@ class _BatchReader(ChunkSource):
         self._closed = True  # a plain store: safe from a signal handler
         self.wake()
 
-    def drain(self) -> List[Chunk]:
+    def drain(self) -> list[Chunk]:
         return []  # nothing is buffered here: unread batches stay in the rings
 
     def depth(self) -> int:
         """Batches the workers have sent that the enqueuer has not read yet."""
         return sum(max(0, w.arena.sent - w.received) for w in self._owner.workers)
 
-    def waiting_for(self) -> Optional[int]:
+    def waiting_for(self) -> int | None:
         return None
 
     def shut(self, deadline: float) -> bool:
@@ -638,8 +638,8 @@ class ProcessFetchers(FetcherBackend):
         assemble = not (spec.deterministic or spec.dont_rebatch)
         #: Set when the host reads whole batches from the sockets itself
         #: (``batch_source``); fixed here, before anyone reads ``threads``.
-        self.reader: Optional[_BatchReader] = None
-        self.workers: List[_ProcessWorker] = []
+        self.reader: _BatchReader | None = None
+        self.workers: list[_ProcessWorker] = []
         try:
             for index, wid in enumerate(host.worker_ids):
                 self.workers.append(_ProcessWorker(self, wid, ChildSpec(
@@ -655,7 +655,7 @@ class ProcessFetchers(FetcherBackend):
         # Whole batches: the enqueuer reads the sockets itself, no receiver threads.
         # Chunk mode (deterministic, dont_rebatch): a receiver per worker feeds the
         # channel, whose order and bound those modes need.
-        self.threads: List[threading.Thread] = []
+        self.threads: list[threading.Thread] = []
         if assemble:
             self.reader = _BatchReader(self)
         else:
@@ -663,7 +663,7 @@ class ProcessFetchers(FetcherBackend):
         self._watcher = threading.Thread(
             target=self._watch, daemon=True, name="data_workers %s process watcher" % spec.input_source)
 
-    def batch_source(self) -> Optional[ChunkSource]:
+    def batch_source(self) -> ChunkSource | None:
         """Whole batches (the default order): the enqueuer reads the sockets itself."""
         return self.reader
 
@@ -671,10 +671,10 @@ class ProcessFetchers(FetcherBackend):
         for w in self.workers:
             w.arena.batch_size = batch_size
 
-    def pids(self) -> List[Optional[int]]:
+    def pids(self) -> list[int | None]:
         return [w.pid for w in self.workers]
 
-    def locations(self, only: Optional[int] = None) -> str:
+    def locations(self, only: int | None = None) -> str:
         pids = ", ".join("%s (worker %d)" % (w.pid, w.worker_id)
                          for w in self.workers if only in (None, w.worker_id))
         return " Fetcher processes: %s." % pids if pids else ""
@@ -714,7 +714,7 @@ class ProcessFetchers(FetcherBackend):
                 live = [w for w in self.workers if w.process is not None and not w.ended]
                 if not live:
                     return
-                waitables: List[Any] = [w.control for w in live if w.control is not None]
+                waitables: list[Any] = [w.control for w in live if w.control is not None]
                 waitables += [w.pidfd for w in live if w.pidfd is not None]
                 multiprocessing.connection.wait(waitables, _WATCH_SECS)
                 for w in live:

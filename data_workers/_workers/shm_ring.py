@@ -61,7 +61,8 @@ import mmap
 import os
 import threading
 import time
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Callable
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -82,11 +83,11 @@ LEND_LAG = 6
 MIN_RING_BYTES = 64 << 20
 
 #: (dtype string, shape, byte offset in the ring) of one array in a chunk.
-ArrayLayout = Tuple[str, Tuple[int, ...], int]
+ArrayLayout = tuple[str, tuple[int, ...], int]
 
 
 #: numpy dtypes by their string, for ``views`` (which runs on every batch).
-_DTYPES: Dict[str, np.dtype] = {}
+_DTYPES: dict[str, np.dtype] = {}
 
 
 def _aligned(n: int) -> int:
@@ -113,7 +114,7 @@ class ShmArena:
             child sizes its ring from its first chunk (``size_for_batch``).
     """
 
-    def __init__(self, size: int, fd: Optional[int] = None, name: str = "data_workers",
+    def __init__(self, size: int, fd: int | None = None, name: str = "data_workers",
                  fixed: bool = True) -> None:
         self.size = size
         self.fixed = fixed
@@ -124,7 +125,7 @@ class ShmArena:
         try:
             if created:
                 os.ftruncate(fd, HEADER_BYTES + size)
-            self._map: Optional[mmap.mmap] = mmap.mmap(fd, HEADER_BYTES + size)
+            self._map: mmap.mmap | None = mmap.mmap(fd, HEADER_BYTES + size)
         except BaseException:
             if created:  # e.g. mmap's ENOMEM: no ring, and no fd left behind
                 os.close(fd)
@@ -135,7 +136,7 @@ class ShmArena:
         # The enqueuer, a receiver, Caffe2's release callbacks and the stopping
         # thread release (reentrant: NOTE [ Shutdown and error protocol ], rule 7).
         self._release_lock = threading.RLock()
-        self._claims: Deque[RingClaim] = collections.deque()  # parent: in write order
+        self._claims: collections.deque[RingClaim] = collections.deque()  # parent: in write order
         self._ring = np.frombuffer(self._map, np.uint8, size, HEADER_BYTES)
         self.written = 0  # child side: total bytes handed out, padding included
         if fixed:
@@ -156,13 +157,13 @@ class ShmArena:
     def chunk_bytes(self, arrays: Sequence[np.ndarray]) -> int:
         return sum(_aligned(a.nbytes) for a in arrays)
 
-    def layout_bytes(self, layouts: Sequence[Tuple[str, Tuple[int, ...]]]) -> int:
+    def layout_bytes(self, layouts: Sequence[tuple[str, tuple[int, ...]]]) -> int:
         """Ring bytes that arrays of these ``(dtype, shape)`` pairs take, alignment included."""
         return sum(_aligned(math.prod(shape) * np.dtype(dtype).itemsize)
                    for dtype, shape in layouts)
 
-    def reserve(self, layouts: Sequence[Tuple[str, Tuple[int, ...]]],
-                keep_waiting: Callable[[], bool]) -> Optional[Tuple[int, List[ArrayLayout]]]:
+    def reserve(self, layouts: Sequence[tuple[str, tuple[int, ...]]],
+                keep_waiting: Callable[[], bool]) -> tuple[int, list[ArrayLayout]] | None:
         """Claim contiguous ring space for arrays of these ``(dtype, shape)`` pairs.
 
         Waits for room while ``keep_waiting()``.
@@ -188,7 +189,7 @@ class ShmArena:
             time.sleep(pause)
             pause = min(pause * 2, 0.005)
         offset = (pos + pad) % self.capacity
-        placed: List[ArrayLayout] = []
+        placed: list[ArrayLayout] = []
         for (dtype, shape), nbytes in zip(layouts, sizes):
             placed.append((np.dtype(dtype).str, tuple(shape), offset))
             offset += _aligned(nbytes)
@@ -196,7 +197,7 @@ class ShmArena:
         return span, placed
 
     def write(self, arrays: Sequence[np.ndarray],
-              keep_waiting: Callable[[], bool]) -> Optional[Tuple[int, List[ArrayLayout]]]:
+              keep_waiting: Callable[[], bool]) -> tuple[int, list[ArrayLayout]] | None:
         """Copy ``arrays`` into newly reserved ring space (see ``reserve``)."""
         reserved = self.reserve([(a.dtype.str, a.shape) for a in arrays], keep_waiting)
         if reserved is None:
@@ -206,10 +207,10 @@ class ShmArena:
         return reserved
 
     # -- both sides -------------------------------------------------------
-    def views(self, layouts: Sequence[ArrayLayout]) -> List[np.ndarray]:
+    def views(self, layouts: Sequence[ArrayLayout]) -> list[np.ndarray]:
         """Numpy arrays over the ring memory described by ``layouts`` (no copy)."""
         ring = self._ring
-        out: List[np.ndarray] = []
+        out: list[np.ndarray] = []
         for dtype_str, shape, offset in layouts:
             dtype = _DTYPES.get(dtype_str)
             if dtype is None:

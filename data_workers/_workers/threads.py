@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, List, Optional
+from typing import Any
 
 from .._core.backend import BackendSpec, FetcherBackend, FetcherHost, FetchFun
 from .._core.metrics import Metrics
@@ -58,7 +58,7 @@ class ThreadFetchers(FetcherBackend):
     def __init__(self, host: FetcherHost, spec: BackendSpec) -> None:
         self._host = host
         self._ids = list(host.worker_ids)
-        self.threads: List[threading.Thread] = [
+        self.threads: list[threading.Thread] = [
             threading.Thread(
                 target=run_worker,
                 name="data_workers %s fetcher %d" % (spec.input_source, wid),
@@ -81,7 +81,7 @@ class ThreadFetchers(FetcherBackend):
     def close(self) -> None:
         """Threads hold no OS resources of their own."""
 
-    def locations(self, only: Optional[int] = None) -> str:
+    def locations(self, only: int | None = None) -> str:
         return "".join("\nfetcher thread %r is at:\n%s" % (t.name, thread_stack(t))
                        for wid, t in zip(self._ids, self.threads)
                        if t.is_alive() and only in (None, wid))
