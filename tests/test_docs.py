@@ -34,6 +34,10 @@ from typing import Dict, List, Set, Tuple
 
 import pytest
 
+# The site is built as `make docs` builds it, in the Caffe2 leg: its API reference
+# imports init_data_input_workers and the rest of the Caffe2 API to read their docstrings.
+pytestmark = pytest.mark.caffe2
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 DOCS = os.path.join(ROOT, "docs")
