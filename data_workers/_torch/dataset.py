@@ -424,7 +424,8 @@ class DatasetFetch:
 
     def _map_batches(self, worker_id: int) -> Iterator[list[np.ndarray]]:
         planner = self.planner
-        assert planner is not None  # invariant: only called for map-style datasets
+        if planner is None:  # invariant: only called for map-style datasets
+            raise RuntimeError("internal error: planner is unset (only called for map-style datasets)")
         epoch, k = self.start
         position = 0
         while True:

@@ -258,7 +258,8 @@ class DatasetLoader:
     def _load_here(self, epoch: int, k: int) -> tuple[int, Any]:
         """``num_workers=0``: the batch's kind (BATCH or SKIPPED) and the batch, loaded
         in the calling thread."""
-        assert self.planner is not None  # invariant: map-style
+        if self.planner is None:  # invariant: map-style
+            raise RuntimeError("internal error: self.planner is unset (map-style)")
         indices = self.planner.plan(epoch)[k]
         single = self.batch_sampler is None
         if self.max_fetch_failures != 0:
@@ -335,7 +336,8 @@ class DatasetLoader:
         Raises:
             TimeoutError: none came within ``timeout`` seconds (the loader stays usable).
         """
-        assert self._run is not None  # invariant: the caller started it
+        if self._run is None:  # invariant: the caller started it
+            raise RuntimeError("internal error: self._run is unset (the caller started it)")
         try:
             return next(self._run)
         except TimeoutError:
@@ -353,7 +355,8 @@ class DatasetLoader:
                 batch (the original exception is the cause); the run is closed.
         """
         epoch, k, kind = (int(v) for v in arrays[0][0])
-        assert self._template is not None  # invariant: set by _start_run
+        if self._template is None:  # invariant: set by _start_run
+            raise RuntimeError("internal error: self._template is unset (set by _start_run)")
         template, count, _ = self._template
         payload = pickle.loads(arrays[1 + count][0])
         if kind & WITH_FAILURES:
@@ -414,7 +417,8 @@ class DatasetLoader:
             first = next(iter(self.dataset))
             return self.collate_fn([first]) if self._batch_size is not None \
                 else self.collate_fn(first)
-        assert self.planner is not None  # invariant: map-style
+        if self.planner is None:  # invariant: map-style
+            raise RuntimeError("internal error: self.planner is unset (map-style)")
         plan = self.planner.plan(self._epoch)
         if not plan:
             raise ValueError("loader %r: the sampler yields no batch" % self.name)
@@ -435,7 +439,8 @@ class DatasetLoader:
         self._close_run()
         in_process = self.worker_type == "process"
         fetch = self._fetch(start, self.num_workers, self.worker_type)
-        assert self._template is not None  # invariant: set by _fetch
+        if self._template is None:  # invariant: set by _fetch
+            raise RuntimeError("internal error: self._template is unset (set by _fetch)")
         template, count, objects = self._template
         names = ["batch_position"] + leaf_names(template) + ["objects"]
         if not in_process:
