@@ -80,7 +80,10 @@ attack it answers.
    channel takes it even when full, so a failing worker never waits on the
    consumer); a process's error report or death, seen at once by the process
    watcher, is held until the data path has read every message the child
-   sent before it (``arena.sent`` at that moment).  The enqueuer, on taking a
+   sent before it (``arena.sent`` at that moment), and at most
+   ``FAILURE_GRACE_SECS`` (``_workers/processes.py``): past that the watcher
+   fails the input itself, so a data path that never returns to that socket
+   cannot hold a failure back.  The enqueuer, on taking a
    marker, drops what comes after it, pushes the whole batches before it and
    then raises the failure (rule 2).  The failure is known (``failure``,
    ``stats()``) from the moment it happens; ``check()`` raises it, and the

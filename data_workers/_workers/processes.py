@@ -77,6 +77,12 @@ DEFAULT_SHM_BYTES_PER_WORKER = 4 << 30
 _POLL_SECS = 0.1
 #: The process watcher's period when pidfds are not available.
 _WATCH_SECS = 0.2
+#: A worker's failure waits for the data path to read what the worker sent
+#: before it (rule 10) at most this long; then the watcher fails the input
+#: itself.  The data path may never come back to that worker's socket (the
+#: other workers keep it busy, or a message cut short by a SIGKILL never
+#: completes), and a failure must not wait on it forever.
+FAILURE_GRACE_SECS = 2.0
 #: Escalation after the stop deadline: wait this long after SIGTERM, then after SIGKILL.
 _TERM_SECS = 0.5
 _KILL_SECS = 1.0
@@ -216,6 +222,7 @@ class _ProcessWorker:
         #: process watcher with the number of data messages the child had sent
         #: before it: due once the data path has read those (rule 10).
         self.failure_after: tuple[DataInputError, int] | None = None
+        self.failure_posted_at = 0.0
         self.failure_delivered = False
         #: Set by the data path once the child closed its data socket.
         self.data_closed = False
@@ -275,7 +282,18 @@ class _ProcessWorker:
     def post_failure(self, err: DataInputError) -> None:
         """Process watcher: ``err`` ends this worker once its data sent before is read."""
         self.failure_after = (err, self.arena.sent)
+        self.failure_posted_at = time.monotonic()
         self.failure_posted.set()
+
+    def overdue_failure(self) -> DataInputError | None:
+        """Process watcher: the posted failure, if the data path has not delivered it
+        within ``FAILURE_GRACE_SECS``; then None again."""
+        posted = self.failure_after
+        if posted is None or self.failure_delivered \
+                or time.monotonic() - self.failure_posted_at < FAILURE_GRACE_SECS:
+            return None
+        self.failure_delivered = True
+        return posted[0]
 
     def due_failure(self) -> DataInputError | None:
         """The data path (one thread at a time): the posted failure, once every
@@ -711,8 +729,16 @@ class ProcessFetchers(FetcherBackend):
         """Report an error or a death as soon as it happens, independent of the data path."""
         try:
             while not self.halted:
+                for w in self.workers:
+                    overdue = w.overdue_failure()
+                    if overdue is not None:
+                        self.host.fail(overdue)
                 live = [w for w in self.workers if w.process is not None and not w.ended]
                 if not live:
+                    if any(w.failure_after is not None and not w.failure_delivered
+                           for w in self.workers):
+                        time.sleep(_WATCH_SECS)  # only an overdue failure left to watch
+                        continue
                     return
                 waitables: list[Any] = [w.control for w in live if w.control is not None]
                 waitables += [w.pidfd for w in live if w.pidfd is not None]
