@@ -91,6 +91,13 @@ demo: $(STAMP)
 # that misses a module (tests/conftest.py), and pytest's exit status 5 (no tests ran)
 # is a failure like any other.
 TEST_LEGS ?= overlap
+# The Ray tests run in a pytest process of their own, after the rest of the Caffe2
+# leg: a Ray session leaves threads and finalizers in the process that started it,
+# and the xdist worker that had run them was the one that crashed, in 3 full runs
+# of 7 beside two busy loops (then xdist hung replacing it).
+RAY_TESTS := tests/test_ray_source.py
+CAFFE2_LEG := --ignore=$(RAY_TESTS)
+RAY_LEG := -n 0 $(RAY_TESTS)
 MODERN_LOG := .cache/modern-leg.log
 LEG_INFO = -c 'import sys, torch; print("Python %d.%d, torch %s" % (sys.version_info[:2] + (torch.__version__,)))'
 test: $(STAMP) $(STAMP311)
@@ -101,7 +108,8 @@ test: $(STAMP) $(STAMP311)
 	  trap 'kill $$modern 2>/dev/null; exit 130' INT TERM; \
 	fi; \
 	echo "== Caffe2 leg: $(VENV) ($$($(PY) $(LEG_INFO)))"; \
-	$(PY) -m pytest $(PYTEST_ARGS) || rc=1; \
+	$(PY) -m pytest $(CAFFE2_LEG) $(PYTEST_ARGS) || rc=1; \
+	$(PY) -m pytest $(RAY_LEG) $(PYTEST_ARGS) || rc=1; \
 	if [ "$(TEST_LEGS)" = overlap ]; then \
 	  wait $$modern || rc=1; \
 	  echo "== modern leg: $(VENV311) ($$($(PY311) $(LEG_INFO)))"; cat $(MODERN_LOG); \
@@ -112,7 +120,8 @@ test: $(STAMP) $(STAMP311)
 	exit $$rc
 
 test-caffe2: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(CAFFE2_LEG) $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest $(RAY_LEG) $(PYTEST_ARGS) && exit $$rc
 
 test-modern: $(STAMP311)
 	$(PY311) -m pytest -m "not caffe2" $(PYTEST_ARGS)
