@@ -30,7 +30,8 @@ from .metrics import ExternalLogger, Metrics
 from .pipeline import LOG_INT_SECS, BatchStage, InputConfig, InputCoordinator
 from .sink import BatchSink
 
-__all__ = ["ArgNames", "BackendFactory", "check_blob_names", "check_input_args", "build_input"]
+__all__ = ["ArgNames", "BackendFactory", "check_blob_names", "check_worker_type", "check_input_args",
+           "build_input"]
 
 #: Builds the backend of an input (given the input as its host) for a worker type.
 BackendFactory = Callable[[str, BackendSpec], Callable[[FetcherHost], FetcherBackend]]
@@ -70,6 +71,12 @@ def check_blob_names(blob_names: Any, arg: str, noun: str = "blob") -> tuple[str
     return tuple(blob_names)
 
 
+def check_worker_type(worker_type: Any) -> None:
+    """Raise ValueError unless ``worker_type`` names a backend of ``_workers``."""
+    if worker_type not in WORKER_TYPES:
+        raise ValueError("worker_type must be one of %s, got %r" % (WORKER_TYPES, worker_type))
+
+
 def check_input_args(
     *,
     fetch_fun: Any,
@@ -106,8 +113,7 @@ def check_input_args(
     if not callable(fetch_fun):
         raise TypeError("fetch_fun must be callable as fetch_fun(worker_id, batch_size), got %r"
                         % (fetch_fun,))
-    if worker_type not in WORKER_TYPES:
-        raise ValueError("worker_type must be one of %s, got %r" % (WORKER_TYPES, worker_type))
+    check_worker_type(worker_type)
     if shm_bytes_per_worker is not None and worker_type != "process":
         raise ValueError("shm_bytes_per_worker only applies to worker_type='process' (thread "
                          "workers hand their arrays over without shared memory); got "

@@ -41,7 +41,7 @@ from torch.utils.data._utils.collate import default_collate, default_convert
 
 from .._core.args import (check_int, check_max_fetch_failures, check_positive_int,
                           check_positive_seconds)
-from .._core.backend import WORKER_TYPES
+from .._core.build import check_worker_type
 from .._core.budget import FetchFailureBudget
 from .._core.errors import FetcherError, RemoteTraceback
 from .._core.metrics import InputCounters, InputStats, Metrics
@@ -84,8 +84,7 @@ class DatasetLoader:
         self.dataset = dataset
         self.max_fetch_failures = check_max_fetch_failures(max_fetch_failures)
         self.num_workers = check_int("num_workers", num_workers, minimum=0)
-        if worker_type not in WORKER_TYPES:
-            raise ValueError("worker_type must be one of %s, got %r" % (WORKER_TYPES, worker_type))
+        check_worker_type(worker_type)
         if prefetch_factor is not None:
             if self.num_workers == 0:
                 raise ValueError("prefetch_factor=%r counts batches per worker, and "
