@@ -747,18 +747,21 @@ class ProcessFetchers(FetcherBackend):
                     if self.halted:
                         return
                     err = w.read_control()
-                    if err is None and w.exited():
+                    if err is None:
+                        # Asked once: a child may die between two asks (its
+                        # sockets close before it becomes a zombie), and an
+                        # exit seen only by a second ask would go unexplained.
+                        if not w.exited():
+                            continue
                         err = w.end_failure()
+                    w.ended = True
                     if err is not None:
                         # Reported now, raised behind its earlier batches (rule 10).
-                        w.ended = True
                         err.where(self.host.name, w.worker_id)
                         self.host.note_failure(err)
                         w.post_failure(err)
                         if self.reader is not None:
                             self.reader.wake()
-                    elif w.exited():
-                        w.ended = True
         except BaseException as exc:  # noqa: B902 - a thread has nobody to raise to
             self.host.fail(PipelineError.wrapping(
                 exc, "watching the worker processes of input %r failed:" % self.host.name,
