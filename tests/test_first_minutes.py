@@ -407,3 +407,57 @@ def test_process_workers_copy_until_torch_is_imported_then_lend():
         """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True"]  # some copied first, then lent
+
+
+@pytest.mark.caffe2
+def test_a_slow_torch_import_holds_up_neither_batches_nor_a_failure(tmp_path):
+    # torch is imported on a thread of its own; the enqueuer must never wait for
+    # that import (it once did, from the import's first line to its last).  A
+    # stand-in torch whose import never ends unless told to makes it last forever.
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(
+        "import os, time\n"
+        "while not os.path.exists(%r):\n"
+        "    time.sleep(0.01)\n"
+        "raise ImportError('the stand-in torch')\n" % str(tmp_path / "release"))
+    result = _python("""
+        import os, sys
+        import numpy as np
+        sys.path.insert(0, sys.argv[1])
+        from caffe2.python import core, workspace
+        workspace.GlobalInit(["caffe2", "--caffe2_log_level=3"])
+        import data_workers
+
+        class DiesAfter40:
+            def __init__(self):
+                self.calls = 0
+            def __call__(self, worker_id, batch_size):
+                self.calls += 1
+                if self.calls > 40:
+                    os._exit(3)
+                rows = np.arange((self.calls - 1) * 16, self.calls * 16)
+                return [rows.reshape(16, 1).astype(np.float32), rows.astype(np.int32)]
+
+        net = core.Net("slow_torch")
+        coord = data_workers.init_data_input_workers(
+            net, ["data", "label"], DiesAfter40(), 16, worker_type="process",
+            num_worker_threads=1, timeout=60)
+        coord.start()
+        workspace.CreateNet(net)
+        labels = []
+        try:
+            while True:
+                workspace.RunNet(net.Proto().name)
+                labels.extend(workspace.FetchBlob("label"))
+        except RuntimeError:
+            pass
+        try:
+            coord.stop()
+        except data_workers.WorkerDiedError as err:
+            print(type(err).__name__, err.exitcode)
+        print(labels == list(range(640)), "torch" in sys.modules)
+        sys.stdout.flush()
+        os._exit(0)  # the stand-in torch's import never ends
+        """, str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["WorkerDiedError", "3", "True", "True"], result.stdout

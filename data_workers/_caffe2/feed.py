@@ -127,8 +127,9 @@ def _torch_ready(start_import: bool) -> bool:
     global _torch_import_started
     if _torch_module is not None:
         return True
-    if "torch" in sys.modules:
-        _torch()  # imported already (or being imported: waits for that import)
+    module = sys.modules.get("torch")
+    if module is not None and not _being_imported(module):
+        _torch()  # imported by the script: nothing left to wait for
         return True
     with _torch_import_lock:
         if start_import and not _torch_import_started:
@@ -136,6 +137,13 @@ def _torch_ready(start_import: bool) -> bool:
             threading.Thread(target=_import_torch, daemon=True,
                              name="data_workers torch import").start()
     return False
+
+
+def _being_imported(module: Any) -> bool:
+    """Whether ``module`` is in ``sys.modules`` only because a thread is still
+    importing it: an ``import`` of it on another thread would wait for that
+    thread.  (importlib marks the module's spec while its code runs.)"""
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
 
 
 def _import_torch() -> None:
