@@ -78,12 +78,51 @@ def run_until_error(net: core.Net, max_iters: int = 10000,
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.01) -> None:
-    """Poll ``predicate`` (a state with no event to wait on, e.g. counters) until true."""
+    """Poll ``predicate`` (a state with no event to wait on, e.g. counters) until true.
+
+    On a timeout the error carries a snapshot of this process's threads and its
+    child processes: a failure seen once under CI's load must be explainable
+    from the log alone.
+    """
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
+            raise AssertionError("timed out after %.1f s waiting for %s\n%s"
+                                 % (timeout, what, process_snapshot()))
         time.sleep(interval)
+
+
+def wait_for_failure(coord: Any, timeout: float = 20.0) -> None:
+    """Wait until the coordinator's (first) input has recorded a failure."""
+    wait_for(lambda: coord.stats()[0].failure is not None, timeout, "the failure to be recorded")
+
+
+def process_snapshot() -> str:
+    """Every Python thread's stack here, and the state of each child process."""
+    import traceback
+
+    lines = ["-- threads of pid %d:" % os.getpid()]
+    names = {t.ident: t.name for t in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        lines.append("thread %r:" % names.get(ident, ident))
+        lines.extend("  " + entry.rstrip().replace("\n", "\n  ")
+                     for entry in traceback.format_stack(frame)[-8:])
+    lines.append("-- children:")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                stat = f.read()
+            with open("/proc/%s/wchan" % entry) as f:
+                wchan = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == os.getpid():  # fields: state, ppid, ...
+            lines.append("pid %s %s state %s wchan %s" % (
+                entry, stat[stat.index("("):stat.rindex(")") + 1], fields[0], wchan or "-"))
+    return "\n".join(lines)
 
 
 def in_call(thread: threading.Thread, function: str) -> bool:

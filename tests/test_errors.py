@@ -12,6 +12,7 @@ import pytest
 from caffe2.python import workspace
 
 import data_workers
+from fault_util import wait_for_failure
 from data_workers import parallel_workers
 from data_workers.sharding import ShardedSource
 from util import failing_fetcher, init_tagged, make_net
@@ -19,17 +20,10 @@ from util import failing_fetcher, init_tagged, make_net
 pytestmark = pytest.mark.timeout(60)
 
 
-def _wait_for_failure(coord, limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while coord.stats()[0].failure is None:
-        assert time.monotonic() < deadline, "the input never failed"
-        time.sleep(0.01)
-
-
 def _net_fails_within(net, seconds: float, coord=None) -> float:
     """Once the input has failed, the net's next dequeue must fail within ``seconds``."""
     if coord is not None:
-        _wait_for_failure(coord)
+        wait_for_failure(coord)
     workspace.CreateNet(net, overwrite=True)
     for _ in range(10):  # batches queued before the failure are still delivered
         started = time.monotonic()

@@ -19,6 +19,7 @@ import pytest
 from caffe2.python import workspace
 
 import data_workers
+from fault_util import wait_for_failure
 from util import check_tagged, init_tagged, make_net
 
 pytestmark = pytest.mark.timeout(90)
@@ -254,13 +255,6 @@ def _load_unfindable(tmp_path: Path, name: str):
     return module
 
 
-def _wait_failure(coord, limit: float = 20.0) -> None:
-    deadline = time.monotonic() + limit
-    while coord.stats()[0].failure is None:
-        assert time.monotonic() < deadline, "no failure reported"
-        time.sleep(0.01)
-
-
 def test_module_the_worker_cannot_import_is_a_clear_error_or_sent_by_value(ws, tmp_path):
     import cloudpickle
 
@@ -271,7 +265,7 @@ def test_module_the_worker_cannot_import_is_a_clear_error_or_sent_by_value(ws, t
         coord = init_tagged(net, batch_size=4, fetch_fun=module.fetch, worker_type="process",
                             num_worker_threads=1, timeout=30)
         coord.start()
-        _wait_failure(coord)
+        wait_for_failure(coord)
         with pytest.raises(data_workers.FetcherError,
                            match="unpickling fetch_fun in the worker process failed: "
                                  "ModuleNotFoundError.*register_pickle_by_value"):

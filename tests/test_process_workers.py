@@ -12,17 +12,11 @@ import pytest
 from caffe2.python import workspace
 
 import data_workers
+from fault_util import wait_for_failure
 from util import (RandomValues, SelfDestruct, TaggedFetcher, check_tagged, init_tagged, make_net,
                   open_fds, run_and_collect, shm_segments)
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _wait_failure(coord, limit=20.0):
-    deadline = time.monotonic() + limit
-    while coord.stats()[0].failure is None:
-        assert time.monotonic() < deadline, "no failure reported"
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("how,exitcode,signal_name", [
@@ -34,7 +28,7 @@ def test_dead_worker_is_reported_and_fails_the_net_fast(ws, how, exitcode, signa
     shm_before = shm_segments()
     coord.start()
     pid = coord.stats()[0].worker_pids[0]
-    _wait_failure(coord)
+    wait_for_failure(coord)
     workspace.CreateNet(net, overwrite=True)
     with pytest.raises(RuntimeError):
         for _ in range(10):  # the three good chunks may still be queued
@@ -119,7 +113,7 @@ def test_chunk_larger_than_shared_memory_is_a_clear_error(ws, deterministic):
                         fetch_fun=TaggedFetcher(max_rows=200, width=64, seed=3),
                         timeout=600)
     coord.start()
-    _wait_failure(coord)
+    wait_for_failure(coord)
     with pytest.raises(data_workers.ChunkValueError, match="shm_bytes_per_worker"):
         coord.stop()
 
@@ -130,7 +124,7 @@ def test_bad_output_in_a_process_names_worker_and_blob(ws):
         net, ["data", "label"], _returns_list_for_label, 4, num_worker_threads=1,
         worker_type="process", timeout=600)
     coord.start()
-    _wait_failure(coord)
+    wait_for_failure(coord)
     with pytest.raises(data_workers.ChunkTypeError, match="list for blob 'label'"):
         coord.stop()
 
