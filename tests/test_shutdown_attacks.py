@@ -29,7 +29,7 @@ import data_workers
 from data_workers._workers import processes as _process_workers
 from fault_util import (PROMPT_SECS, BlockingFetcher, SteadyFetcher, count_dequeue_ops,
                         fetcher_processes, make_input, no_shm_leak, open_fds,  # noqa: F401
-                        shm_segments, wait_for)
+                        settle_imports, shm_segments, wait_for)
 from protocol_fetchers import (ChunkFetcher, CountingFetcher, DieAfter, ForkThenDie, MatrixFetcher,
                                wait_file)
 
@@ -645,6 +645,7 @@ def test_stopped_inputs_with_new_names_give_their_memory_back():
     25th, resident memory grows less than 32 MB (it grew ~500 MB), and each stopped
     input leaves only its closed, empty queue blob.  ``benchmarks/distinct_inputs.py``
     measures the 200-input goal."""
+    settle_imports()
     blobs_before = set(workspace.Blobs())
     nets_before = set(workspace.C.nets())
     queues = set()
