@@ -226,3 +226,53 @@ def test_data_socket_reads_every_message_whatever_the_reads_cut():
     assert [m[:2] for m in got[:-1]] == [m[:2] for m in messages[:-1]]
     assert [m[2] for m in got[:-1]] == [m[2] for m in messages[:-1]]
     np.testing.assert_array_equal(got[-1][1], messages[-1][1])
+
+
+@pytest.mark.parametrize("size", [0, 7, 16384, 16385, 3 << 20])
+def test_worker_framing_matches_multiprocessing_connection(size):
+    # A worker speaks multiprocessing's framing without importing it
+    # (_workers/wire.py); the trainer reads with Connection and _DataSocket.
+    from data_workers._workers.processes import _DataSocket
+    from data_workers._workers.wire import FramedSocket
+
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    ours, theirs = socket.socketpair()
+    worker = FramedSocket(theirs.detach())
+    trainer = Connection(ours.detach())
+    try:
+        for message in (payload, ("chunk", payload)):
+            sender = threading.Thread(target=worker.send, args=(message,))
+            sender.start()  # a large frame fills the socket: read while it is sent
+            assert trainer.recv() == message
+            sender.join()
+        sender = threading.Thread(target=trainer.send_bytes, args=(payload,))
+        sender.start()
+        assert worker.recv_bytes() == payload
+        sender.join()
+        trainer.send(("ready", size))
+        assert worker.recv() == ("ready", size)
+        data_ours, data_theirs = socket.socketpair()
+        reader = _DataSocket(data_ours)
+        data_worker = FramedSocket(data_theirs.detach())
+        sender = threading.Thread(target=lambda: [data_worker.send(("chunk", payload, i))
+                                                  for i in range(3)])
+        sender.start()
+        got = []
+        while len(got) < 3:
+            got.extend(reader.read())
+        sender.join()
+        assert got == [("chunk", payload, i) for i in range(3)]
+        data_worker.close()
+        with pytest.raises(EOFError):
+            reader.read()
+        reader.close()
+        trainer.close()  # the trainer's end closes: the worker sees it both ways
+        with pytest.raises(EOFError):
+            worker.recv_bytes()
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            worker.send_bytes(payload + b"!")
+    finally:
+        trainer.close()
+        worker.close()
+    with pytest.raises(OSError):
+        worker.fileno()

@@ -48,21 +48,19 @@ import pickle
 import random
 import select
 import signal
-import socket
 import sys
 import threading
 import time
 import traceback
-from multiprocessing.connection import Connection
 from typing import Any, Callable
 from collections.abc import Sequence
 
-import cloudpickle
 import numpy as np
 
 from .._core.errors import ChunkValueError
 from .._core.validate import ChunkValidator, DtypeRule
 from .shm_ring import ShmArena
+from .wire import FramedSocket
 
 __all__ = ["ChildImports", "ChildSpec", "child_main", "IN_WORKER_ENV"]
 
@@ -120,6 +118,8 @@ class ChildSpec:
 
 def _error_fields(exc: BaseException) -> tuple[bytes | None, str, str, str]:
     """``(pickled_exc, type_name, text, tb)``: an exception as it crosses to the trainer."""
+    import cloudpickle  # only on a failure: not on every worker's path to its first fetch
+
     try:
         blob: bytes | None = cloudpickle.dumps(exc)
     except Exception:
@@ -128,11 +128,11 @@ def _error_fields(exc: BaseException) -> tuple[bytes | None, str, str, str]:
     return blob, type(exc).__name__, str(exc), tb
 
 
-def _send_error(conn: Connection, exc: BaseException) -> None:
+def _send_error(conn: FramedSocket, exc: BaseException) -> None:
     conn.send(("error",) + _error_fields(exc))
 
 
-def _send_data(conn: Connection, arena: ShmArena, message: tuple[Any, ...]) -> None:
+def _send_data(conn: FramedSocket, arena: ShmArena, message: tuple[Any, ...]) -> None:
     """Send a data message, and count it in the arena (the trainer's queue depth)."""
     conn.send(message)
     arena.count_sent()
@@ -176,7 +176,7 @@ class _BatchBuilder:
     are dropped with it, like the re-batcher's leftovers in the trainer.
     """
 
-    def __init__(self, spec: ChildSpec, arena: ShmArena, conn: Connection,
+    def __init__(self, spec: ChildSpec, arena: ShmArena, conn: FramedSocket,
                  keep_going: Callable[[], bool]) -> None:
         self._spec = spec
         self._arena = arena
@@ -248,7 +248,7 @@ class _BatchBuilder:
         self._fetch_secs = 0.0
 
 
-def _add(builder: "_BatchBuilder", control: Connection, arrays: list[np.ndarray], rows: int,
+def _add(builder: "_BatchBuilder", control: FramedSocket, arrays: list[np.ndarray], rows: int,
          fetch_secs: float) -> bool:
     """``builder.add``, with a batch that cannot fit the ring reported as the error."""
     try:
@@ -279,8 +279,8 @@ def load_fetch_fun(blob: bytes) -> Callable[[int, int], Any]:
     return fetch_fun
 
 
-def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Connection,
-               control: Connection, arena: ShmArena) -> None:
+def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: FramedSocket,
+               control: FramedSocket, arena: ShmArena) -> None:
     """The fetch loop of one worker process."""
     random.seed(spec.seed)
     np.random.seed(spec.seed % (2 ** 32))
@@ -353,7 +353,7 @@ def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Conn
         _send_data(conn, arena, ("chunk", span, layouts, objects, fetch_secs, 1))
 
 
-def _exit_when_trainer_dies(conn: Connection, arena: ShmArena) -> None:
+def _exit_when_trainer_dies(conn: FramedSocket, arena: ShmArena) -> None:
     """Daemon thread: end this process if the trainer dies without stopping it.
 
     The trainer sends nothing after fetch_fun, so the control socket turns readable only
@@ -397,8 +397,8 @@ def main(argv: Sequence[str]) -> int:
     # Marks this interpreter as a worker: a module fetch_fun imports here that
     # starts process workers when imported would otherwise start them again.
     os.environ[IN_WORKER_ENV] = "1"
-    conn = Connection(socket.socket(fileno=data_fd).detach())
-    control = Connection(socket.socket(fileno=control_fd).detach())
+    conn = FramedSocket(data_fd)
+    control = FramedSocket(control_fd)
     arena: ShmArena | None = None
     try:
         try:

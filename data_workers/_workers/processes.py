@@ -121,7 +121,7 @@ def _remote_exception(blob: bytes | None, type_name: str, text: str,
 class _DataSocket:
     """The trainer's end of a worker's data socket: every message waiting, in one read.
 
-    The child writes with ``Connection.send`` (multiprocessing's framing: a
+    The child writes with ``wire.FramedSocket.send`` (multiprocessing's framing: a
     4-byte big-endian length, or -1 and an 8-byte length, then the pickle).
     ``Connection.recv`` makes two reads per message, and each read lets go of
     the GIL and takes it back; in a trainer whose main thread runs the net,
