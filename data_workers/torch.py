@@ -164,7 +164,7 @@ class Loader:
             every ``log_interval_secs``, as for ``init_data_input_workers``.
         log_interval_secs: seconds between inputs/sec log lines and
             external-logger calls.
-        max_fetch_failures: fetcher exceptions to skip (bad records) instead of
+        max_fetch_failures: fetch_fun exceptions to skip (bad records) instead of
             failing the loader: ``0`` (default) none, an int N up to N, a float
             in (0, 1) that fraction of fetch calls; as for
             ``init_data_input_workers``.

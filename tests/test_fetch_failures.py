@@ -142,7 +142,7 @@ def test_loader_skips_within_the_budget(worker_type: str) -> None:
     with Loader(FailAfterChunks(6, 4), 8, 1, worker_type=worker_type, names=["data", "label"],
                 max_fetch_failures=3, timeout=30) as loader:
         got = []
-        with pytest.raises(data_workers.FetcherError, match="after 3 fetcher exceptions"):
+        with pytest.raises(data_workers.FetcherError, match="after 3 fetch_fun exceptions"):
             while True:
                 got.append(next(loader))
         assert loader.stats().fetch_failures == 3

@@ -185,10 +185,59 @@ def test_dtype_without_a_tensor_type_is_a_clear_error() -> None:
 
     # Refused at the first chunk, by the torch sink's own rule (a Caffe2 blob takes uint16).
     with pytest.raises(data_workers.ChunkTypeError,
-                       match="fetcher 0 .* dtype uint16 for blob 'pixels', which a torch tensor "
+                       match="worker 0 of loader 'loader' returned dtype uint16 for array "
+                             "'pixels', which a torch tensor "
                              "cannot hold; supported are .*float32"):
         with Loader(unsigned16, 4, 1, names=["pixels"]) as loader:
             next(loader)
+
+
+#: Words a PyTorch user never wrote: a loader's message must not need them.
+CAFFE2_WORDS = ("fetcher", "blob", "input '", "RunNet", "Caffe2")
+
+
+def _no_caffe2_words(text: str) -> None:
+    assert not [w for w in CAFFE2_WORDS if w in text], text
+
+
+def slow_chunks(worker_id: int, batch_size: int) -> List[np.ndarray]:
+    import time
+
+    time.sleep(1.0)  # longer than stall_warning_secs: the input stalls
+    return tagged_chunk(worker_id, 0, 4)
+
+
+def test_errors_and_warnings_speak_pytorch(worker_type: str, caplog: Any) -> None:
+    def two_arrays_then_three(worker_id: int, batch_size: int) -> List[np.ndarray]:
+        return [np.zeros((4, 2), np.float32), np.zeros((4,), np.int64)] + (
+            [np.zeros(4)] if worker_id == 0 else [])
+
+    with pytest.raises(data_workers.ChunkTypeError) as info:
+        with Loader(two_arrays_then_three, 4, 1, names=["image", "target"],
+                    worker_type=worker_type) as loader:
+            next(loader)
+    assert "worker 0 of loader 'loader' returned 3 arrays; expected 2, one per array " \
+        "['image', 'target']" in str(info.value)
+    _no_caffe2_words(str(info.value))
+
+    caplog.set_level("WARNING", logger="data_workers")
+    with Loader(slow_chunks, 4, 1, names=NAMES, worker_type=worker_type,
+                stall_warning_secs=0.2, name="train") as loader:
+        next(loader)  # a second late: the warning came first
+    stall = [r.getMessage() for r in caplog.records if "no batch moved" in r.getMessage()][0]
+    assert stall.startswith("loader 'train': no batch moved for") and \
+        "workers produced nothing" in stall, stall
+    _no_caffe2_words(stall)
+
+
+def test_a_dead_worker_is_named_in_pytorch_words() -> None:
+    loader = Loader(SuddenDeath("sigkill", p=1.0), 4, 1, names=NAMES, worker_type="process")
+    with pytest.raises(data_workers.WorkerDiedError) as info:
+        for _ in loader:
+            pass
+    pid = info.value.pid
+    assert str(info.value) == "worker 0 (pid %d) of loader 'loader' was killed by SIGKILL" % pid
+    loader.close()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")

@@ -44,6 +44,7 @@ from caffe2.proto import caffe2_pb2
 from caffe2.python import core, workspace
 
 from .._core.sink import BatchLayout
+from .._core.words import FETCHER_WORDS
 from .dtypes import CAFFE2_DTYPE_RULE, TENSOR_DTYPES
 
 __all__ = ["Caffe2Feed", "Caffe2Names", "caffe2_names", "caffe2_dtype",
@@ -221,6 +222,7 @@ class Caffe2Feed:
     """
 
     dtype_rule = CAFFE2_DTYPE_RULE
+    words = FETCHER_WORDS
     full_hint = "the Caffe2 queue is full; is the training loop still calling RunNet?"
 
     def __init__(self, blob_names: Sequence[str], namescope: str, input_source: str,

@@ -33,6 +33,7 @@ from .chunk import Chunk
 from .errors import DataInputError
 from .metrics import Metrics
 from .validate import DtypeRule
+from .words import FETCHER_WORDS, Words
 
 __all__ = ["FetcherHost", "FetcherBackend", "BackendSpec", "ChunkSource", "FetchFun",
            "WORKER_TYPES"]
@@ -57,6 +58,8 @@ class BackendSpec:
     shm_bytes_per_worker: int | None
     #: The sink's dtypes, which process workers check before sending a chunk.
     dtype_rule: DtypeRule
+    #: The sink's words, for the messages of the workers' own errors.
+    words: Words = FETCHER_WORDS
     #: One chunk from each worker in turn (the channel's order).
     deterministic: bool = False
     #: ``max_fetch_failures`` is set: a fetch_fun exception goes to the host's
@@ -94,6 +97,10 @@ class FetcherHost(Protocol):
 
     @property
     def worker_ids(self) -> list[int]: ...
+
+    @property
+    def words(self) -> Words:
+        """The sink's nouns, for the messages a backend writes."""
 
     @property
     def metrics(self) -> Metrics: ...

@@ -36,6 +36,7 @@ import time
 from typing import Union
 
 from .metrics import InputCounters, Metrics
+from .words import FETCHER_WORDS, Words
 
 __all__ = ["FetchFailureBudget", "FractionOrCount"]
 
@@ -59,14 +60,18 @@ class FetchFailureBudget:
         input_source: names the input in log lines.
         counters: where a skipped exception is counted (``stats().fetch_failures``).
         metrics: where it is counted for external loggers (``fetch_failures``).
-        unit: what one skipped exception is, in log lines and ``note()``.
+        unit: what one skipped exception is, in log lines and ``note()``
+            (default: ``words.exceptions``).
+        words: the sink's nouns (``_core/words.py``).
     """
 
     def __init__(self, limit: FractionOrCount, input_source: str, counters: InputCounters,
-                 metrics: Metrics, unit: str = "fetcher exceptions") -> None:
+                 metrics: Metrics, unit: str | None = None,
+                 words: Words = FETCHER_WORDS) -> None:
         self.limit = limit
-        self.unit = unit
+        self.unit = unit or words.exceptions
         self._input_source = input_source
+        self._words = words
         self._counters = counters
         self._metrics = metrics
         self._lock = threading.Lock()
@@ -111,9 +116,9 @@ class FetchFailureBudget:
         self._metrics.put_metric("fetch_failures", 1)
         if log:
             logger.warning(
-                "input %r: %s raised %s: %s; skipped (%d %s skipped so far, "
-                "max_fetch_failures=%r%s)", self._input_source,
-                "fetcher %d" % worker_id if what is None else what,
+                "%s: %s raised %s: %s; skipped (%d %s skipped so far, "
+                "max_fetch_failures=%r%s)", self._words.input_named(self._input_source),
+                "%s %d" % (self._words.worker, worker_id) if what is None else what,
                 type(exc).__name__, exc, self._skipped, self.unit, self.limit,
                 "; %d more since the last such line" % unlogged if unlogged else "",
                 exc_info=exc)

@@ -159,6 +159,7 @@ def build_input(config: InputConfig, fetch_fun: FetchFun, sink: BatchSink,
         fetch_fun=fetch_fun, input_source=config.input_source, blob_names=config.blob_names,
         batch_columns=config.batch_columns, dont_rebatch=config.dont_rebatch, seed=config.seed,
         shm_bytes_per_worker=config.shm_bytes_per_worker, dtype_rule=sink.dtype_rule,
+        words=sink.words,
         deterministic=config.deterministic, skip_fetch_failures=config.max_fetch_failures != 0,
         dtypes=config.dtypes)
     make_backend = backends(config.worker_type, spec)

@@ -106,6 +106,7 @@ from .errors import DataInputError, FetcherError, InputClosedError, PipelineErro
 from .exit_hook import register_exit_hook
 from .lifecycle import Lifecycle
 from .thread_util import join_threads
+from .words import FETCHER_WORDS, Words
 
 __all__ = ["WorkerGroup", "GroupRegistry", "STOP_TIMEOUT_SECS"]
 
@@ -133,6 +134,9 @@ class WorkerGroup:
         state: an object with ``start`` / ``stop`` / ``cleanup`` (upstream ``State``).
         shutdown_fun: called once when a started group stops.
     """
+
+    #: The nouns of this group's messages; an input takes its sink's (``_core/words.py``).
+    words: Words = FETCHER_WORDS
 
     def __init__(self, worker_name: str, worker_ids: list[int], init_fun: InitFun | None,
                  state: Any = None, shutdown_fun: Callable[[], None] | None = None) -> None:
@@ -306,7 +310,7 @@ class WorkerGroup:
         """Log the group's failure if nothing raised it and nothing will (rule 2)."""
         err = self._take_unreported()
         if err is not None:
-            logger.error("input %r failed: %s", self.name, err, exc_info=err)
+            logger.error("%s failed: %s", self.words.input_named(self.name), err, exc_info=err)
 
     def check(self) -> None:
         """Raise the group's failure, once (see NOTE [ Shutdown and error protocol ])."""

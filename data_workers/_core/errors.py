@@ -61,8 +61,8 @@ class DataInputError(Exception):
         """A new error of this class for ``exc``, which becomes its ``__cause__``.
 
         The message is ``context`` followed by the exception's type and text, then
-        ``note``: ``context="fetcher 3 of 'train' raised"`` gives
-        ``"fetcher 3 of 'train' raised ValueError: bad row"``.
+        ``note``: ``context="fetcher 3 of input 'train' raised"`` gives
+        ``"fetcher 3 of input 'train' raised ValueError: bad row"``.
         """
         err = cls("%s %s: %s%s" % (context, type(exc).__name__, exc, note))
         err.__cause__ = exc

@@ -101,8 +101,10 @@ class BatchStage(State):
         self.batch_size_hooks: list[Callable[[int], None]] = []
         self.metrics = metrics
         self.counters = InputCounters()
+        #: The sink's nouns, for every message about this input.
+        self.words = sink.words
         self.budget = FetchFailureBudget(config.max_fetch_failures, config.input_source,
-                                         self.counters, metrics)
+                                         self.counters, metrics, words=sink.words)
         # Deterministic order: the turn (place in the round-robin stream) of each
         # worker's next call, and the turns whose call raised and was skipped.
         # Each worker's count has one writer (its fetcher or receiver thread).
@@ -111,7 +113,7 @@ class BatchStage(State):
         self.skipped_turns: list[int] = []
         self.validator = ChunkValidator(self.blob_names, config.batch_columns,
                                         config.dont_rebatch, config.input_source, sink.dtype_rule,
-                                        config.dtypes)
+                                        config.dtypes, sink.words)
         self.rebatcher = Rebatcher(config.batch_columns, config.batch_size, config.dont_rebatch,
                                    name="data_workers %s%s" % (sink.scope, config.input_source))
         self.channel: ChunkChannel
@@ -213,8 +215,9 @@ class BatchStage(State):
             self._calls[worker_id] += 1
         if chunk is None:
             self.counters.skipped()
-            logger.warning("fetcher %d of input %r returned %s; skipped", worker_id,
-                           self.input_source, "None" if output is None else "no rows")
+            logger.warning("%s returned %s; skipped",
+                           self.words.worker_of(worker_id, self.input_source),
+                           "None" if output is None else "no rows")
             return None
         self.counters.fetched(chunk.rows, chunks)
         return chunk
@@ -337,7 +340,7 @@ class BatchStage(State):
     def _describe(self, layout: BatchLayout) -> None:
         """Log, once, what the batches look like: a wrong dtype or shape shows here first."""
         self._described = True
-        logger.info("input %r: first batch: %s", self.input_source, ", ".join(
+        logger.info("%s: first batch: %s", self.words.input_named(self.input_source), ", ".join(
             "%s %s %s" % (name, np.dtype(dtype).name, tuple(shape))
             for name, (shape, dtype) in zip(self.blob_names, layout)))
 
@@ -383,7 +386,8 @@ def enqueuer(coordinator: WorkerGroup, batch_feeder: BatchStage) -> None:
                          else e.where(batch_feeder.input_source, e.worker_id))
     except BaseException as e:  # noqa: B902 - a thread has nobody to raise to
         coordinator.fail(PipelineError.wrapping(
-            e, "re-batching/enqueue of input %r failed:" % batch_feeder.input_source,
+            e, "re-batching/enqueue of %s failed:"
+            % batch_feeder.words.input_named(batch_feeder.input_source),
             batch_feeder.input_source, None))
 
 
@@ -403,6 +407,7 @@ class InputCoordinator(WorkerGroup):
                  make_backend: Callable[[FetcherHost], FetcherBackend],
                  fetch_fun: Callable[..., Any] | None = None) -> None:
         super().__init__(config.input_source, worker_ids, init_fun, state=feeder)
+        self.words = feeder.words
         self.config = config
         self._fetch_fun = fetch_fun
         #: The first refused chunk's error and its traceback from the fetch_fun on.
@@ -418,7 +423,7 @@ class InputCoordinator(WorkerGroup):
         if config.stall_warning_secs is not None:
             self.watchdog = StallWatchdog(
                 prefix, self.name, self.probe, self._fetcher_locations, config.stall_warning_secs,
-                feeder.sink.full_hint)
+                feeder.sink.full_hint, feeder.words)
         self.backend: FetcherBackend = make_backend(self)
         source = self.backend.batch_source()
         if source is not None:
@@ -534,7 +539,7 @@ class InputCoordinator(WorkerGroup):
                 self.feeder.log_interval()
             self.feeder.log_interval()
         except BaseException:  # noqa: B902 - a logging failure never stops the input
-            logger.exception("flushing metrics of input %r failed", self.name)
+            logger.exception("flushing metrics of %s failed", self.words.input_named(self.name))
 
     # -- observation ----------------------------------------------------------
     def probe(self) -> StallProbe:

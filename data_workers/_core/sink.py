@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .validate import DtypeRule
+from .words import Words
 
 __all__ = ["BatchSink", "LendingSink", "BatchLayout"]
 
@@ -36,6 +37,8 @@ class BatchSink(Protocol):
 
     #: The arrays this sink takes; the validator applies it to the first chunk.
     dtype_rule: DtypeRule
+    #: The nouns of every message about this input (``_core/words.py``).
+    words: Words
     #: The prefix that names this input among its consumer's objects (a Caffe2
     #: name scope), or "".  Shown in thread names, logs and ``InputStats``.
     scope: str

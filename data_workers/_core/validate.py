@@ -31,6 +31,7 @@ import numpy as np
 
 from .chunk import Chunk
 from .errors import ChunkTypeError, ChunkValueError
+from .words import FETCHER_WORDS, Words
 
 __all__ = ["Chunk", "BlobSpec", "ChunkValidator", "DtypeRule"]
 
@@ -114,12 +115,15 @@ class ChunkValidator:
         input_source: used in error messages.
         dtypes: the dtype each blob must have (None: any), from the ``dtypes=``
             argument (``_core/args.py: check_dtypes``); None: no expectation.
+        words: the sink's nouns for the messages (``_core/words.py``).
     """
 
     def __init__(self, blob_names: Sequence[str], batch_columns: Sequence[int],
                  dont_rebatch: bool, input_source: str, dtype_rule: DtypeRule,
-                 dtypes: Sequence[np.dtype | None] | None = None) -> None:
+                 dtypes: Sequence[np.dtype | None] | None = None,
+                 words: Words = FETCHER_WORDS) -> None:
         self.blob_names = list(blob_names)
+        self.words = words
         self.dtype_rule = dtype_rule
         self.dtypes = list(dtypes) if dtypes is not None else [None] * len(self.blob_names)
         self.batch_columns = list(batch_columns)
@@ -135,7 +139,10 @@ class ChunkValidator:
         self.max_bytes = default_memory_budget()
 
     def _where(self, worker_id: int) -> str:
-        return "fetcher %d of input %r" % (worker_id, self.input_source)
+        return self.words.worker_of(worker_id, self.input_source)
+
+    def _named(self, name: str) -> str:
+        return "%s %r" % (self.words.array, name)
 
     def check(self, worker_id: int, output: Any, batch_size: int | None = None) -> Chunk | None:
         """Validate one fetcher result.
@@ -225,39 +232,43 @@ class ChunkValidator:
         n = len(self.blob_names)
         if not isinstance(output, (list, tuple)):
             raise ChunkTypeError(
-                "%s returned %s; expected a list of %d numpy arrays, one per blob %s"
-                % (self._where(worker_id), _describe(output), n, self.blob_names))
+                "%s returned %s; expected a list of %d numpy arrays, one per %s %s"
+                % (self._where(worker_id), _describe(output), n, self.words.array,
+                   self.blob_names))
         if len(output) != n:
             raise ChunkTypeError(
-                "%s returned %d arrays; expected %d, one per blob %s"
-                % (self._where(worker_id), len(output), n, self.blob_names))
+                "%s returned %d arrays; expected %d, one per %s %s"
+                % (self._where(worker_id), len(output), n, self.words.array, self.blob_names))
         for name, column, want, arr in zip(self.blob_names, self.batch_columns, self.dtypes,
                                            output):
             if not isinstance(arr, np.ndarray):
                 raise ChunkTypeError(
-                    "%s returned %s for blob %r; expected a numpy array"
-                    % (self._where(worker_id), _describe(arr), name))
+                    "%s returned %s for %s; expected a numpy array"
+                    % (self._where(worker_id), _describe(arr), self._named(name)))
             if want is not None and arr.dtype != want:
                 raise ChunkTypeError(
-                    "%s returned blob %r as %s (shape %s); expected %s (dtypes=); cast it in "
+                    "%s returned %s as %s (shape %s); expected %s (dtypes=); cast it in "
                     "fetch_fun, e.g. arr.astype(np.%s)"
-                    % (self._where(worker_id), name, arr.dtype, arr.shape, want, want.name))
+                    % (self._where(worker_id), self._named(name), arr.dtype, arr.shape, want,
+                       want.name))
             if isinstance(arr, np.ma.MaskedArray):
                 # Copying a masked array's rows would silently drop its mask.
                 raise ChunkTypeError(
-                    "%s returned a masked array for blob %r; its mask would be lost. "
-                    "Return arr.filled(value) or a separate mask blob" % (self._where(worker_id), name))
+                    "%s returned a masked array for %s; its mask would be lost. "
+                    "Return arr.filled(value) or a separate mask %s"
+                    % (self._where(worker_id), self._named(name), self.words.array))
             rule = self.dtype_rule
             if arr.dtype.kind == "O" and not rule.object_arrays \
                     or arr.dtype.kind != "O" and arr.dtype not in rule.dtypes:
                 raise ChunkTypeError(
-                    "%s returned dtype %s for blob %r, which %s cannot hold; %s%s"
-                    % (self._where(worker_id), arr.dtype, name, rule.holder,
+                    "%s returned dtype %s for %s, which %s cannot hold; %s%s"
+                    % (self._where(worker_id), arr.dtype, self._named(name), rule.holder,
                        rule.supported_text(), _conversion_hint(arr.dtype)))
             if arr.ndim <= column and not self.dont_rebatch:
                 raise ChunkValueError(
-                    "%s returned shape %s for blob %r, which has no batch column %d "
-                    "(batch_columns)" % (self._where(worker_id), arr.shape, name, column))
+                    "%s returned shape %s for %s, which has no batch column %d "
+                    "(batch_columns)" % (self._where(worker_id), arr.shape, self._named(name),
+                                         column))
             if arr.dtype.kind == "O" and rule.object_element is not None:
                 for item in arr.flat:
                     if type(item) is bytes:
@@ -265,19 +276,20 @@ class ChunkValidator:
                     problem = rule.object_element(item)
                     if problem is not None:
                         raise ChunkTypeError(
-                            "%s returned an object array for blob %r holding %s; object "
-                            "arrays become %s" % (self._where(worker_id), name, problem,
-                                                  rule.object_arrays))
+                            "%s returned an object array for %s holding %s; object "
+                            "arrays become %s" % (self._where(worker_id), self._named(name),
+                                                  problem, rule.object_arrays))
         if not self.dont_rebatch:
             rows = output[0].shape[self.batch_columns[0]]
             for name, column, arr in zip(self.blob_names, self.batch_columns, output):
                 if arr.shape[column] != rows:
                     raise ChunkValueError(
-                        "%s returned %d rows for blob %r (shape %s) but %d rows for blob %r "
-                        "(shape %s); every blob of a chunk needs the same number of rows "
+                        "%s returned %d rows for %s (shape %s) but %d rows for %s "
+                        "(shape %s); every %s of a chunk needs the same number of rows "
                         "along its batch column"
-                        % (self._where(worker_id), arr.shape[column], name, arr.shape, rows,
-                           self.blob_names[0], output[0].shape))
+                        % (self._where(worker_id), arr.shape[column], self._named(name),
+                           arr.shape, rows, self._named(self.blob_names[0]), output[0].shape,
+                           self.words.array))
         return list(output)
 
     def _check_budget(self, worker_id: int, arrays: list[np.ndarray], rows: int,
@@ -327,8 +339,8 @@ class ChunkValidator:
                 self.blob_names, self.batch_columns, expected, got, arrays):
             if want != have:
                 raise ChunkValueError(
-                    "%s returned blob %r as %s with shape %s, but earlier chunks had dtype %s "
-                    "and shape %s outside batch column %d; chunks of one input must agree "
+                    "%s returned %s as %s with shape %s, but earlier chunks had dtype %s "
+                    "and shape %s outside batch column %d; chunks of one %s must agree "
                     "to be stacked into batches"
-                    % (self._where(worker_id), name, have.dtype, arr.shape, want.dtype,
-                       want.trailing_shape, column))
+                    % (self._where(worker_id), self._named(name), have.dtype, arr.shape,
+                       want.dtype, want.trailing_shape, column, self.words.input))

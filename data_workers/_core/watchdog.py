@@ -35,12 +35,16 @@ import threading
 import time
 from typing import Callable
 
+from .words import FETCHER_WORDS, Words
+
 __all__ = ["StallWatchdog", "StallProbe", "STALL_FETCHERS", "STALL_REBATCHER", "STALL_CONSUMER"]
 
 logger = logging.getLogger(__name__)
 
-#: Stage names used in the warning (tests and log filters match on them).
-STALL_FETCHERS = "fetchers produced nothing"
+#: Stage names used in the warning (tests and log filters match on them).  The
+#: first names the workers in the sink's words: "workers produced nothing" for a loader.
+STALL_NOTHING = "%ss produced nothing"
+STALL_FETCHERS = STALL_NOTHING % FETCHER_WORDS.worker
 STALL_REBATCHER = "the re-batcher is waiting for rows"
 STALL_CONSUMER = "the consumer has not taken a batch"
 
@@ -75,12 +79,15 @@ class StallWatchdog:
         locations: where the fetchers are (argument: one worker id, or None for all).
         stall_secs: seconds without a batch moving before the warning.
         full_hint: the sink's words for a consumer that stopped taking batches.
+        words: the sink's nouns (``_core/words.py``).
     """
 
     def __init__(self, thread_name: str, group: str, probe: Callable[[], StallProbe],
                  locations: Callable[[int | None], str], stall_secs: float,
-                 full_hint: str) -> None:
+                 full_hint: str, words: Words = FETCHER_WORDS) -> None:
         self._group = group
+        self._words = words
+        self._nothing = STALL_NOTHING % words.worker
         self._full_hint = full_hint
         self._probe = probe
         self._locations = locations
@@ -121,11 +128,11 @@ class StallWatchdog:
             try:
                 self._warn(probe, now - last_move, probe.rows_fetched - last_rows)
             except Exception:  # the watchdog must never take the input down
-                logger.exception("stall watchdog of input %r failed", self._group)
+                logger.exception("stall watchdog of %s failed", self._words.input_named(self._group))
 
     def _warn(self, probe: StallProbe, stalled: float, rows_during_stall: int) -> None:
-        where = "input %r%s" % (probe.input_source,
-                                " (scope %r)" % probe.scope if probe.scope else "")
+        where = "%s%s" % (self._words.input_named(probe.input_source),
+                          " (scope %r)" % probe.scope if probe.scope else "")
         if probe.enqueue_blocked_since is not None:
             logger.warning(
                 "%s: no batch moved for %.1f s: %s: %s (the enqueuer has been waiting "
@@ -135,17 +142,17 @@ class StallWatchdog:
         if probe.waiting_for is not None and probe.chunks_queued > 0:
             # deterministic=True: other workers' chunks wait for this one's turn.
             logger.warning(
-                "%s: no batch moved for %.1f s: %s: deterministic order waits for fetcher "
-                "%d while %d chunks of other fetchers are queued.%s",
-                where, stalled, STALL_FETCHERS, probe.waiting_for, probe.chunks_queued,
-                self._locations(probe.waiting_for))
+                "%s: no batch moved for %.1f s: %s: deterministic order waits for %s "
+                "%d while %d chunks of other %ss are queued.%s",
+                where, stalled, self._nothing, self._words.worker, probe.waiting_for,
+                probe.chunks_queued, self._words.worker, self._locations(probe.waiting_for))
             return
         if rows_during_stall > 0 or probe.rows_buffered > 0:
             logger.warning(
-                "%s: no batch moved for %.1f s: %s (it has %d of %d rows; fetchers "
+                "%s: no batch moved for %.1f s: %s (it has %d of %d rows; %ss "
                 "returned %d rows meanwhile, %d chunks queued)",
                 where, stalled, STALL_REBATCHER, probe.rows_buffered, probe.batch_size,
-                rows_during_stall, probe.chunks_queued)
+                self._words.worker, rows_during_stall, probe.chunks_queued)
             return
         logger.warning("%s: no batch moved for %.1f s: %s in that time.%s",
-                       where, stalled, STALL_FETCHERS, self._locations(None))
+                       where, stalled, self._nothing, self._locations(None))

@@ -69,9 +69,12 @@ class Worker:
         name = self._coordinator.name
         if isinstance(e, DataInputError):
             return e.where(name, self._worker_id)
-        return FetcherError.wrapping(
-            e, "%s %d of %r raised" % (self.describe_as, self._worker_id, name),
-            name, self._worker_id, note=note)
+        return FetcherError.wrapping(e, "%s raised" % self.describe(), name, self._worker_id,
+                                     note=note)
+
+    def describe(self) -> str:
+        """This worker, as messages name it: ``worker 3 of 'pw'``."""
+        return "%s %d of %r" % (self.describe_as, self._worker_id, self._coordinator.name)
 
     def finish(self) -> None:
         self._metrics.put_metric("worker_time", time.monotonic() - self._start_time)

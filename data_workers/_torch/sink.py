@@ -48,6 +48,7 @@ import torch
 
 from .._core.sink import BatchLayout
 from .._core.validate import DtypeRule
+from .._core.words import Words
 
 __all__ = ["TorchSink", "CAPACITY", "TORCH_DTYPE_RULE", "check_pin_memory"]
 
@@ -78,6 +79,10 @@ _TORCH_DTYPES = {
 TORCH_DTYPE_RULE = DtypeRule(
     holder="a torch tensor", dtypes=frozenset(_TORCH_DTYPES),
     object_arrays="numpy object arrays in the batch (no tensor type holds them)")
+#: A PyTorch user's words: a loader's workers yield arrays (``_core/words.py``).
+TORCH_WORDS = Words(worker="worker", input="loader", array="array",
+                    exceptions="fetch_fun exceptions")
+
 
 def check_pin_memory(pin_memory: Any) -> bool:
     """``pin_memory``, checked where a loader is built (both Loader forms).
@@ -150,6 +155,7 @@ class TorchSink:
     """
 
     dtype_rule = TORCH_DTYPE_RULE
+    words = TORCH_WORDS
     scope = ""
     full_hint = ("the loader holds %d batches the loop has not taken; is it still calling "
                  "next()?" % CAPACITY)

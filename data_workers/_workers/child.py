@@ -59,6 +59,7 @@ import numpy as np
 
 from .._core.errors import ChunkValueError
 from .._core.validate import ChunkValidator, DtypeRule
+from .._core.words import FETCHER_WORDS, Words
 from .shm_ring import ShmArena
 from .wire import FramedSocket
 
@@ -114,6 +115,12 @@ class ChildSpec:
     report_fetch_failures: bool = False
     #: ``BackendSpec.dtypes``.
     dtypes: tuple[np.dtype | None, ...] | None = None
+    #: The sink's nouns, for the errors raised here (``_core/words.py``).
+    words: Words = FETCHER_WORDS
+
+    def describe(self) -> str:
+        """``fetcher 3 of input 'train'``, in the sink's words."""
+        return self.words.worker_of(self.worker_id, self.input_source)
 
 
 def _error_fields(exc: BaseException) -> tuple[bytes | None, str, str, str]:
@@ -161,10 +168,10 @@ def check_batch_fits(spec: ChildSpec, arena: ShmArena, arrays: Sequence[np.ndarr
     need = arena.layout_bytes(_batch_layouts(arrays, spec.batch_columns, size))
     if need > arena.capacity:
         raise ChunkValueError(
-            "fetcher %d of input %r: a batch of %d rows shaped like its chunks needs %d "
+            "%s: a batch of %d rows shaped like its chunks needs %d "
             "bytes, more than the %d bytes of shared memory per worker; raise "
             "shm_bytes_per_worker (or lower batch_size)"
-            % (spec.worker_id, spec.input_source, size, need, arena.capacity))
+            % (spec.describe(), size, need, arena.capacity))
 
 
 class _BatchBuilder:
@@ -285,7 +292,7 @@ def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Fram
     random.seed(spec.seed)
     np.random.seed(spec.seed % (2 ** 32))
     validator = ChunkValidator(spec.blob_names, spec.batch_columns, spec.dont_rebatch,
-                               spec.input_source, spec.dtype_rule, spec.dtypes)
+                               spec.input_source, spec.dtype_rule, spec.dtypes, spec.words)
     parent = os.getppid()
 
     def keep_going() -> bool:
@@ -329,10 +336,9 @@ def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Fram
                              -(-need * arena.batch_size // max(rows, 1)))
         if builder is None and need > arena.capacity:
             _send_error(control, ChunkValueError(
-                "fetcher %d of input %r returned a chunk of %d bytes, more than the %d bytes "
+                "%s returned a chunk of %d bytes, more than the %d bytes "
                 "of shared memory per worker; return smaller chunks or raise "
-                "shm_bytes_per_worker" % (spec.worker_id, spec.input_source, need,
-                                          arena.capacity)))
+                "shm_bytes_per_worker" % (spec.describe(), need, arena.capacity)))
             return
         try:  # every check, the layout too; then whether a batch of such rows fits
             validator.check(spec.worker_id, arrays, arena.batch_size)

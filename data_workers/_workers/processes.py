@@ -336,7 +336,7 @@ class _ProcessWorker:
         except DataInputError as failure:
             host.fail(failure.where(host.name, self.worker_id))
         except BaseException as exc:  # noqa: B902 - a thread has nobody to raise to
-            host.fail(_receiving_failed(exc, host.name, self.worker_id))
+            host.fail(_receiving_failed(exc, host, self.worker_id))
 
     def _handle(self, message: tuple[Any, ...]) -> bool:
         host = self.owner.host
@@ -421,10 +421,14 @@ class _ProcessWorker:
 
     def _fetcher_error(self, exc: BaseException, type_name: str, text: str,
                        note: str = "") -> FetcherError:
-        err = FetcherError("fetcher %d (pid %s) of input %r raised %s: %s%s" % (
-            self.worker_id, self.pid, self.owner.host.name, type_name, text, note))
+        err = FetcherError("%s raised %s: %s%s" % (self.describe(), type_name, text, note))
         err.__cause__ = exc
         return err
+
+    def describe(self) -> str:
+        """``fetcher 3 (pid 42) of input 'train'``, in the sink's words."""
+        host = self.owner.host
+        return host.words.worker_of(self.worker_id, host.name, self.pid)
 
     def exited(self) -> bool:
         return self.process is not None and self.process.poll() is not None
@@ -442,10 +446,8 @@ class _ProcessWorker:
             return None
         exitcode = self.process.returncode
         reason, signal_name = _death_reason(exitcode)
-        return WorkerDiedError(
-            "fetcher %d (pid %s) of input %r %s" % (
-                self.worker_id, self.pid, self.owner.host.name, reason),
-            pid=self.pid, exitcode=exitcode, signal_name=signal_name)
+        return WorkerDiedError("%s %s" % (self.describe(), reason),
+                               pid=self.pid, exitcode=exitcode, signal_name=signal_name)
 
     # -- shutdown -------------------------------------------------------------
     def join_process(self, deadline: float) -> bool:
@@ -467,8 +469,7 @@ class _ProcessWorker:
             return True
         except subprocess.TimeoutExpired:
             pass
-        logger.warning("fetcher %d (pid %s) did not stop in time; terminating it",
-                       self.worker_id, self.pid)
+        logger.warning("%s did not stop in time; terminating it", self.describe())
         self.ended_by_us = True
         for send, wait in ((process.terminate, _TERM_SECS), (process.kill, _KILL_SECS)):
             send()
@@ -477,7 +478,7 @@ class _ProcessWorker:
                 return False
             except subprocess.TimeoutExpired:
                 continue
-        logger.error("fetcher %d (pid %s) did not end even after SIGKILL", self.worker_id, self.pid)
+        logger.error("%s did not end even after SIGKILL", self.describe())
         return False
 
     def close(self) -> None:
@@ -591,7 +592,7 @@ class _BatchReader(ChunkSource):
         except DataInputError as failure:
             raise failure.where(host.name, worker.worker_id)
         except Exception as exc:
-            raise _receiving_failed(exc, host.name, worker.worker_id) from exc
+            raise _receiving_failed(exc, host, worker.worker_id) from exc
 
     def _drain_wake(self) -> None:
         try:
@@ -637,11 +638,11 @@ class _BatchReader(ChunkSource):
 
 
 
-def _receiving_failed(exc: BaseException, input_source: str, worker_id: int) -> PipelineError:
+def _receiving_failed(exc: BaseException, host: FetcherHost, worker_id: int) -> PipelineError:
     """Reading a worker's messages failed in the trainer (not in the worker)."""
     return PipelineError.wrapping(
-        exc, "receiving from fetcher %d of input %r failed:" % (worker_id, input_source),
-        input_source, worker_id)
+        exc, "receiving from %s failed:" % host.words.worker_of(worker_id, host.name),
+        host.name, worker_id)
 
 class ProcessFetchers(FetcherBackend):
     """The process backend of one input: a worker process per worker id."""
@@ -666,7 +667,8 @@ class ProcessFetchers(FetcherBackend):
                     dont_rebatch=spec.dont_rebatch, input_source=spec.input_source,
                     capacity=capacity, fixed_capacity=spec.shm_bytes_per_worker is not None,
                     dtype_rule=spec.dtype_rule, assemble_batches=assemble,
-                    report_fetch_failures=spec.skip_fetch_failures, dtypes=spec.dtypes)))
+                    report_fetch_failures=spec.skip_fetch_failures, dtypes=spec.dtypes,
+                    words=spec.words)))
         except BaseException:
             self.close()  # arenas made so far
             raise
@@ -695,16 +697,17 @@ class ProcessFetchers(FetcherBackend):
     def locations(self, only: int | None = None) -> str:
         pids = ", ".join("%s (worker %d)" % (w.pid, w.worker_id)
                          for w in self.workers if only in (None, w.worker_id))
-        return " Fetcher processes: %s." % pids if pids else ""
+        return " %s processes: %s." % (self.host.words.worker.capitalize(), pids) if pids else ""
 
     def start(self) -> None:
         if os.environ.get(IN_WORKER_ENV):
             # A safety net: a worker never runs the training script, but a module
             # fetch_fun refers to by reference is imported in the worker.
             raise RuntimeError(
-                "input %r would start process workers inside a worker process: fetch_fun "
+                "%s would start process workers inside a worker process: fetch_fun "
                 "starts them, or a module it uses starts them when imported; start process "
-                "workers from the training script only" % self.host.name)
+                "workers from the training script only"
+                % self.host.words.input_named(self.host.name))
         # Pickled now, not at init: fetch_fun may have changed since (a
         # ShardedSource restored from a checkpoint).  Once for all workers.
         fetch_fun = pickle_fetch_fun(self.fetch_fun)
@@ -764,7 +767,8 @@ class ProcessFetchers(FetcherBackend):
                             self.reader.wake()
         except BaseException as exc:  # noqa: B902 - a thread has nobody to raise to
             self.host.fail(PipelineError.wrapping(
-                exc, "watching the worker processes of input %r failed:" % self.host.name,
+                exc, "watching the worker processes of %s failed:"
+                % self.host.words.input_named(self.host.name),
                 self.host.name, None))
 
     def halt(self) -> None:

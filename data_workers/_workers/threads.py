@@ -22,8 +22,6 @@ __all__ = ["DataWorker", "ThreadFetchers"]
 class DataWorker(Worker):
     """Calls ``fetch_fun(worker_id, batch_size)`` once per ``run()`` and feeds the result."""
 
-    describe_as = "fetcher"
-
     def __init__(self, coordinator: Any, worker_id: int, worker_fun: FetchFun,
                  metrics: Metrics, batch_size: int, batch_feeder: FetcherHost) -> None:
         # Upstream's signature.  ``batch_size`` is unused: the live size is the
@@ -41,6 +39,10 @@ class DataWorker(Worker):
                 return  # max_fetch_failures: counted and logged; the next call follows
             raise
         self._batch_feeder.put(output, self._worker_id)
+
+    def describe(self) -> str:
+        host = self._batch_feeder
+        return host.words.worker_of(self._worker_id, host.name)
 
     def handle_exception(self, e: BaseException) -> None:
         """Fail the input behind the chunks this fetcher queued before (NOTE
@@ -61,7 +63,7 @@ class ThreadFetchers(FetcherBackend):
         self.threads: list[threading.Thread] = [
             threading.Thread(
                 target=run_worker,
-                name="data_workers %s fetcher %d" % (spec.input_source, wid),
+                name="data_workers %s %s %d" % (spec.input_source, host.words.worker, wid),
                 args=(host, DataWorker(host, wid, spec.fetch_fun, host.metrics,
                                        host.batch_size, host)),
                 daemon=True)
@@ -82,6 +84,7 @@ class ThreadFetchers(FetcherBackend):
         """Threads hold no OS resources of their own."""
 
     def locations(self, only: int | None = None) -> str:
-        return "".join("\nfetcher thread %r is at:\n%s" % (t.name, thread_stack(t))
+        worker = self._host.words.worker
+        return "".join("\n%s thread %r is at:\n%s" % (worker, t.name, thread_stack(t))
                        for wid, t in zip(self._ids, self.threads)
                        if t.is_alive() and only in (None, wid))
