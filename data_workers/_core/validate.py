@@ -142,7 +142,7 @@ class ChunkValidator:
         return self.words.worker_of(worker_id, self.input_source)
 
     def _named(self, name: str) -> str:
-        return "%s %r" % (self.words.array, name)
+        return self.words.array_named(name)
 
     def check(self, worker_id: int, output: Any, batch_size: int | None = None) -> Chunk | None:
         """Validate one fetcher result.

@@ -28,6 +28,10 @@ class Words(NamedTuple):
         """``input 'train'`` / ``loader 'loader'``."""
         return "%s %r" % (self.input, name)
 
+    def array_named(self, name: str) -> str:
+        """``blob 'label'`` / ``array 'target'``."""
+        return "%s %r" % (self.array, name)
+
     def worker_of(self, worker_id: int, name: str, pid: int | None = None) -> str:
         """``fetcher 3 of input 'train'`` / ``worker 3 (pid 42) of loader 'loader'``."""
         return "%s %d%s of %s" % (self.worker, worker_id,
