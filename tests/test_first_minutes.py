@@ -218,7 +218,8 @@ def test_matching_dtypes_feed_the_net_and_the_first_batch_is_described(ws, caplo
         workspace.RunNet(net.Proto().name)
         assert workspace.FetchBlob("label").dtype == np.int32
     lines = [r.getMessage() for r in caplog.records if "first batch" in r.getMessage()]
-    assert lines == ["input 'train': first batch: data float32 (8, 3), label int32 (8,)"]
+    assert lines == ["input 'train': first batch: data float32 (8, 3), label int32 (8,); "
+                     "128 bytes per batch"]
 
 
 @pytest.mark.parametrize("dtypes, error, match", [

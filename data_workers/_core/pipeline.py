@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from types import TracebackType
@@ -41,6 +42,7 @@ from .thread_util import join_threads
 from .validate import ChunkValidator
 from .watchdog import StallProbe, StallWatchdog
 from .worker import State
+from .words import byte_size
 
 __all__ = ["InputConfig", "BatchStage", "InputCoordinator", "enqueuer", "LOG_INT_SECS"]
 
@@ -338,11 +340,19 @@ class BatchStage(State):
             self.metrics.put_metric("enqueue_time", time.monotonic() - started)
 
     def _describe(self, layout: BatchLayout) -> None:
-        """Log, once, what the batches look like: a wrong dtype or shape shows here first."""
+        """Log, once, what the batches look like: a wrong dtype or shape shows here
+        first, and the bytes of a batch turn the buffering bounds, counted in
+        batches, into memory."""
         self._described = True
-        logger.info("%s: first batch: %s", self.words.input_named(self.input_source), ", ".join(
-            "%s %s %s" % (name, np.dtype(dtype).name, tuple(shape))
-            for name, (shape, dtype) in zip(self.blob_names, layout)))
+        dtypes = [np.dtype(dtype) for _, dtype in layout]
+        nbytes = sum(math.prod(shape) * dtype.itemsize
+                     for (shape, _), dtype in zip(layout, dtypes) if dtype.kind != "O")
+        objects = any(dtype.kind == "O" for dtype in dtypes)
+        logger.info("%s: first batch: %s; %s per batch%s",
+                    self.words.input_named(self.input_source),
+                    ", ".join("%s %s %s" % (name, dtype.name, tuple(shape))
+                              for name, (shape, _), dtype in zip(self.blob_names, layout, dtypes)),
+                    byte_size(nbytes), " and its objects" if objects else "")
 
     def log_interval(self) -> None:
         """Log inputs/sec and hand the metrics to the external loggers (flusher thread)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["Words", "FETCHER_WORDS"]
+__all__ = ["Words", "FETCHER_WORDS", "byte_size"]
 
 
 class Words(NamedTuple):
@@ -36,6 +36,18 @@ class Words(NamedTuple):
         """``fetcher 3 of input 'train'`` / ``worker 3 (pid 42) of loader 'loader'``."""
         return "%s %d%s of %s" % (self.worker, worker_id,
                                   "" if pid is None else " (pid %s)" % pid, self.input_named(name))
+
+
+def byte_size(n: int) -> str:
+    """A byte count as messages write it: ``512 bytes``, ``1.5 KiB``, ``19.3 MiB``."""
+    if n < 1024:
+        return "%d bytes" % n
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024.0
+        if size < 1024:
+            break
+    return "%.1f %s" % (size, unit)
 
 
 #: The words of upstream's ``data_workers`` (and of the engine's own docs).
