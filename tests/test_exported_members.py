@@ -46,6 +46,21 @@ def test_worker_processes_do_not_import_caffe2():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+def test_a_worker_asks_for_the_parent_death_signal_before_its_slow_imports():
+    # boot.py, the worker's entry point, must import nothing slow before it asks
+    # the kernel for the parent-death signal (a worker stopped until then would
+    # outlive its trainer).
+    import subprocess
+    import sys
+
+    code = ("import sys, data_workers._workers.boot as boot; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('numpy', 'cloudpickle', 'torch', 'caffe2') or m.startswith('data_workers._')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["['data_workers._workers',", "'data_workers._workers.boot']"], out
+
+
 def test_parallel_workers_all():
     for name in parallel_workers.__all__:
         assert hasattr(parallel_workers, name), name

@@ -36,12 +36,12 @@ that it ended because it was asked to.  A child whose trainer is gone notices
 that its parent changed, or gets EPIPE, and exits; if fetch_fun is busy, a
 watcher thread sees end-of-file on the control socket and ends the process;
 and a child started from the trainer's main thread gets SIGKILL from the
-kernel when the trainer dies (``PR_SET_PDEATHSIG``), even while stopped.
+kernel when the trainer dies (``PR_SET_PDEATHSIG``, asked for first of all by
+``boot.py``, the process's entry point), even while stopped.
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import pickle
@@ -377,29 +377,11 @@ def _exit_when_trainer_dies(conn: FramedSocket, arena: ShmArena) -> None:
         os._exit(1)
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int, death_signal: int) -> None:
-    """Ask the kernel to send ``death_signal`` when the spawning thread dies.
-
-    It reaches a stopped (SIGSTOP) worker too, which no watcher thread can.
-    """
-    if death_signal:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass  # not Linux: the watcher thread and the ppid check remain
-    if os.getppid() != parent:  # the trainer died before prctl took effect
-        os._exit(1)
-
-
 def main(argv: Sequence[str]) -> int:
+    """The worker process, once ``boot.py`` has asked for the parent-death signal."""
     # Ctrl-C goes to the whole process group; the trainer handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    data_fd, control_fd, arena_fd, parent, death_signal = (int(a) for a in argv[:5])
-    _die_with_parent(parent, death_signal)
+    data_fd, control_fd, arena_fd = (int(a) for a in argv[:3])
     # Marks this interpreter as a worker: a module fetch_fun imports here that
     # starts process workers when imported would otherwise start them again.
     os.environ[IN_WORKER_ENV] = "1"
@@ -430,12 +412,3 @@ def main(argv: Sequence[str]) -> int:
         control.close()
     return 0
 
-
-if __name__ == "__main__":
-    _code = main(sys.argv[1:])
-    # Everything is reported and released: skip the interpreter's teardown, as
-    # multiprocessing's children do (with torch imported it takes seconds, which
-    # the trainer's stop() would spend waiting for this process to end).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_code)

@@ -6,10 +6,10 @@ Arrays come back through a shared-memory ring per worker (``_workers/shm_ring.py
 only a few bytes of metadata cross the socket.
 
 How workers start, and why: each is a fresh interpreter (``subprocess``,
-``python -m data_workers._workers.child``).  The trainer already runs Caffe2
-and our own threads when workers start; ``fork`` would copy their locked
-mutexes and half-initialised thread pools into the child, where they can
-deadlock.  ``multiprocessing``'s spawn and forkserver start methods are safe
+``python -m data_workers._workers.boot``, which runs ``child.py``).  The trainer
+already runs Caffe2 and our own threads when workers start; ``fork`` would copy
+their locked mutexes and half-initialised thread pools into the child, where
+they can deadlock.  ``multiprocessing``'s spawn and forkserver start methods are safe
 but leave a helper process (the resource tracker, or the fork server) running
 after ``stop()``.  Launching the interpreter ourselves, with the sockets and
 the arena's memfd passed as inherited file descriptors, leaves nothing behind.
@@ -247,7 +247,7 @@ class _ProcessWorker:
         death_signal = signal.SIGKILL if threading.current_thread() is threading.main_thread() else 0
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "data_workers._workers.child",
+                [sys.executable, "-m", "data_workers._workers.boot",
                  str(theirs.fileno()), str(ctl_theirs.fileno()), str(self.arena.fd),
                  str(os.getpid()), str(int(death_signal))],
                 pass_fds=(theirs.fileno(), ctl_theirs.fileno(), self.arena.fd), close_fds=True,
