@@ -26,6 +26,12 @@ from legs import HAVE_CAFFE2, workspace
 
 if HAVE_CAFFE2:
     workspace.GlobalInit(["caffe2", "--caffe2_log_level=3"])
+    # torch now, as a script that uses it has it: a process input otherwise starts
+    # importing it on a thread of its own at its first batch (_caffe2/feed.py), and
+    # that import (seconds under load, ~110 MB) outlives the test that started it,
+    # landing in a later test's thread, memory or timing checks.  The background
+    # import is tested in fresh interpreters (test_first_minutes.py).
+    import torch  # noqa: F401
 
 import data_workers  # noqa: E402  (after GlobalInit)
 from data_workers import parallel_workers  # noqa: E402

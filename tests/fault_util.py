@@ -139,13 +139,6 @@ def in_call(thread: threading.Thread, function: str) -> bool:
 # ----------------------------------------------------------------------------- leak probes
 
 
-def settle_imports() -> None:
-    """Finish importing torch before a memory reading: an earlier test's process
-    input may have started importing it in the background (lending,
-    ``_caffe2/feed.py``), and its ~100 MB would land inside the measurement."""
-    import torch  # noqa: F401 - waits for an import in progress
-
-
 def shm_segments() -> Set[str]:
     """Named POSIX shared-memory segments that this library or Python could create."""
     try:

@@ -63,7 +63,6 @@ from fault_util import (
     make_input,
     no_shm_leak,  # noqa: F401  (fixture)
     run_until_error,
-    settle_imports,
     worker_type,  # noqa: F401  (fixture)
 )
 
@@ -141,7 +140,6 @@ def test_object_arrays_of_strings_become_string_tensors(worker_type, kind):
 @pytest.mark.parametrize("kind", sorted(REJECTED))
 def test_rejected_forms_raise_documented_error(worker_type, kind):
     error, words = REJECTED[kind]
-    settle_imports()
     rss_before = psutil.Process().memory_info().rss
     net = core.Net("hostile_bad")
     coord = make_input(net, HostileFetcher(kind), batch_size=6, num_worker_threads=1,

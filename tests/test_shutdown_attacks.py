@@ -29,7 +29,7 @@ import data_workers
 from data_workers._workers import processes as _process_workers
 from fault_util import (PROMPT_SECS, BlockingFetcher, SteadyFetcher, count_dequeue_ops,
                         fetcher_processes, make_input, no_shm_leak, open_fds,  # noqa: F401
-                        settle_imports, shm_segments, wait_for)
+                        shm_segments, wait_for)
 from protocol_fetchers import (ChunkFetcher, CountingFetcher, DieAfter, ForkThenDie, MatrixFetcher,
                                wait_file)
 
@@ -552,7 +552,12 @@ def main():
         worker_type="process")
     workspace.CreateNet(net)
     coord.start()  # from the main thread: PR_SET_PDEATHSIG is set
-    workspace.RunNet("sigterm")
+    # Until both have sent a batch: a worker stopped before its first
+    # instructions (boot.py) has not asked for the signal yet (docs/reliability.md).
+    seen = set()
+    while len(seen) < 2:
+        workspace.RunNet("sigterm")
+        seen.add(int(workspace.FetchBlob("data")[0, 0]))
     print("PIDS", " ".join(str(p) for p in coord.stats()[0].worker_pids), flush=True)
     time.sleep(3600)
 
@@ -593,8 +598,19 @@ def test_a_stopped_worker_does_not_outlive_a_trainer_killed_by_sigterm(tmp_path)
                 pass
         return out
 
+    def proc_status(p: Any) -> str:
+        try:
+            with open("/proc/%d/status" % p.pid) as f:
+                keep = ("Name", "State", "PPid", "SigPnd", "ShdPnd", "SigBlk", "SigIgn")
+                return " ".join(line.strip() for line in f if line.split(":")[0] in keep)
+        except OSError as exc:
+            return repr(exc)
+
     try:
         wait_for(lambda: not alive(), 10, "the workers of the killed trainer to end")
+    except AssertionError as exc:
+        raise AssertionError("%s\nworkers still alive: %s" % (
+            exc, "; ".join("pid %d: %s" % (p.pid, proc_status(p)) for p in alive()))) from None
     finally:
         for p in alive():  # never leave them behind, even when the test fails
             p.kill()
@@ -645,7 +661,6 @@ def test_stopped_inputs_with_new_names_give_their_memory_back():
     25th, resident memory grows less than 32 MB (it grew ~500 MB), and each stopped
     input leaves only its closed, empty queue blob.  ``benchmarks/distinct_inputs.py``
     measures the 200-input goal."""
-    settle_imports()
     blobs_before = set(workspace.Blobs())
     nets_before = set(workspace.C.nets())
     queues = set()
