@@ -12,7 +12,7 @@ import pytest
 from caffe2.python import workspace
 
 import data_workers
-from fault_util import wait_for_failure
+from fault_util import PROMPT_SECS, wait_for_failure
 from util import (RandomValues, SelfDestruct, TaggedFetcher, check_tagged, init_tagged, make_net,
                   open_fds, run_and_collect, shm_segments)
 
@@ -34,7 +34,7 @@ def test_dead_worker_is_reported_and_fails_the_net_fast(ws, how, exitcode, signa
         for _ in range(10):  # the three good chunks may still be queued
             started = time.monotonic()
             workspace.RunNet(net.Proto().name)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < PROMPT_SECS  # not the 600 s timeout
     with pytest.raises(data_workers.WorkerDiedError) as info:
         coord.stop()
     err = info.value
