@@ -50,7 +50,6 @@ import random
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -65,6 +64,7 @@ from .._core.thread_util import join_threads
 from .child import IN_WORKER_ENV, ChildImports, ChildSpec
 from .pickling import pickle_fetch_fun
 from .shm_ring import ShmArena
+from .wire import LENGTH, LONG_LENGTH
 
 __all__ = ["ProcessFetchers", "DEFAULT_SHM_BYTES_PER_WORKER"]
 
@@ -129,9 +129,6 @@ class _DataSocket:
     whatever has arrived, often several batches' messages.
     """
 
-    _HEADER = struct.Struct("!i")
-    _LONG_HEADER = struct.Struct("!Q")
-
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buf = bytearray(1 << 16)
@@ -166,12 +163,12 @@ class _DataSocket:
             start, available = self._start, self._end - self._start
             if available < 4:
                 break
-            (size,) = self._HEADER.unpack_from(buf, start)
+            (size,) = LENGTH.unpack_from(buf, start)
             head = 4
             if size == -1:
                 if available < 12:
                     break
-                (size,) = self._LONG_HEADER.unpack_from(buf, start + 4)
+                (size,) = LONG_LENGTH.unpack_from(buf, start + 4)
                 head = 12
             if available < head + size:
                 self._make_room(head + size)

@@ -17,10 +17,11 @@ import pickle
 import struct
 from typing import Any
 
-__all__ = ["FramedSocket"]
+__all__ = ["FramedSocket", "LENGTH", "LONG_LENGTH"]
 
-_LENGTH = struct.Struct("!i")
-_LONG_LENGTH = struct.Struct("!Q")
+#: A frame's header: its length, or -1 and then the length in LONG_LENGTH.
+LENGTH = struct.Struct("!i")
+LONG_LENGTH = struct.Struct("!Q")
 #: Frames up to this size go out in one write (header and body together), as
 #: multiprocessing sends them: one wake-up of the reader per small message.
 _ONE_WRITE_BYTES = 16384
@@ -43,7 +44,7 @@ class FramedSocket:
     def send_bytes(self, data: bytes) -> None:
         """Write one frame.  Raises BrokenPipeError once the trainer's end is closed."""
         n = len(data)
-        header = _LENGTH.pack(n) if n <= 0x7FFFFFFF else _LENGTH.pack(-1) + _LONG_LENGTH.pack(n)
+        header = LENGTH.pack(n) if n <= 0x7FFFFFFF else LENGTH.pack(-1) + LONG_LENGTH.pack(n)
         if n <= _ONE_WRITE_BYTES:
             self._write(header + data)
         else:
@@ -55,9 +56,9 @@ class FramedSocket:
 
     def recv_bytes(self) -> bytes:
         """Read one frame.  Raises EOFError once the trainer's end is closed."""
-        (n,) = _LENGTH.unpack(self._read(_LENGTH.size))
+        (n,) = LENGTH.unpack(self._read(LENGTH.size))
         if n == -1:
-            (n,) = _LONG_LENGTH.unpack(self._read(_LONG_LENGTH.size))
+            (n,) = LONG_LENGTH.unpack(self._read(LONG_LENGTH.size))
         return self._read(n)
 
     def close(self) -> None:
