@@ -141,9 +141,6 @@ class ChunkValidator:
     def _where(self, worker_id: int) -> str:
         return self.words.worker_of(worker_id, self.input_source)
 
-    def _named(self, name: str) -> str:
-        return self.words.array_named(name)
-
     def check(self, worker_id: int, output: Any, batch_size: int | None = None) -> Chunk | None:
         """Validate one fetcher result.
 
@@ -244,30 +241,30 @@ class ChunkValidator:
             if not isinstance(arr, np.ndarray):
                 raise ChunkTypeError(
                     "%s returned %s for %s; expected a numpy array"
-                    % (self._where(worker_id), _describe(arr), self._named(name)))
+                    % (self._where(worker_id), _describe(arr), self.words.array_named(name)))
             if want is not None and arr.dtype != want:
                 raise ChunkTypeError(
                     "%s returned %s as %s (shape %s); expected %s (dtypes=); cast it in "
                     "fetch_fun, e.g. arr.astype(np.%s)"
-                    % (self._where(worker_id), self._named(name), arr.dtype, arr.shape, want,
+                    % (self._where(worker_id), self.words.array_named(name), arr.dtype, arr.shape, want,
                        want.name))
             if isinstance(arr, np.ma.MaskedArray):
                 # Copying a masked array's rows would silently drop its mask.
                 raise ChunkTypeError(
                     "%s returned a masked array for %s; its mask would be lost. "
                     "Return arr.filled(value) or a separate mask %s"
-                    % (self._where(worker_id), self._named(name), self.words.array))
+                    % (self._where(worker_id), self.words.array_named(name), self.words.array))
             rule = self.dtype_rule
             if arr.dtype.kind == "O" and not rule.object_arrays \
                     or arr.dtype.kind != "O" and arr.dtype not in rule.dtypes:
                 raise ChunkTypeError(
                     "%s returned dtype %s for %s, which %s cannot hold; %s%s"
-                    % (self._where(worker_id), arr.dtype, self._named(name), rule.holder,
+                    % (self._where(worker_id), arr.dtype, self.words.array_named(name), rule.holder,
                        rule.supported_text(), _conversion_hint(arr.dtype)))
             if arr.ndim <= column and not self.dont_rebatch:
                 raise ChunkValueError(
                     "%s returned shape %s for %s, which has no batch column %d "
-                    "(batch_columns)" % (self._where(worker_id), arr.shape, self._named(name),
+                    "(batch_columns)" % (self._where(worker_id), arr.shape, self.words.array_named(name),
                                          column))
             if arr.dtype.kind == "O" and rule.object_element is not None:
                 for item in arr.flat:
@@ -277,7 +274,7 @@ class ChunkValidator:
                     if problem is not None:
                         raise ChunkTypeError(
                             "%s returned an object array for %s holding %s; object "
-                            "arrays become %s" % (self._where(worker_id), self._named(name),
+                            "arrays become %s" % (self._where(worker_id), self.words.array_named(name),
                                                   problem, rule.object_arrays))
         if not self.dont_rebatch:
             rows = output[0].shape[self.batch_columns[0]]
@@ -287,8 +284,8 @@ class ChunkValidator:
                         "%s returned %d rows for %s (shape %s) but %d rows for %s "
                         "(shape %s); every %s of a chunk needs the same number of rows "
                         "along its batch column"
-                        % (self._where(worker_id), arr.shape[column], self._named(name),
-                           arr.shape, rows, self._named(self.blob_names[0]), output[0].shape,
+                        % (self._where(worker_id), arr.shape[column], self.words.array_named(name),
+                           arr.shape, rows, self.words.array_named(self.blob_names[0]), output[0].shape,
                            self.words.array))
         return list(output)
 
@@ -342,5 +339,5 @@ class ChunkValidator:
                     "%s returned %s as %s with shape %s, but earlier chunks had dtype %s "
                     "and shape %s outside batch column %d; chunks of one %s must agree "
                     "to be stacked into batches"
-                    % (self._where(worker_id), self._named(name), have.dtype, arr.shape,
+                    % (self._where(worker_id), self.words.array_named(name), have.dtype, arr.shape,
                        want.dtype, want.trailing_shape, column, self.words.input))
