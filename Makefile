@@ -39,41 +39,18 @@ TORCH_FIND_LINKS ?= /opt/wheels
 .PHONY: demo test test-caffe2 test-modern bench env env311 lock lock311 docs docs-tables \
 	dist-check typecheck clean-env
 
-$(STAMP): $(LOCK) setup.py pyproject.toml scripts/find_python.sh scripts/prune_env.py
-	@set -euo pipefail; \
-	if [ ! -x "$(PY)" ] || ! "$(PY)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 9))'; then \
-	  PY39=$$(bash scripts/find_python.sh 3.9); \
-	  rm -rf $(VENV); \
-	  echo "creating $(VENV) with $$PY39"; \
-	  "$$PY39" -m venv $(VENV); \
-	fi; \
-	echo "installing $(LOCK) into $(VENV)"; \
-	$(PIP) install --quiet --require-hashes --no-deps -r $(LOCK); \
-	$(PY) scripts/prune_env.py $(LOCK); \
-	$(PIP) install --quiet --no-deps --no-build-isolation -e .; \
-	$(PIP) check; \
-	touch $(STAMP)
+$(STAMP): $(LOCK) setup.py pyproject.toml scripts/build_env.sh scripts/find_python.sh \
+		scripts/prune_env.py
+	@bash scripts/build_env.sh $(VENV) 3.9 $(LOCK)
 
 # The modern leg.  torch==2.13.0+cpu is not on the package index: pip takes it from
 # its find-links (this machine's pip config: /opt/wheels) or from an extra index
 # (elsewhere: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu), and checks
 # it against the hash in the lock like every other file.
-$(STAMP311): $(LOCK311) setup.py pyproject.toml scripts/find_python.sh scripts/prune_env.py
-	@set -euo pipefail; \
-	if [ ! -x "$(PY311)" ] || ! "$(PY311)" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then \
-	  PY311=$$(bash scripts/find_python.sh 3.11); \
-	  rm -rf $(VENV311); \
-	  echo "creating $(VENV311) with $$PY311"; \
-	  "$$PY311" -m venv $(VENV311); \
-	fi; \
-	echo "installing $(LOCK311) into $(VENV311)"; \
-	$(PIP311) install --quiet --require-hashes --no-deps -r $(LOCK311) || { \
-	  echo "error: could not install $(LOCK311); torch's CPU wheel comes from pip's find-links" \
-	       "or an extra index, see 'The modern leg' in docs/development.md" >&2; exit 1; }; \
-	$(PY311) scripts/prune_env.py $(LOCK311); \
-	$(PIP311) install --quiet --no-deps --no-build-isolation -e .; \
-	$(PIP311) check; \
-	touch $(STAMP311)
+$(STAMP311): $(LOCK311) setup.py pyproject.toml scripts/build_env.sh scripts/find_python.sh \
+		scripts/prune_env.py
+	@bash scripts/build_env.sh $(VENV311) 3.11 $(LOCK311) "torch's CPU wheel comes from \
+	pip's find-links or an extra index, see 'The modern leg' in docs/development.md"
 
 env: $(STAMP)
 
