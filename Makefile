@@ -36,8 +36,8 @@ UV_VERSION := 0.13.9
 # builds).  Installing needs no such setting here: pip's own configuration has it.
 TORCH_FIND_LINKS ?= /opt/wheels
 
-.PHONY: demo test test-caffe2 test-modern bench env env311 lock lock311 docs docs-tables \
-	dist-check typecheck clean-env
+.PHONY: demo test test-caffe2 test-modern bench env env311 lock lock311 lock-tools docs \
+	docs-tables dist-check typecheck clean-env
 
 $(STAMP): $(LOCK) setup.py pyproject.toml scripts/build_env.sh scripts/find_python.sh \
 		scripts/prune_env.py
@@ -112,29 +112,30 @@ bench: $(STAMP) $(STAMP311)
 	$(PY311) -m benchmarks.run --only torch --out docs --torch-json torch_loader_torch2.json
 	$(PY) -m benchmarks.doc_tables
 
+# uv at UV_VERSION in .cache/ (LOCK_TOOLS), for both lock targets; replaced when
+# another version is there.
+lock-tools:
+	@set -euo pipefail; \
+	if [ ! -x $(LOCK_TOOLS)/bin/uv ] || [ "$$($(LOCK_TOOLS)/bin/uv --version)" != "uv $(UV_VERSION)" ]; then \
+	  PY39=$$(bash scripts/find_python.sh 3.9); \
+	  rm -rf $(LOCK_TOOLS); "$$PY39" -m venv $(LOCK_TOOLS); \
+	  $(LOCK_TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION); \
+	fi
+
 # Resolves with uv (pinned here, installed into .cache/) against PyPI, for
 # CPython 3.9 on Linux; writes every package, transitive ones and
 # pip/setuptools/wheel included, with the hashes of its files.
-lock:
+lock: lock-tools
 	@set -euo pipefail; \
 	PY39=$$(bash scripts/find_python.sh 3.9); \
-	if [ ! -x $(LOCK_TOOLS)/bin/uv ] || [ "$$($(LOCK_TOOLS)/bin/uv --version)" != "uv $(UV_VERSION)" ]; then \
-	  rm -rf $(LOCK_TOOLS); "$$PY39" -m venv $(LOCK_TOOLS); \
-	  $(LOCK_TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION); \
-	fi; \
 	$(LOCK_TOOLS)/bin/uv pip compile requirements.in --output-file $(LOCK) \
 	  --python "$$PY39" --python-version 3.9 --python-platform x86_64-unknown-linux-gnu \
 	  --generate-hashes --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade,)
 
 # The same for the modern leg, for CPython 3.11; torch's CPU build from TORCH_FIND_LINKS
 # (its hash is that file's: the same file as download.pytorch.org/whl/cpu serves).
-lock311:
+lock311: lock-tools
 	@set -euo pipefail; \
-	PY39=$$(bash scripts/find_python.sh 3.9); \
-	if [ ! -x $(LOCK_TOOLS)/bin/uv ] || [ "$$($(LOCK_TOOLS)/bin/uv --version)" != "uv $(UV_VERSION)" ]; then \
-	  rm -rf $(LOCK_TOOLS); "$$PY39" -m venv $(LOCK_TOOLS); \
-	  $(LOCK_TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION); \
-	fi; \
 	$(LOCK_TOOLS)/bin/uv pip compile requirements-py311.in --output-file $(LOCK311) \
 	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
 	  --find-links $(TORCH_FIND_LINKS) \
