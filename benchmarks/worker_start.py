@@ -23,6 +23,7 @@ not part of ``benchmarks.run``::
 
     python -m benchmarks.worker_start                      # 7 repeats, 4 workers: ~30 s
     python -m benchmarks.worker_start --torch-first
+    python -m benchmarks.worker_start --start-method fork  # our workers forked
     python -m benchmarks.worker_start --repeats 1 --json out.json
 
 The ``data_workers`` measured is this checkout's, unless ``PYTHONPATH`` names another
@@ -50,12 +51,14 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker_start_
 MB = 1 << 20
 
 
-def run_once(workers: int, torch_first: bool, timeout_s: float) -> Dict[str, Any]:
+def run_once(workers: int, torch_first: bool, timeout_s: float,
+             start_method: str = "spawn") -> Dict[str, Any]:
     """The script in a fresh interpreter, then its DataLoader mode in another: one record."""
     load = h.foreign_load(0.5)
-    record = _run_script(workers, ["torch-first"] if torch_first else [], timeout_s)
+    ours = ["fork"] if start_method == "fork" else []
+    record = _run_script(workers, (["torch-first"] if torch_first else []) + ours, timeout_s)
     record.update(_run_script(workers, ["dataloader"], timeout_s))
-    record.update(_run_script(workers, ["loader"], timeout_s))
+    record.update(_run_script(workers, ["loader"] + ours, timeout_s))
     record["foreign_load"] = load
     return record
 
@@ -117,16 +120,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--workers", type=int, default=4, help="process workers (default: 4)")
     p.add_argument("--torch-first", action="store_true",
                    help="import torch in the trainer before the clock starts")
+    p.add_argument("--start-method", choices=("spawn", "fork"), default="spawn",
+                   help="how our process workers start (default: spawn)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per repeat")
     p.add_argument("--json", metavar="PATH", help="also write every repeat's record here")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.workers < 1:
         p.error("--repeats and --workers must be at least 1")
-    records = [run_once(args.workers, args.torch_first, args.timeout)
+    records = [run_once(args.workers, args.torch_first, args.timeout, args.start_method)
                for _ in range(args.repeats)]
-    print("%d process workers, %d repeats%s, data_workers from %s"
-          % (args.workers, args.repeats, ", torch imported first" if args.torch_first else "",
-             records[0]["data_workers"]))
+    print("%d process workers (start_method=%r), %d repeats%s, data_workers from %s"
+          % (args.workers, args.start_method, args.repeats,
+             ", torch imported first" if args.torch_first else "", records[0]["data_workers"]))
     print("median (min-max)")
     print(h.format_table(["measure", "value"], summarize(records)))
     if args.json:

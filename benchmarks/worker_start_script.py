@@ -3,7 +3,7 @@
 It imports Caffe2 and numpy at the top and defines its fetcher in ``__main__``.
 Run by path (so it is ``__main__``)::
 
-    python benchmarks/worker_start_script.py WORKERS OUT.json [torch-first | dataloader | loader]
+    python benchmarks/worker_start_script.py WORKERS OUT.json [torch-first | dataloader | loader] [fork]
 
 It starts ``WORKERS`` process workers, times ``start()`` to the first batch out
 of the net and to the first batch of every worker (a batch holds one worker's
@@ -18,7 +18,7 @@ clock): ``iter(loader)`` to the first batch; ``loader`` times our
 ``data_workers.torch.Loader`` with process workers the same way.  The entry
 point is guarded, so the script also runs where workers re-import it (the
 spawn-style start of data_workers before cloudpickle): the same script
-measures both.
+measures both.  ``fork`` starts our workers with ``start_method="fork"``.
 """
 
 from __future__ import annotations
@@ -58,14 +58,15 @@ def memory(pid: int) -> Dict[str, int]:
             + fields.get("Private_Hugetlb", 0)}
 
 
-def loader_main(workers: int, out: str) -> None:
+def loader_main(workers: int, out: str, start_method: str) -> None:
     import warnings
 
     with warnings.catch_warnings():  # torch 1.10 imports pkg_resources, which warns
         warnings.simplefilter("ignore")
         from data_workers.torch import Loader
 
-    loader = Loader(fetch, BATCH, workers, worker_type="process", names=["data", "label"])
+    loader = Loader(fetch, BATCH, workers, worker_type="process", names=["data", "label"],
+                    start_method=start_method)
     started = time.perf_counter()
     next(loader)
     first_batch_s = time.perf_counter() - started
@@ -97,7 +98,7 @@ def dataloader_main(workers: int, out: str) -> None:
         json.dump({"workers": workers, "dataloader_first_batch_s": first_batch_s}, f)
 
 
-def main(workers: int, out: str, torch_first: bool) -> None:
+def main(workers: int, out: str, torch_first: bool, start_method: str) -> None:
     workspace.GlobalInit(["caffe2", "--caffe2_log_level=3"])
     if torch_first:
         import warnings
@@ -109,7 +110,8 @@ def main(workers: int, out: str, torch_first: bool) -> None:
     net = core.Net("worker_start")
     coord = data_workers.init_data_input_workers(
         net, ["data", "label"], fetch, BATCH, num_worker_threads=workers,
-        worker_type="process", timeout=60, input_source_name="worker_start")
+        worker_type="process", timeout=60, input_source_name="worker_start",
+        start_method=start_method)
     workspace.CreateNet(net)
     started = time.perf_counter()
     coord.start()
@@ -132,6 +134,7 @@ def main(workers: int, out: str, torch_first: bool) -> None:
     result = {
         "workers": workers,
         "torch_first": torch_first,
+        "start_method": start_method,
         "start_call_s": start_call_s,
         "first_batch_s": first_batch_s,
         "every_worker_s": every_worker_s,
@@ -146,9 +149,11 @@ def main(workers: int, out: str, torch_first: bool) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[3:] == ["dataloader"]:
+    modes = set(sys.argv[3:])
+    method = "fork" if "fork" in modes else "spawn"
+    if "dataloader" in modes:
         dataloader_main(int(sys.argv[1]), sys.argv[2])
-    elif sys.argv[3:] == ["loader"]:
-        loader_main(int(sys.argv[1]), sys.argv[2])
+    elif "loader" in modes:
+        loader_main(int(sys.argv[1]), sys.argv[2], method)
     else:
-        main(int(sys.argv[1]), sys.argv[2], sys.argv[3:] == ["torch-first"])
+        main(int(sys.argv[1]), sys.argv[2], "torch-first" in modes, method)

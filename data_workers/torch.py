@@ -83,7 +83,7 @@ class Loader:
                num_workers=0, collate_fn=None, pin_memory=False, drop_last=False,
                timeout=0, worker_init_fn=None, multiprocessing_context=None,
                generator=None, *, prefetch_factor=2, persistent_workers=False,
-               pin_memory_device="", in_order=True, worker_type="thread",
+               pin_memory_device="", in_order=True, worker_type=None,
                seed=None, name="loader", stall_warning_secs=None,
                shm_bytes_per_worker=None, external_loggers=None, log_interval_secs=None,
                max_fetch_failures=0)
@@ -168,6 +168,9 @@ class Loader:
             failing the loader: ``0`` (default) none, an int N up to N, a float
             in (0, 1) that fraction of fetch calls; as for
             ``init_data_input_workers``.
+        start_method: how process workers start, ``"spawn"`` (default) or
+            ``"fork"``, as for ``init_data_input_workers``; the dataset form
+            takes DataLoader's ``multiprocessing_context`` for it.
 
     Raises:
         TypeError, ValueError: an argument is invalid (the message names it).
@@ -203,6 +206,7 @@ class Loader:
         log_interval_secs: float = LOG_INT_SECS,
         dtypes: Mapping[str, Any] | None = None,
         max_fetch_failures: FractionOrCount = 0,
+        start_method: str = "spawn",
     ) -> None:
         blob_names = _check_loader_args(names, name, batch_columns, pin_memory)
         config = check_input_args(
@@ -213,7 +217,8 @@ class Loader:
             timeout=check_positive_seconds("timeout", timeout),
             log_interval_secs=log_interval_secs, stall_warning_secs=stall_warning_secs,
             shm_bytes_per_worker=shm_bytes_per_worker, dtypes=dtypes,
-            max_fetch_failures=max_fetch_failures, names=_ARG_NAMES)
+            max_fetch_failures=max_fetch_failures, start_method=start_method,
+            names=_ARG_NAMES)
         self._fetch_fun_type = type(fetch_fun).__name__
         self._source = fetch_fun if isinstance(fetch_fun, ShardedSource) else None
         if self._source is not None and self._source.batch_size != config.batch_size:

@@ -43,7 +43,7 @@ from data_workers import parallel_workers  # noqa: E402
 CAFFE2_MODULES = frozenset({
     "test_boundary.py", "test_compat_internals.py", "test_delivery.py", "test_docs.py",
     "test_errors.py",
-    "test_failure_order.py", "test_faults.py", "test_fetch_failures.py",
+    "test_failure_order.py", "test_faults.py", "test_fetch_failures.py", "test_fork_workers.py",
     "test_hostile_input.py", "test_lifecycle.py", "test_metrics.py", "test_multihost.py",
     "test_process_main.py", "test_process_workers.py", "test_properties.py",
     "test_protocol_matrix.py", "test_ray_source.py", "test_scopes.py",

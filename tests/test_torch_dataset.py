@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
+import os
 import threading
 from typing import Any, List, Tuple
 
@@ -115,6 +117,42 @@ def test_workers_see_get_worker_info_and_no_worker_loads_in_the_calling_thread()
         if worker_type == "thread":
             assert threading.get_ident() not in {t for b in batches for t in b["thread"].tolist()}
         assert torch.utils.data.get_worker_info() is None
+
+
+@pytest.mark.parametrize("context", ["fork", multiprocessing.get_context("fork")])
+def test_forked_workers_load_as_spawned_ones_do(context: Any) -> None:
+    """``multiprocessing_context="fork"`` (DataLoader's default on Linux): worker
+    processes forked from the loop, with the epochs, worker info, seeds and the one
+    intra-op thread of spawned workers; a resume is exact."""
+    with Loader(WhereAmI(), 3, num_workers=2, multiprocessing_context=context,
+                seed=100) as loader:
+        batches = list(loader)
+    assert [b["index"].tolist() for b in batches] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    assert [b["worker"].tolist() for b in batches] == [[i % 2] * 3 for i in range(4)]
+    assert [b["seed"][0].item() for b in batches[:2]] == [100, 101]
+    assert all(b["torch_threads"].tolist() == [1] * 3 for b in batches)
+    pids = {b["pid"][0].item() for b in batches}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert torch.utils.data.get_worker_info() is None
+    with Loader(Indexed(26), 4, shuffle=True, num_workers=2, multiprocessing_context=context,
+                seed=21) as loader:
+        before, state = run_until(loader, 5)
+    assert before == uninterrupted()[:5]
+    with Loader(Indexed(26), 4, shuffle=True, num_workers=2, multiprocessing_context=context) \
+            as resumed:
+        resumed.load_state_dict(state)
+        assert finish(resumed, 14, 5) == uninterrupted()[5:14]
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(multiprocessing_context="forkserver"), "'forkserver' is not offered"),
+    (dict(multiprocessing_context="fork"), "num_workers=0 loads in the calling thread"),
+    (dict(multiprocessing_context="fork", num_workers=2, worker_type="thread"),
+     "worker_type='thread' runs threads"),
+])
+def test_multiprocessing_context_is_checked(options: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Loader(Indexed(10), **options)
 
 
 def test_worker_init_fn_runs_once_in_each_worker_before_its_first_batch() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from typing import Any, Iterator, List
 
@@ -54,7 +55,7 @@ class WhereAmI(torch.utils.data.Dataset):
                 "worker": -1 if info is None else info.id,
                 "workers": 0 if info is None else info.num_workers,
                 "seed": -1 if info is None else info.seed % (1 << 62),
-                "torch_threads": torch.get_num_threads()}
+                "torch_threads": torch.get_num_threads(), "pid": os.getpid()}
 
 
 class FailsAt(torch.utils.data.Dataset):

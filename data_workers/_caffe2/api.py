@@ -257,6 +257,7 @@ def init_data_input_workers(
     shm_bytes_per_worker: int | None = None,
     dtypes: Mapping[str, Any] | None = None,
     max_fetch_failures: FractionOrCount = 0,
+    start_method: str = "spawn",
 ) -> GlobalCoordinator:
     """Feed ``input_blob_names`` of ``net`` from ``fetch_fun``, in the current scopes.
 
@@ -364,6 +365,12 @@ def init_data_input_workers(
             calls count as 100).  Each is logged and counted
             (``stats().fetch_failures``); the next one fails the input, saying
             how many were skipped.  See ``data_workers/_core/budget.py``.
+        start_method: how process workers start: ``"spawn"`` (default) a fresh
+            interpreter each, which imports numpy and what ``fetch_fun`` uses
+            (0.2 s or more before the first batch); ``"fork"`` a fork of the
+            trainer, which has them already (DataLoader's default on Linux),
+            with fork's hazard: a lock another thread of the trainer held at
+            that moment stays held in the worker (``docs/process-workers.md``).
 
     Returns:
         ``data_workers.global_coordinator``, the same object for every call:
@@ -389,7 +396,7 @@ def init_data_input_workers(
         dont_rebatch=dont_rebatch, deterministic=deterministic, seed=seed, timeout=timeout,
         log_interval_secs=log_interval_secs, stall_warning_secs=stall_warning_secs,
         shm_bytes_per_worker=shm_bytes_per_worker, dtypes=dtypes,
-        max_fetch_failures=max_fetch_failures)
+        max_fetch_failures=max_fetch_failures, start_method=start_method)
     namescope = scope.CurrentNameScope()
     _check_no_live_twin(blob_names, namescope, input_source_name)
     device_option = scope.CurrentDeviceScope()

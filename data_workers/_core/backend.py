@@ -36,11 +36,14 @@ from .validate import DtypeRule
 from .words import FETCHER_WORDS, Words
 
 __all__ = ["FetcherHost", "FetcherBackend", "BackendSpec", "ChunkSource", "FetchFun",
-           "WORKER_TYPES"]
+           "WORKER_TYPES", "START_METHODS"]
 
 FetchFun = Callable[[int, int], Any]
 #: The backends ``_workers`` provides, by their ``worker_type`` name.
 WORKER_TYPES = ("thread", "process")
+#: How process workers start: a fresh interpreter each (the default), or a
+#: fork of the trainer (``_workers/fork.py``).
+START_METHODS = ("spawn", "fork")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +70,8 @@ class BackendSpec:
     skip_fetch_failures: bool = False
     #: The dtype each blob must have (None: any); checked where chunks are validated.
     dtypes: tuple[np.dtype | None, ...] | None = None
+    #: How process workers start: one of ``START_METHODS``.
+    start_method: str = "spawn"
 
 
 class ChunkSource(Protocol):

@@ -24,14 +24,14 @@ from collections.abc import Iterable, Sequence
 
 from .args import (check_batch_columns, check_dtypes, check_int, check_max_fetch_failures,
                    check_positive_int, check_positive_seconds)
-from .backend import WORKER_TYPES, BackendSpec, FetcherBackend, FetcherHost, FetchFun
+from .backend import START_METHODS, WORKER_TYPES, BackendSpec, FetcherBackend, FetcherHost, FetchFun
 from .coordinator import InitFun
 from .metrics import ExternalLogger, Metrics
 from .pipeline import LOG_INT_SECS, BatchStage, InputConfig, InputCoordinator
 from .sink import BatchSink
 
-__all__ = ["ArgNames", "BackendFactory", "check_blob_names", "check_worker_type", "check_input_args",
-           "build_input"]
+__all__ = ["ArgNames", "BackendFactory", "check_blob_names", "check_worker_type", "check_start_method",
+           "check_input_args", "build_input"]
 
 #: Builds the backend of an input (given the input as its host) for a worker type.
 BackendFactory = Callable[[str, BackendSpec], Callable[[FetcherHost], FetcherBackend]]
@@ -77,6 +77,16 @@ def check_worker_type(worker_type: Any) -> None:
         raise ValueError("worker_type must be one of %s, got %r" % (WORKER_TYPES, worker_type))
 
 
+def check_start_method(start_method: Any, worker_type: str, arg: str = "start_method") -> None:
+    """Raise ValueError unless ``start_method`` names one of ``START_METHODS``, and
+    fork goes with process workers."""
+    if start_method not in START_METHODS:
+        raise ValueError("%s must be one of %s, got %r" % (arg, START_METHODS, start_method))
+    if start_method == "fork" and worker_type != "process":
+        raise ValueError("%s=%r starts worker processes, and worker_type=%r runs threads: "
+                         "pass worker_type='process' too" % (arg, start_method, worker_type))
+
+
 def check_input_args(
     *,
     fetch_fun: Any,
@@ -96,6 +106,7 @@ def check_input_args(
     shm_bytes_per_worker: Any = None,
     dtypes: Any = None,
     max_fetch_failures: Any = 0,
+    start_method: Any = "spawn",
     names: ArgNames = ArgNames(),
 ) -> InputConfig:
     """Every rule the two front ends share, checked before anything is built.
@@ -119,6 +130,7 @@ def check_input_args(
                          "workers hand their arrays over without shared memory); got "
                          "shm_bytes_per_worker=%r with worker_type=%r"
                          % (shm_bytes_per_worker, worker_type))
+    check_start_method(start_method, worker_type)
     return InputConfig(
         blob_names=tuple(blob_names),
         batch_size=check_positive_int("batch_size", batch_size),
@@ -138,6 +150,7 @@ def check_input_args(
                                                   or_none=True),
         dtypes=check_dtypes(dtypes, blob_names),
         max_fetch_failures=check_max_fetch_failures(max_fetch_failures),
+        start_method=start_method,
     )
 
 
@@ -161,7 +174,7 @@ def build_input(config: InputConfig, fetch_fun: FetchFun, sink: BatchSink,
         shm_bytes_per_worker=config.shm_bytes_per_worker, dtype_rule=sink.dtype_rule,
         words=sink.words,
         deterministic=config.deterministic, skip_fetch_failures=config.max_fetch_failures != 0,
-        dtypes=config.dtypes)
+        dtypes=config.dtypes, start_method=config.start_method)
     make_backend = backends(config.worker_type, spec)
     feeder = stage_type(config, worker_ids, Metrics(external_loggers), sink)
     return input_type(config, worker_ids, init_fun, feeder, make_backend, fetch_fun)

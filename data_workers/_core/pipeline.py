@@ -81,6 +81,8 @@ class InputConfig:
     max_fetch_failures: FractionOrCount = 0
     #: The dtype each blob must have (None: any); None: no ``dtypes=`` given.
     dtypes: tuple[np.dtype | None, ...] | None = None
+    #: How process workers start (``_core/backend.py``, ``START_METHODS``).
+    start_method: str = "spawn"
 
 
 class BatchStage(State):

@@ -41,6 +41,7 @@ from torch.utils.data._utils.collate import default_collate, default_convert
 
 from .._core.args import (check_int, check_max_fetch_failures, check_positive_int,
                           check_positive_seconds)
+from .._core.backend import START_METHODS
 from .._core.build import check_worker_type
 from .._core.budget import FetchFailureBudget
 from .._core.errors import FetcherError, RemoteTraceback
@@ -75,7 +76,7 @@ class DatasetLoader:
                  multiprocessing_context: Any = None,
                  generator: torch.Generator | None = None, *,
                  prefetch_factor: int | None = None, persistent_workers: bool = False,
-                 pin_memory_device: str = "", in_order: bool = True, worker_type: str = "thread",
+                 pin_memory_device: str = "", in_order: bool = True, worker_type: str | None = None,
                  seed: int | None = None,
                  name: str = "loader", stall_warning_secs: float | None = None,
                  shm_bytes_per_worker: int | None = None,
@@ -84,6 +85,9 @@ class DatasetLoader:
         self.dataset = dataset
         self.max_fetch_failures = check_max_fetch_failures(max_fetch_failures)
         self.num_workers = check_int("num_workers", num_workers, minimum=0)
+        start_method = self._start_method(multiprocessing_context, self.num_workers, worker_type)
+        if worker_type is None:  # a start method asks for processes, as in DataLoader
+            worker_type = "thread" if multiprocessing_context is None else "process"
         check_worker_type(worker_type)
         if prefetch_factor is not None:
             if self.num_workers == 0:
@@ -99,10 +103,6 @@ class DatasetLoader:
                 or timeout < 0:
             raise ValueError("timeout must be a number of seconds >= 0 (0: wait as long as it "
                              "takes), got %r" % (timeout,))
-        if multiprocessing_context is not None:
-            raise ValueError("multiprocessing_context is DataLoader's; our worker processes are "
-                             "fresh interpreters of their own (worker_type='process'), got %r"
-                             % (multiprocessing_context,))
         if pin_memory_device not in ("", "cuda"):
             raise ValueError("pin_memory_device: batches are pinned for CUDA alone, got %r"
                              % (pin_memory_device,))
@@ -138,7 +138,7 @@ class DatasetLoader:
         self.name = name
         self._engine_options: dict[str, Any] = {
             "stall_warning_secs": stall_warning_secs, "shm_bytes_per_worker": shm_bytes_per_worker,
-            "external_loggers": external_loggers}
+            "external_loggers": external_loggers, "start_method": start_method}
         if log_interval_secs is not None:
             self._engine_options["log_interval_secs"] = check_positive_seconds(
                 "log_interval_secs", log_interval_secs)
@@ -433,6 +433,28 @@ class DatasetLoader:
                 return self.collate_fn(samples[0] if single else samples[:1])
         raise ValueError("loader %r: no sample of epoch %d loads (every __getitem__ raised); "
                          "fix the dataset" % (self.name, self._epoch))
+
+    @staticmethod
+    def _start_method(context: Any, num_workers: int, worker_type: str | None) -> str:
+        """The engine's ``start_method`` for DataLoader's ``multiprocessing_context``:
+        None, ``"spawn"``, ``"fork"``, or a ``multiprocessing`` context of either."""
+        if context is None:
+            return "spawn"
+        method = context.get_start_method() if hasattr(context, "get_start_method") else context
+        if method not in START_METHODS:
+            raise ValueError("multiprocessing_context must be one of %s (or a multiprocessing "
+                             "context of one), got %r; 'forkserver' is not offered: 'spawn' "
+                             "leaves no server behind, 'fork' starts fastest"
+                             % (START_METHODS, context))
+        if num_workers == 0:
+            raise ValueError("multiprocessing_context=%r starts worker processes, and "
+                             "num_workers=0 loads in the calling thread: pass num_workers "
+                             ">= 1 or leave it None" % (context,))
+        if worker_type == "thread":
+            raise ValueError("multiprocessing_context=%r starts worker processes, and "
+                             "worker_type='thread' runs threads: leave worker_type out "
+                             "(or pass 'process')" % (context,))
+        return str(method)
 
     def _start_run(self, start: tuple[int, int]) -> None:
         self._close_run()

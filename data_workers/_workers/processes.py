@@ -62,6 +62,7 @@ from .._core.chunk import Chunk
 from .._core.errors import DataInputError, FetcherError, PipelineError, RemoteTraceback, WorkerDiedError
 from .._core.thread_util import join_threads
 from .child import IN_WORKER_ENV, ChildImports, ChildSpec
+from .fork import ForkedProcess, fork_worker
 from .pickling import pickle_fetch_fun
 from .shm_ring import ShmArena
 from .wire import LENGTH, LONG_LENGTH
@@ -202,7 +203,7 @@ class _ProcessWorker:
         self.arena = ShmArena(spec.capacity, name="data_workers-%s-%d" % (spec.input_source, worker_id),
                               fixed=spec.fixed_capacity)
         self.arena.batch_size = owner.host.batch_size
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | ForkedProcess | None = None
         self.pidfd: int | None = None
         #: Set once the child is set up and about to call fetch_fun.  Before
         #: that it only imports modules, so stop() may end it without waiting.
@@ -242,19 +243,24 @@ class _ProcessWorker:
         # safe to ask for when that thread is the main one, which lives as long
         # as the trainer.
         death_signal = signal.SIGKILL if threading.current_thread() is threading.main_thread() else 0
+        fds = (theirs.fileno(), ctl_theirs.fileno(), self.arena.fd)
+        argv = [str(fd) for fd in fds] + [str(os.getpid()), str(int(death_signal))]
+        process: subprocess.Popen[bytes] | ForkedProcess
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "data_workers._workers.boot",
-                 str(theirs.fileno()), str(ctl_theirs.fileno()), str(self.arena.fd),
-                 str(os.getpid()), str(int(death_signal))],
-                pass_fds=(theirs.fileno(), ctl_theirs.fileno(), self.arena.fd), close_fds=True,
-                # Own session: a Ctrl-C at the terminal goes to the trainer, which
-                # stops the workers in order, not straight to the workers.
-                start_new_session=True)
+            if self.owner.start_method == "fork":
+                process = fork_worker(argv, fds)
+            else:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "data_workers._workers.boot"] + argv,
+                    pass_fds=fds, close_fds=True,
+                    # Own session: a Ctrl-C at the terminal goes to the trainer, which
+                    # stops the workers in order, not straight to the workers.
+                    start_new_session=True)
         finally:
             theirs.close()  # the child has its copies
             ctl_theirs.close()
-        self.pidfd = _pidfd(self.process.pid)
+        self.process = process
+        self.pidfd = _pidfd(process.pid)
         self.conn = _DataSocket(ours)
         self.control = Connection(ctl_ours.detach())
 
@@ -648,6 +654,7 @@ class ProcessFetchers(FetcherBackend):
         self.host = host
         self.halted = False
         self.fetch_fun = spec.fetch_fun
+        self.start_method = spec.start_method
         host.add_batch_size_hook(self._set_batch_size)
         base_seed = spec.seed if spec.seed is not None else random.SystemRandom().randrange(2 ** 31)
         capacity = spec.shm_bytes_per_worker or DEFAULT_SHM_BYTES_PER_WORKER

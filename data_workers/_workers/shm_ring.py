@@ -56,17 +56,20 @@ never overwrite rows that are still being copied.
 from __future__ import annotations
 
 import collections
+import ctypes
 import math
 import mmap
 import os
 import threading
 import time
+import weakref
 from typing import Callable
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["ShmArena", "ArrayLayout", "RingClaim", "HEADER_BYTES", "ALIGN", "RING_BATCHES"]
+__all__ = ["ShmArena", "ArrayLayout", "RingClaim", "HEADER_BYTES", "ALIGN", "RING_BATCHES",
+           "unmap_inherited"]
 
 HEADER_BYTES = 64
 # Header slots (uint64 each; the layout in the module docstring).
@@ -84,6 +87,23 @@ MIN_RING_BYTES = 64 << 20
 
 #: (dtype string, shape, byte offset in the ring) of one array in a chunk.
 ArrayLayout = tuple[str, tuple[int, ...], int]
+
+
+#: The arenas this process created and has not closed, for ``unmap_inherited``.
+_CREATED: "weakref.WeakSet[ShmArena]" = weakref.WeakSet()
+
+
+def unmap_inherited() -> None:
+    """In a worker just forked from the trainer: unmap every ring the trainer had mapped.
+
+    Never called where those rings are in use: the Python objects that refer to
+    them stay behind (``fork.py`` freezes them) and must not be touched again.
+    """
+    munmap = ctypes.CDLL(None, use_errno=True).munmap
+    munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    for arena in list(_CREATED):  # mapped still, even those closed while views were alive
+        munmap(arena._address, HEADER_BYTES + arena.size)
+    _CREATED.clear()
 
 
 #: numpy dtypes by their string, for ``views`` (which runs on every batch).
@@ -138,6 +158,10 @@ class ShmArena:
         self._release_lock = threading.RLock()
         self._claims: collections.deque[RingClaim] = collections.deque()  # parent: in write order
         self._ring = np.frombuffer(self._map, np.uint8, size, HEADER_BYTES)
+        #: Where the mapping starts (``unmap_inherited``).
+        self._address = int(self._ring.__array_interface__["data"][0]) - HEADER_BYTES
+        if created:
+            _CREATED.add(self)
         self.written = 0  # child side: total bytes handed out, padding included
         if fixed:
             self._header[_CAPACITY] = size
@@ -302,6 +326,7 @@ class ShmArena:
         if self._map is not None:
             try:
                 self._map.close()
+                _CREATED.discard(self)
             except BufferError:
                 pass  # a view is still referenced; the mapping goes with it
             self._map = None
