@@ -23,11 +23,17 @@ Four more, chosen with ``--only``: the dataset form (``Loader(dataset, ...)`` ag
     ds_image_threads       the same, ours with thread workers (Pillow and numpy release
                            the GIL for most of the work)
 
+For the last three, a second limit: the parallel limit, ``WORKERS`` processes
+running the ``__getitem__`` loop at once (the cores share memory bandwidth and
+caches, so it can be well under the compute limit); both loaders are reported
+as a share of it.
+
 Each repeat builds a fresh loader per side (alternating which goes first, so drift
 of a shared machine hits both), consumes ``warmup`` seconds of batches, then
 counts batches over ``window`` seconds.  The reported ratio is ours / DataLoader
 per repeat: median and min-max over repeats.  Time to the first batch (worker
-start-up: spawn for ours, fork for DataLoader's default) is reported separately.
+start-up: spawn for ours unless ``--start-method fork``, fork for DataLoader's
+default) is reported separately.
 
 Part of ``benchmarks.run`` (``make bench``), which runs this module in a fresh
 interpreter, writes ``torch_loader.json``, and renders its table into docs/torch.md
@@ -63,6 +69,8 @@ BATCH = 32
 WIDTH = 64
 WORKERS = 2
 GIL_FETCH_S = 0.010
+#: How our process workers start (``--start-method``); DataLoader's always fork.
+START_METHOD = "spawn"
 
 
 spin = h.spin
@@ -197,6 +205,36 @@ def compute_limit(dataset: Any, batch: int, seconds: float = 1.0) -> float:
     return WORKERS * count / (time.perf_counter() - t0) / batch
 
 
+def parallel_limit(dataset: Any, batch: int, seconds: float = 1.0) -> float:
+    """Batches/s of ``WORKERS`` processes each running the ``__getitem__`` loop at
+    the same time: what the cores give together (they share memory bandwidth and
+    caches), where ``compute_limit`` multiplies one uncontended loop."""
+    dataset[0]
+    readers, pids = [], []
+    for _ in range(WORKERS):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                count, t0 = 0, time.perf_counter()
+                while time.perf_counter() - t0 < seconds:
+                    dataset[count]
+                    count += 1
+                os.write(w, repr(count / (time.perf_counter() - t0)).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        readers.append(r)
+        pids.append(pid)
+    total = 0.0
+    for r, pid in zip(readers, pids):
+        with os.fdopen(r) as f:
+            total += float(f.read())
+        os.waitpid(pid, 0)
+    return total / batch
+
+
 class _Endless:
     """Epoch after epoch of a dataset loader (ours or DataLoader), as ``next()``."""
 
@@ -229,7 +267,8 @@ def _ours(workload: str, spin_iterations: int) -> Any:
     # Process workers for both: per-sample Python fetchers are what they are for
     # (each worker assembles whole batches; one hand-off per batch).
     fetch = one_sample if workload == "one_sample" else BusyChunks(spin_iterations)
-    return Loader(fetch, BATCH, WORKERS, worker_type="process", names=["data", "label"])
+    return Loader(fetch, BATCH, WORKERS, worker_type="process", names=["data", "label"],
+                  start_method=START_METHOD)
 
 
 class _DataLoaderSide:
@@ -262,8 +301,10 @@ def _dataset_side(side: str, workload: str, spin_iterations: int, jpegs: Sequenc
     if side == "ours":
         from data_workers.torch import Loader
 
-        worker_type = "thread" if workload.endswith("_threads") else "process"
-        return _Endless(Loader(dataset, batch, num_workers=WORKERS, worker_type=worker_type))
+        if workload.endswith("_threads"):
+            return _Endless(Loader(dataset, batch, num_workers=WORKERS, worker_type="thread"))
+        return _Endless(Loader(dataset, batch, num_workers=WORKERS, worker_type="process",
+                               multiprocessing_context="fork" if START_METHOD == "fork" else None))
     from torch.utils.data import DataLoader
 
     return _Endless(DataLoader(dataset, batch, num_workers=WORKERS))
@@ -336,12 +377,14 @@ def run(quick: bool, repeats: Optional[int] = None, window_s: Optional[float] = 
         "settings": {"batch": BATCH, "workers": WORKERS, "repeats": repeats,
                      "window_s": window_s, "warmup_s": warmup_s,
                      "gil_fetch_s": GIL_FETCH_S, "spin_iterations": spin_iterations,
+                     "start_method": START_METHOD,
                      "spin_s": spin_s},
         "workloads": {},
     }
     for workload in only:
         runs: Dict[str, List[Dict[str, float]]] = {"ours": [], "dataloader": []}
         limits: List[float] = []
+        together: List[float] = []
         spins = sample_spin if workload == "ds_gil_bound" else spin_iterations
         for r in range(repeats):
             order = ("ours", "dataloader") if r % 2 == 0 else ("dataloader", "ours")
@@ -349,8 +392,10 @@ def run(quick: bool, repeats: Optional[int] = None, window_s: Optional[float] = 
                 runs[side].append(measure_side(side, workload, spins, warmup_s,
                                                window_s, jpegs))
             if workload in ("ds_gil_bound", "ds_image", "ds_image_threads"):
-                limits.append(compute_limit(dataset_for(workload, spins, jpegs),
-                                            IMAGE_BATCH if workload != "ds_gil_bound" else BATCH))
+                dataset = dataset_for(workload, spins, jpegs)
+                batch = IMAGE_BATCH if workload != "ds_gil_bound" else BATCH
+                limits.append(compute_limit(dataset, batch))
+                together.append(parallel_limit(dataset, batch))
             log("  %s repeat %d: ours %.0f, DataLoader %.0f batches/s" % (
                 workload, r + 1, runs["ours"][-1]["batches_per_s"],
                 runs["dataloader"][-1]["batches_per_s"]))
@@ -368,6 +413,11 @@ def run(quick: bool, repeats: Optional[int] = None, window_s: Optional[float] = 
             results["workloads"][workload].update(
                 compute_limit=limits, of_limit_median=statistics.median(of_limit),
                 of_limit_min=min(of_limit), of_limit_max=max(of_limit))
+            for side in ("ours", "dataloader"):
+                of_parallel = [o["batches_per_s"] / lim
+                               for o, lim in zip(runs[side], together)]
+                results["workloads"][workload]["of_parallel_limit_" + side] = of_parallel
+            results["workloads"][workload]["parallel_limit"] = together
     jpeg_dir.cleanup()
     results["machine"]["load_avg_end"] = os.getloadavg()[0]
     return results
@@ -406,6 +456,13 @@ def report(results: Dict[str, Any]) -> str:
             lines.append("%-12s ours / compute limit %.2f (%.2f-%.2f); limit %.0f batches/s" % (
                 "", w["of_limit_median"], w["of_limit_min"], w["of_limit_max"],
                 statistics.median(w["compute_limit"])))
+        if "parallel_limit" in w:
+            mine, theirs = w["of_parallel_limit_ours"], w["of_parallel_limit_dataloader"]
+            lines.append("%-12s parallel limit %.0f batches/s (%d loops at once): ours %.2f "
+                         "(%.2f-%.2f) of it, DataLoader %.2f (%.2f-%.2f)" % (
+                             "", statistics.median(w["parallel_limit"]), s["workers"],
+                             statistics.median(mine), min(mine), max(mine),
+                             statistics.median(theirs), min(theirs), max(theirs)))
     m = results["machine"]
     lines.append("machine: %s CPUs, load average %.1f -> %.1f; python %s, torch %s" % (
         m["cpus"], m["load_avg_start"], m["load_avg_end"], m["python"], m["torch"]))
@@ -510,7 +567,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--only", nargs="+", choices=WORKLOADS, default=list(DEFAULT_WORKLOADS),
                         help="workloads to run (default: %s, those benchmarks.run renders)"
                         % " ".join(DEFAULT_WORKLOADS))
+    parser.add_argument("--start-method", choices=("spawn", "fork"), default="spawn",
+                        help="how our process workers start (default: spawn)")
     args = parser.parse_args(argv)
+    global START_METHOD
+    START_METHOD = args.start_method
     results = run(args.quick, args.repeats, args.window, warmup_s=args.warmup, only=args.only)
     print(report(results))
     if args.json:
