@@ -17,6 +17,7 @@ import os
 import threading
 from typing import Any, List, Tuple
 
+import numpy as np
 import pytest
 import torch
 import torch.utils.data
@@ -25,7 +26,8 @@ from torch.utils.data._utils.collate import default_collate  # public from torch
 from data_workers import DataInputError, FetcherError, WorkerDiedError
 from data_workers.torch import Loader
 from torch_datasets import (BadSamples, BrokenShards, Counting, DiesAt, FailsAt, Gate, Indexed,
-                            InitSeen, Mixed, Shards, WhereAmI, plain_batches, record_init)
+                            InitSeen, Mixed, Numeric, Shards, WhereAmI, plain_batches,
+                            record_init)
 
 #: (num_workers, worker_type) configurations every order test runs over.
 CONFIGS = [(0, "thread"), (1, "thread"), (3, "thread"), (2, "process")]
@@ -142,6 +144,77 @@ def test_forked_workers_load_as_spawned_ones_do(context: Any) -> None:
             as resumed:
         resumed.load_state_dict(state)
         assert finish(resumed, 14, 5) == uninterrupted()[5:14]
+
+
+def test_process_workers_collate_into_their_ring_as_default_collate_does() -> None:
+    """Batches of numbers are written straight into a process worker's ring: the
+    values, dtypes and structure of DataLoader's batches, and of thread workers'
+    (which collate with default_collate) under the same shuffled order."""
+    expected = plain_batches(list(torch.utils.data.DataLoader(Numeric(), 5)))
+    with Loader(Numeric(), 5, num_workers=2, multiprocessing_context="fork") as loader:
+        assert plain_batches(list(loader)) == expected
+    shuffled = []
+    for options in (dict(worker_type="thread"), dict(multiprocessing_context="fork")):
+        with Loader(Numeric(), 5, shuffle=True, num_workers=2, seed=4, **options) as loader:
+            shuffled.append(plain_batches(list(loader)))
+    assert shuffled[0] == shuffled[1]
+
+
+def test_collate_into_writes_default_collates_leaves_or_declines() -> None:
+    """Straight into a real ring: default_collate's leaves where certain, None
+    (and the ring's space given back) where not."""
+    from data_workers._torch.collate_in_place import collate_into, tensor_leaves_only
+    from data_workers._torch.dataset import flatten, leaf_dtypes, make_template
+    from data_workers._workers.child import _RingBuffers
+    from data_workers._workers.shm_ring import ShmArena
+
+    arena = ShmArena(64 << 20)
+    buffers = _RingBuffers(arena, lambda: True)
+    head = np.array([[0, 3, 0]], np.int64)
+    try:
+        dataset = Numeric()
+        samples = [dataset[i] for i in range(6)]
+        collated = default_collate(samples)
+        template = make_template(collated)[0]
+        assert tensor_leaves_only(template)
+        written = collate_into(buffers, template, leaf_dtypes(template), samples, head)
+        assert written is not None
+        leaves: List[np.ndarray] = []
+        flatten(collated, leaves, [])
+        assert [a.dtype for a in written[1:]] == [a.dtype for a in leaves]
+        for got, want in zip(written, [head] + leaves):
+            np.testing.assert_array_equal(got, want)
+        assert buffers.sent_as_taken(written) is not None  # sent: the space stays taken
+        taken = arena.written
+        for bad in (Numeric(ragged=2), Numeric(wide=2)):
+            assert collate_into(buffers, template, leaf_dtypes(template),
+                                [bad[i] for i in range(6)], head) is None
+        mixed = [dict(s) for s in samples]
+        mixed[3]["weight"] = 1  # an int among floats: default_collate decides
+        assert collate_into(buffers, template, leaf_dtypes(template), mixed, head) is None
+        assert buffers.sent_as_taken([head]) is None
+        assert arena.written == taken  # what was taken and not sent is back
+        assert not tensor_leaves_only(make_template(default_collate([Mixed()[0]]))[0])
+    finally:
+        arena.close()
+
+
+@pytest.mark.parametrize("bad", ["ragged", "wide"])
+def test_a_batch_default_collate_refuses_raises_its_error_at_that_batch(bad: str) -> None:
+    """Samples that do not stack (another shape, an int beyond int64) are collated
+    the usual way, which raises default_collate's own error at that batch; the
+    batch before it arrives."""
+    dataset = Numeric(**{bad: 7})
+    with pytest.raises(Exception) as collate_error:
+        default_collate([dataset[i] for i in range(5, 10)])
+    expected = plain_batches(list(torch.utils.data.DataLoader(Numeric(), 5)))[:1]
+    got: List[Any] = []
+    with Loader(dataset, 5, num_workers=2, multiprocessing_context="fork") as loader:
+        with pytest.raises(FetcherError) as raised:
+            for batch in loader:
+                got.append(batch)
+    assert plain_batches(got) == expected
+    assert type(raised.value.__cause__) is type(collate_error.value)
 
 
 @pytest.mark.parametrize("options,message", [

@@ -43,6 +43,29 @@ class Mixed(torch.utils.data.Dataset):
                         torch.tensor([index], dtype=torch.complex64))}
 
 
+class Numeric(torch.utils.data.Dataset):
+    """Numbers only, in every container and leaf type a process worker collates
+    straight into its ring: tensors, arrays, numpy scalars, bool, int, float, a
+    named tuple and a list.  ``ragged`` (an index): that sample's image has another
+    shape, ``wide`` (an index): its count is beyond int64 (default_collate raises)."""
+
+    def __init__(self, length: int = 24, ragged: int = -1, wide: int = -1) -> None:
+        self.length, self.ragged, self.wide = length, ragged, wide
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Any:
+        side = 3 if index == self.ragged else 2
+        return {"image": torch.arange(side * side * 3, dtype=torch.float32).reshape(3, side, side)
+                + index,
+                "mask": np.full((2, 2), index % 2 == 0),
+                "pair": Pair(np.arange(3, dtype=np.int16) + index, np.float32(index) / 4),
+                "label": index, "weight": index / 8, "flag": index % 3 == 0,
+                "count": 1 << 70 if index == self.wide else np.int64(index * 7),
+                "list": [torch.tensor(index, dtype=torch.int8), np.uint8(index)]}
+
+
 class WhereAmI(torch.utils.data.Dataset):
     """Sample i tells which thread and which worker (``get_worker_info``) loaded it."""
 

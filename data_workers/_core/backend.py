@@ -35,7 +35,7 @@ from .metrics import Metrics
 from .validate import DtypeRule
 from .words import FETCHER_WORDS, Words
 
-__all__ = ["FetcherHost", "FetcherBackend", "BackendSpec", "ChunkSource", "FetchFun",
+__all__ = ["FetcherHost", "FetcherBackend", "BackendSpec", "ChunkSource", "FetchFun", "OutputBuffers",
            "WORKER_TYPES", "START_METHODS"]
 
 FetchFun = Callable[[int, int], Any]
@@ -72,6 +72,23 @@ class BackendSpec:
     dtypes: tuple[np.dtype | None, ...] | None = None
     #: How process workers start: one of ``START_METHODS``.
     start_method: str = "spawn"
+
+
+class OutputBuffers(Protocol):
+    """Memory a process worker lends ``fetch_fun`` for its next output.
+
+    A ``fetch_fun`` with a ``use_output_buffers(buffers)`` method gets it
+    called once in each process worker, before its first call (never with
+    thread workers).  It may then ``take`` arrays for the output it is about to
+    return and fill them: arrays returned as they were taken go to the trainer
+    without being copied; any other output is sent as usual and the taken
+    memory is given back.  A batch of images written where the trainer reads it
+    saves a copy and a fresh allocation per batch (``_workers/child.py``).
+    """
+
+    def take(self, layouts: Sequence[tuple[np.dtype, tuple[int, ...]]]) -> list[np.ndarray] | None:
+        """Arrays of these ``(dtype, shape)`` pairs, for the output of this call;
+        None when there are none to be had (too large, or the worker is stopping)."""
 
 
 class ChunkSource(Protocol):

@@ -49,6 +49,10 @@ import torch
 import torch.utils.data
 from torch.utils.data import _utils as _data_utils
 
+from torch.utils.data._utils.collate import default_collate  # public from torch 1.11 on
+
+from .._core.backend import OutputBuffers
+from .collate_in_place import collate_into, tensor_leaves_only
 from .sink import TORCH_DTYPE_RULE
 
 __all__ = ["is_dataset", "is_iterable_dataset", "EpochPlanner", "DatasetFetch", "Template",
@@ -390,11 +394,20 @@ class DatasetFetch:
         self.batch_size = batch_size
         self.drop_last = drop_last
         self._states: dict[int, Iterator[list[np.ndarray]]] = {}
+        #: Ring memory a process worker lends (``use_output_buffers``).
+        self._buffers: OutputBuffers | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_states"] = {}
+        state["_buffers"] = None
         return state
+
+    def use_output_buffers(self, buffers: OutputBuffers) -> None:
+        """In a process worker: batches of the default collate are written
+        straight into the worker's ring (``collate_in_place.py``)."""
+        if self.collate is default_collate and tensor_leaves_only(self.template):
+            self._buffers = buffers
 
     def __call__(self, worker_id: int, batch_size: int) -> list[np.ndarray]:
         batches = self._states.get(worker_id)
@@ -442,8 +455,7 @@ class DatasetFetch:
                         elif single:
                             packed = self._pack(self.collate(self.dataset[indices]), epoch, k)
                         else:
-                            packed = self._pack(
-                                self.collate([self.dataset[i] for i in indices]), epoch, k)
+                            packed = self._collated([self.dataset[i] for i in indices], epoch, k)
                     except Exception as exc:  # in-band: raised at this batch's turn
                         packed = self._error(exc, epoch, k, worker_id)
                     yield packed
@@ -451,6 +463,15 @@ class DatasetFetch:
                 k += 1
             epoch += 1
             k = 0
+
+    def _collated(self, samples: list[Any], epoch: int, k: int) -> list[np.ndarray]:
+        """The message of a batch of ``samples``: written into lent memory where it can be."""
+        if self._buffers is not None:
+            arrays = collate_into(self._buffers, self.template, leaf_dtypes(self.template),
+                                  samples, np.array([[epoch, k, BATCH]], np.int64))
+            if arrays is not None:
+                return arrays + [np.array([pickle.dumps([], pickle.HIGHEST_PROTOCOL)], object)]
+        return self._pack(self.collate(samples), epoch, k)
 
     def _where(self, worker_id: int) -> str:
         return ("in %s worker %d" % (self.where, worker_id) if self.where != "here"

@@ -255,6 +255,51 @@ class _BatchBuilder:
         self._fetch_secs = 0.0
 
 
+class _RingBuffers:
+    """``OutputBuffers`` (``_core/backend.py``) over this worker's ring.
+
+    One reservation at a time: the ring space of the arrays ``take`` gave out,
+    sent as they are if ``fetch_fun`` returns them, given back otherwise.
+    """
+
+    def __init__(self, arena: ShmArena, keep_going: Callable[[], bool]) -> None:
+        self._arena = arena
+        self._keep_going = keep_going
+        self._taken: tuple[int, list[Any], list[np.ndarray]] | None = None
+
+    def take(self, layouts: Sequence[tuple[np.dtype, tuple[int, ...]]]) -> list[np.ndarray] | None:
+        self.give_back()
+        arena = self._arena
+        pairs = [(np.dtype(dtype).str, tuple(shape)) for dtype, shape in layouts]
+        need = arena.layout_bytes(pairs)
+        arena.size_for_batch(need)  # the ring's size is fixed before its first reservation
+        if need > arena.capacity:
+            return None  # sent the usual way, which says it does not fit
+        reserved = arena.reserve(pairs, self._keep_going)
+        if reserved is None:
+            return None
+        span, placed = reserved
+        views = arena.views(placed)
+        self._taken = (span, placed, views)
+        return list(views)
+
+    def sent_as_taken(self, numeric: Sequence[np.ndarray]) -> tuple[int, list[Any]] | None:
+        """The reservation, if ``numeric`` are the arrays taken, in order; else
+        None (and the reservation is given back)."""
+        taken = self._taken
+        if taken is not None and len(numeric) == len(taken[2]) \
+                and all(a is b for a, b in zip(numeric, taken[2])):
+            self._taken = None
+            return taken[0], taken[1]
+        self.give_back()
+        return None
+
+    def give_back(self) -> None:
+        if self._taken is not None:
+            self._arena.unreserve(self._taken[0])
+            self._taken = None
+
+
 def _add(builder: "_BatchBuilder", control: FramedSocket, arrays: list[np.ndarray], rows: int,
          fetch_secs: float) -> bool:
     """``builder.add``, with a batch that cannot fit the ring reported as the error."""
@@ -299,6 +344,11 @@ def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Fram
         return not arena.stop_requested and os.getppid() == parent
 
     builder = _BatchBuilder(spec, arena, conn, keep_going) if spec.assemble_batches else None
+    buffers: _RingBuffers | None = None
+    offer = getattr(fetch_fun, "use_output_buffers", None)
+    if spec.dont_rebatch and callable(offer):  # a chunk is sent as it is: it may be written in place
+        buffers = _RingBuffers(arena, keep_going)
+        offer(buffers)
     while keep_going():
         started = time.monotonic()
         try:
@@ -330,6 +380,16 @@ def child_main(spec: ChildSpec, fetch_fun: Callable[[int, int], Any], conn: Fram
             _send_data(conn, arena, ("skip", fetch_secs))
             continue
         numeric: list[np.ndarray] = [a for a in arrays if a.dtype.kind != "O"]
+        in_place = None if buffers is None else buffers.sent_as_taken(numeric)
+        if in_place is not None:  # written where the trainer reads it: checked, not copied
+            try:
+                validator.check(spec.worker_id, arrays, arena.batch_size)
+            except Exception as exc:
+                _send_error(control, exc)
+                return
+            objects = {i: a for i, a in enumerate(arrays) if a.dtype.kind == "O"}
+            _send_data(conn, arena, ("chunk", in_place[0], in_place[1], objects, fetch_secs, 1))
+            continue
         need = arena.chunk_bytes(numeric)
         rows = validator.rows_of(arrays)
         arena.size_for_batch(need if spec.dont_rebatch else

@@ -220,6 +220,10 @@ class ShmArena:
         self.written += span
         return span, placed
 
+    def unreserve(self, span: int) -> None:
+        """Give back the latest ``reserve`` (nothing was reserved after it), unsent."""
+        self.written -= span
+
     def write(self, arrays: Sequence[np.ndarray],
               keep_waiting: Callable[[], bool]) -> tuple[int, list[ArrayLayout]] | None:
         """Copy ``arrays`` into newly reserved ring space (see ``reserve``)."""
