@@ -411,6 +411,44 @@ def test_process_workers_copy_until_torch_is_imported_then_lend():
 
 
 @pytest.mark.caffe2
+def test_the_script_exits_after_the_background_torch_import_ends(tmp_path):
+    # A script that ends while torch is still being imported on the library's
+    # thread once crashed with SIGSEGV in the interpreter's finalization (that
+    # import races the final garbage collection).  A stand-in torch that takes
+    # a second to import, and a script that ends at once: the import completes,
+    # then the process exits cleanly.
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(
+        "import time\n"
+        "time.sleep(1.0)\n"
+        "print('IMPORTED', flush=True)\n"
+        "raise ImportError('the stand-in torch')\n")
+    result = _python("""
+        import sys
+        import numpy as np
+        sys.path.insert(0, sys.argv[1])
+        from caffe2.python import core, workspace
+        workspace.GlobalInit(["caffe2", "--caffe2_log_level=3"])
+        import data_workers
+
+        def fetch(worker_id, batch_size):
+            return [np.zeros((4, 2), np.float32), np.zeros(4, np.int32)]
+
+        net = core.Net("exit_early")
+        coord = data_workers.init_data_input_workers(
+            net, ["data", "label"], fetch, 4, worker_type="process", num_worker_threads=1,
+            timeout=60)
+        workspace.CreateNet(net)
+        coord.start()
+        workspace.RunNet(net.Proto().name)
+        workspace.RunNet(net.Proto().name)  # the second batch starts the import
+        coord.stop()
+        print("STOPPED", "torch" in sys.modules, flush=True)
+        """, str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["STOPPED", "True", "IMPORTED"], result.stdout
+
+
 def test_a_slow_torch_import_holds_up_neither_batches_nor_a_failure(tmp_path):
     # torch is imported on a thread of its own; the enqueuer must never wait for
     # that import (it once did, from the import's first line to its last).  A

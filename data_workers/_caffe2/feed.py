@@ -29,6 +29,7 @@ array and fed with ``FeedBlob`` (the host-to-device copy), then enqueued.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import math
@@ -110,6 +111,9 @@ _LENDABLE = frozenset(np.dtype(t) for t in (
     np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8, np.uint8, np.bool_))
 
 
+#: How long interpreter exit waits for the background torch import (``_finish_torch_import``).
+TORCH_IMPORT_EXIT_SECS = 60.0
+
 _torch_module: Any = None
 _torch_import_lock = threading.Lock()
 _torch_import_started = False
@@ -135,9 +139,27 @@ def _torch_ready(start_import: bool) -> bool:
     with _torch_import_lock:
         if start_import and not _torch_import_started:
             _torch_import_started = True
-            threading.Thread(target=_import_torch, daemon=True,
-                             name="data_workers torch import").start()
+            importer = threading.Thread(target=_import_torch, daemon=True,
+                                        name="data_workers torch import")
+            importer.start()
+            atexit.register(_finish_torch_import, importer)
     return False
+
+
+def _finish_torch_import(importer: threading.Thread) -> None:
+    """At interpreter exit: let an import still running end first, for at most
+    ``TORCH_IMPORT_EXIT_SECS``.
+
+    torch's import builds its Python bindings in C++; left running on a daemon
+    thread while the interpreter finalizes, it races the final garbage
+    collection and crashes the process (SIGSEGV after the script's last line,
+    a few runs in a hundred).  A daemon thread still, so that an import that
+    never ends cannot keep the process alive forever.
+    """
+    importer.join(TORCH_IMPORT_EXIT_SECS)
+    if importer.is_alive():
+        logger.warning("torch was still being imported (for lending batches) %.0f s after the "
+                       "script ended; exiting anyway", TORCH_IMPORT_EXIT_SECS)
 
 
 def _being_imported(module: Any) -> bool:
