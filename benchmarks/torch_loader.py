@@ -428,7 +428,8 @@ def _side_figures(workload: Dict[str, Any]) -> Tuple[Callable[[str], str], Calla
     its median time to the first batch."""
     def rates(side: str) -> str:
         v = [r["batches_per_s"] for r in workload["runs"][side]]
-        return "%.0f (%.0f-%.0f)" % (statistics.median(v), min(v), max(v))
+        digits = 0 if statistics.median(v) >= 100 else 1  # JPEG batches: 5-7 per second
+        return "%.*f (%.*f-%.*f)" % (digits, statistics.median(v), digits, min(v), digits, max(v))
 
     def first(side: str) -> float:
         return statistics.median(r["first_batch_s"] for r in workload["runs"][side])
@@ -453,12 +454,12 @@ def report(results: Dict[str, Any]) -> str:
             "%.2fx (%.2f-%.2f)" % (w["ratio_median"], w["ratio_min"], w["ratio_max"]),
             first("ours"), first("dataloader")))
         if "compute_limit" in w:
-            lines.append("%-12s ours / compute limit %.2f (%.2f-%.2f); limit %.0f batches/s" % (
+            lines.append("%-12s ours / compute limit %.2f (%.2f-%.2f); limit %.1f batches/s" % (
                 "", w["of_limit_median"], w["of_limit_min"], w["of_limit_max"],
                 statistics.median(w["compute_limit"])))
         if "parallel_limit" in w:
             mine, theirs = w["of_parallel_limit_ours"], w["of_parallel_limit_dataloader"]
-            lines.append("%-12s parallel limit %.0f batches/s (%d loops at once): ours %.2f "
+            lines.append("%-12s parallel limit %.1f batches/s (%d loops at once): ours %.2f "
                          "(%.2f-%.2f) of it, DataLoader %.2f (%.2f-%.2f)" % (
                              "", statistics.median(w["parallel_limit"]), s["workers"],
                              statistics.median(mine), min(mine), max(mine),
