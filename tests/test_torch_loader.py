@@ -345,6 +345,29 @@ def test_worker_death_is_raised_at_the_next_batch(worker_type: str) -> None:
     assert info.value.signal_name == "SIGKILL"
 
 
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_process_workers_are_spawned_or_forked_as_asked(start_method: str) -> None:
+    """A spawned worker runs the library's boot module in a fresh interpreter; a
+    forked one is a copy of this process (its command line is ours); both feed
+    the loop, and a forked one that dies is named."""
+    with Loader(SteadyFetcher(), 4, 2, worker_type="process", names=NAMES, timeout=30,
+                start_method=start_method) as loader:
+        next(loader)
+        pids = [p for p in loader.stats().worker_pids if p is not None]
+        commands = [" ".join(psutil.Process(p).cmdline()) for p in pids]
+        assert len(commands) == 2
+        booted = ["data_workers._workers.boot" in c for c in commands]
+        assert booted == [start_method == "spawn"] * 2, commands
+        for _ in range(20):
+            next(loader)
+    with Loader(SuddenDeath("sigkill", worker_to_die=1), 4, 2, worker_type="process",
+                names=NAMES, timeout=10, start_method=start_method) as loader:
+        with pytest.raises(data_workers.WorkerDiedError) as info:
+            for _ in loader:
+                pass
+    assert info.value.signal_name == "SIGKILL" and info.value.worker_id == 1
+
+
 def test_a_stuck_fetcher_is_a_timeout_not_a_hang() -> None:
     release = threading.Event()
     loader = Loader(BlockingFetcher(release), 4, 1, names=NAMES, timeout=0.3)
