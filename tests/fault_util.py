@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 import threading
 import time
 from typing import Any, List, Optional, Sequence, Set, Tuple
@@ -123,6 +124,78 @@ def process_snapshot() -> str:
             lines.append("pid %s %s state %s wchan %s" % (
                 entry, stat[stat.index("("):stat.rindex(")") + 1], fields[0], wchan or "-"))
     return "\n".join(lines)
+
+
+#: A trainer with 2 process workers that prints ``BUFFERED CHILDREN pid pid`` and
+#: waits to be killed.  argv: ``steady`` (workers blocked on a full ring) or
+#: ``stuck`` (inside fetch_fun), the start method, and ``main`` or ``thread`` (the
+#: thread that calls start(): the kernel's parent-death signal needs the main one).
+#: ``BUFFERED`` is still in stdout's buffer when the workers start: it must come
+#: out once.
+KILLED_TRAINER = textwrap.dedent("""
+    import sys, threading, time
+    import numpy as np
+    from caffe2.python import core, workspace
+    import data_workers
+
+    def fetch(worker_id, batch_size):
+        if sys.argv[1] == "stuck":
+            time.sleep(3600)  # the trainer dies while fetch_fun is busy
+        return [np.ones((3, 2), np.float32), np.zeros(3, np.int32)]
+
+    def main():
+        workspace.GlobalInit(["caffe2", "--caffe2_log_level=3"])
+        net = core.Net("killed")
+        coord = data_workers.init_data_input_workers(
+            net, ["data", "label"], fetch, 4, num_worker_threads=2, timeout=30,
+            worker_type="process", start_method=sys.argv[2])
+        workspace.CreateNet(net)
+        sys.stdout.write("BUFFERED ")
+        if sys.argv[3] == "thread":
+            starter = threading.Thread(target=coord.start)
+            starter.start()
+            starter.join()
+        else:
+            coord.start()
+        if sys.argv[1] != "stuck":
+            workspace.RunNet(net.Proto().name)  # busy workers, blocked on a full ring
+        import psutil
+        deadline = time.monotonic() + 30
+        while len(psutil.Process().children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print("CHILDREN", " ".join(str(p.pid) for p in psutil.Process().children()), flush=True)
+        time.sleep(3600)
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+def kill_trainer_and_check_its_workers_end(script: Any, args: Sequence[str], cwd: str,
+                                           env: Any) -> None:
+    """Run ``KILLED_TRAINER`` (written to the path ``script``) with ``args``,
+    SIGKILL it once its workers run, and assert they end within 10 s."""
+    import subprocess
+
+    import psutil
+
+    first_line = "BUFFERED CHILDREN"
+    script.write_text(KILLED_TRAINER)
+    proc = subprocess.Popen([sys.executable, str(script)] + list(args), cwd=cwd, env=env,
+                            stdout=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline().decode()  # type: ignore[union-attr]
+        pids = [int(p) for p in line[len(first_line):].split()]
+        assert line.startswith(first_line) and len(pids) == 2, line
+        workers = [psutil.Process(p) for p in pids]
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    for p in alive:  # do not leave them behind even when the test fails
+        p.kill()
+    assert not alive, "worker processes outlived their killed trainer: %s" % alive
 
 
 def in_call(thread: threading.Thread, function: str) -> bool:

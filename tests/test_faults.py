@@ -39,6 +39,7 @@ from fault_util import (
     TrickleFetcher,
     count_dequeue_ops,
     fetcher_processes,
+    kill_trainer_and_check_its_workers_end,
     make_input,
     no_shm_leak,  # noqa: F401  (fixture)
     open_fds,
@@ -435,63 +436,13 @@ def test_interpreter_exit_without_stop(worker_type, tmp_path, mode, rc):
                              for p in pids), 10, "worker processes to exit")
 
 
-_KILLED_TRAINER = textwrap.dedent("""
-    import sys, time
-    import numpy as np
-    from caffe2.python import core, workspace
-    import data_workers
-
-    def fetch(worker_id, batch_size):
-        if sys.argv[1] == "stuck":
-            time.sleep(3600)  # the trainer dies while fetch_fun is busy
-        return [np.ones((3, 2), np.float32), np.zeros(3, np.int32)]
-
-    def main():
-        workspace.GlobalInit(["caffe2", "--caffe2_log_level=3"])
-        net = core.Net("killed")
-        coord = data_workers.init_data_input_workers(
-            net, ["data", "label"], fetch, 4, num_worker_threads=2, timeout=30,
-            worker_type="process")
-        workspace.CreateNet(net)
-        coord.start()
-        if sys.argv[1] != "stuck":
-            workspace.RunNet(net.Proto().name)  # busy workers, blocked on a full ring
-        import psutil
-        deadline = time.monotonic() + 30
-        while len(psutil.Process().children()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        print("CHILDREN", " ".join(str(p.pid) for p in psutil.Process().children()), flush=True)
-        time.sleep(3600)
-
-    if __name__ == "__main__":
-        main()
-""")
-
-
 @pytest.mark.parametrize("fetcher", ["steady", "stuck"])
 @pytest.mark.parametrize("wt", PROCESS_ONLY)
 def test_trainer_killed_leaves_no_worker_process(wt, fetcher, tmp_path):
     """The OOM killer picks the *trainer*: its worker processes end within
     seconds, even those busy inside fetch_fun, instead of living on as orphans."""
-    import psutil
-
-    script = tmp_path / "killed_trainer.py"
-    script.write_text(_KILLED_TRAINER)
-    proc = subprocess.Popen([sys.executable, str(script), fetcher], cwd=TESTS_DIR, env=CHILD_ENV,
-                            stdout=subprocess.PIPE)
-    try:
-        line = proc.stdout.readline().decode()
-        pids = [int(p) for p in line.split()[1:]]
-        assert line.startswith("CHILDREN") and len(pids) == 2, line
-        workers = [psutil.Process(p) for p in pids]
-    finally:
-        proc.kill()
-        proc.wait(10)
-        proc.stdout.close()
-    gone, alive = psutil.wait_procs(workers, timeout=10)
-    for p in alive:  # do not leave them behind even when the test fails
-        p.kill()
-    assert not alive, "worker processes outlived their killed trainer: %s" % alive
+    kill_trainer_and_check_its_workers_end(tmp_path / "killed_trainer.py",
+                                           [fetcher, "spawn", "main"], TESTS_DIR, CHILD_ENV)
 
 
 # ----------------------------------------------------------------------------- Caffe2 side

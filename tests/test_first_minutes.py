@@ -411,18 +411,22 @@ def test_process_workers_copy_until_torch_is_imported_then_lend():
 
 
 @pytest.mark.caffe2
+def _stand_in_torch(directory, body):
+    """A package ``torch`` in ``directory`` whose import runs ``body``, then fails."""
+    (directory / "torch").mkdir()
+    (directory / "torch" / "__init__.py").write_text(
+        body + "raise ImportError('the stand-in torch')\n")
+
+
 def test_the_script_exits_after_the_background_torch_import_ends(tmp_path):
     # A script that ends while torch is still being imported on the library's
     # thread once crashed with SIGSEGV in the interpreter's finalization (that
     # import races the final garbage collection).  A stand-in torch that takes
     # a second to import, and a script that ends at once: the import completes,
     # then the process exits cleanly.
-    (tmp_path / "torch").mkdir()
-    (tmp_path / "torch" / "__init__.py").write_text(
-        "import time\n"
-        "time.sleep(1.0)\n"
-        "print('IMPORTED', flush=True)\n"
-        "raise ImportError('the stand-in torch')\n")
+    _stand_in_torch(tmp_path, "import time\n"
+                              "time.sleep(1.0)\n"
+                              "print('IMPORTED', flush=True)\n")
     result = _python("""
         import sys
         import numpy as np
@@ -453,12 +457,9 @@ def test_a_slow_torch_import_holds_up_neither_batches_nor_a_failure(tmp_path):
     # torch is imported on a thread of its own; the enqueuer must never wait for
     # that import (it once did, from the import's first line to its last).  A
     # stand-in torch whose import never ends unless told to makes it last forever.
-    (tmp_path / "torch").mkdir()
-    (tmp_path / "torch" / "__init__.py").write_text(
-        "import os, time\n"
-        "while not os.path.exists(%r):\n"
-        "    time.sleep(0.01)\n"
-        "raise ImportError('the stand-in torch')\n" % str(tmp_path / "release"))
+    _stand_in_torch(tmp_path, "import os, time\n"
+                              "while not os.path.exists(%r):\n"
+                              "    time.sleep(0.01)\n" % str(tmp_path / "release"))
     result = _python("""
         import os, sys
         import numpy as np

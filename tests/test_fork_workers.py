@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
 import pytest
 import data_workers
-from fault_util import wait_for, wait_for_failure
+from fault_util import kill_trainer_and_check_its_workers_end, wait_for, wait_for_failure
 from util import SelfDestruct, check_tagged, init_tagged, make_net, open_fds, run_and_collect
 
 pytestmark = pytest.mark.timeout(120)
@@ -156,68 +154,13 @@ def test_each_forked_worker_holds_only_its_own_sockets_and_ring(ws):
     del other
 
 
-_TRAINER = textwrap.dedent("""
-    import sys, threading, time
-    import numpy as np
-    from caffe2.python import core, workspace
-    import data_workers
-
-    def fetch(worker_id, batch_size):
-        if sys.argv[1] == "stuck":
-            time.sleep(3600)  # the trainer dies while fetch_fun is busy
-        return [np.ones((3, 2), np.float32), np.zeros(3, np.int32)]
-
-    def main():
-        workspace.GlobalInit(["caffe2", "--caffe2_log_level=3"])
-        net = core.Net("killed")
-        coord = data_workers.init_data_input_workers(
-            net, ["data", "label"], fetch, 4, num_worker_threads=2, timeout=30,
-            worker_type="process", start_method="fork")
-        workspace.CreateNet(net)
-        sys.stdout.write("BUFFERED ")  # still in the buffer when the workers fork
-        if sys.argv[2] == "thread":  # no parent-death signal: end-of-file must do
-            starter = threading.Thread(target=coord.start)
-            starter.start()
-            starter.join()
-        else:
-            coord.start()
-        if sys.argv[1] != "stuck":
-            workspace.RunNet(net.Proto().name)  # busy workers, blocked on a full ring
-        import psutil
-        deadline = time.monotonic() + 30
-        while len(psutil.Process().children()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        print("CHILDREN", " ".join(str(p.pid) for p in psutil.Process().children()), flush=True)
-        time.sleep(3600)
-
-    if __name__ == "__main__":
-        main()
-""")
-
-
 @pytest.mark.parametrize("fetcher", ["steady", "stuck"])
 @pytest.mark.parametrize("started_from", ["main", "thread"])
 def test_a_killed_trainer_leaves_no_forked_worker(fetcher, started_from, tmp_path):
-    import psutil
-
-    script = tmp_path / "trainer.py"
-    script.write_text(_TRAINER)
-    proc = subprocess.Popen([sys.executable, str(script), fetcher, started_from], cwd=TESTS_DIR,
-                            env=CHILD_ENV, stdout=subprocess.PIPE)
-    try:
-        line = proc.stdout.readline().decode()
-        pids = [int(p) for p in line.split()[2:]]
-        # Written once: the workers did not flush a copy of the trainer's buffer.
-        assert line.startswith("BUFFERED CHILDREN") and len(pids) == 2, line
-        workers = [psutil.Process(p) for p in pids]
-    finally:
-        proc.kill()
-        proc.wait(10)
-        proc.stdout.close()
-    gone, alive = psutil.wait_procs(workers, timeout=10)
-    for p in alive:  # do not leave them behind even when the test fails
-        p.kill()
-    assert not alive, "forked workers outlived their killed trainer: %s" % alive
+    """Started from another thread, no parent-death signal applies: each worker
+    must see end-of-file on its own sockets, which no sibling may hold."""
+    kill_trainer_and_check_its_workers_end(tmp_path / "trainer.py", [fetcher, "fork", started_from],
+                                           TESTS_DIR, CHILD_ENV)
 
 
 def test_start_method_is_checked(ws):
