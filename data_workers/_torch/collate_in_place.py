@@ -150,6 +150,8 @@ def collate_into(buffers: OutputBuffers, template: tuple[Any, ...], dtypes: Sequ
                     dest[j] = value
             else:
                 dest[...] = np.asarray(values, leaf_dtype)
-    except (OverflowError, ValueError, TypeError):  # an int beyond int64: default_collate says so
+    except (OverflowError, ValueError, TypeError, RuntimeError):
+        # An int beyond int64 (default_collate raises its own error), a tensor
+        # numpy cannot view (a lazily negated one): collated the usual way.
         return None
     return out
