@@ -412,8 +412,11 @@ class Loader:
 class _DatasetLoader(DatasetLoader, Loader):  # type: ignore[misc]
     """``Loader(dataset, ...)``: ``DatasetLoader``'s behaviour, a ``Loader`` to ``isinstance``."""
 
-    def _make_run(self, fetch: Any, *args: Any, **kwargs: Any) -> Loader:
-        return Loader(fetch, *args, **kwargs)
+    def _make_run(self, fetch: Any, hidden_arrays: frozenset[str], *args: Any,
+                  **kwargs: Any) -> Loader:
+        run = Loader(fetch, *args, **kwargs)
+        run._sink.hidden_arrays = hidden_arrays
+        return run
 
     def _engine_counters(self, run: Any) -> tuple[InputCounters, Metrics]:
         return run._input.feeder.counters, run._input.metrics

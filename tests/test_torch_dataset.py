@@ -228,6 +228,17 @@ def test_multiprocessing_context_is_checked(options: Any, message: str) -> None:
         Loader(Indexed(10), **options)
 
 
+def test_the_first_batch_is_described_in_the_datasets_terms(caplog: Any) -> None:
+    with caplog.at_level(logging.INFO, logger="data_workers"):
+        with Loader(Numeric(), 4, num_workers=1, name="train") as loader:
+            next(iter(loader))
+    lines = [r.getMessage() for r in caplog.records if "first batch" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].startswith("loader 'train': first batch: batch['image'] float32 (4, 3, 2, 2), "
+                               "batch['mask'] bool (4, 2, 2), "), lines
+    assert "batch_position" not in lines[0] and "objects" not in lines[0]
+
+
 def test_worker_init_fn_runs_once_in_each_worker_before_its_first_batch() -> None:
     with Loader(InitSeen(), 2, num_workers=2, worker_type="process",
                 worker_init_fn=record_init) as loader:

@@ -246,6 +246,7 @@ class Caffe2Feed:
     dtype_rule = CAFFE2_DTYPE_RULE
     words = FETCHER_WORDS
     full_hint = "the Caffe2 queue is full; is the training loop still calling RunNet?"
+    hidden_arrays: frozenset[str] = frozenset()
 
     def __init__(self, blob_names: Sequence[str], namescope: str, input_source: str,
                  device_option: caffe2_pb2.DeviceOption, timeout: float) -> None:

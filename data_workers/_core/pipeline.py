@@ -346,14 +346,16 @@ class BatchStage(State):
         first, and the bytes of a batch turn the buffering bounds, counted in
         batches, into memory."""
         self._described = True
-        dtypes = [np.dtype(dtype) for _, dtype in layout]
+        hidden = self.sink.hidden_arrays
+        shown = [(name, shape, np.dtype(dtype))
+                 for name, (shape, dtype) in zip(self.blob_names, layout) if name not in hidden]
         nbytes = sum(math.prod(shape) * dtype.itemsize
-                     for (shape, _), dtype in zip(layout, dtypes) if dtype.kind != "O")
-        objects = any(dtype.kind == "O" for dtype in dtypes)
+                     for _, shape, dtype in shown if dtype.kind != "O")
+        objects = any(dtype.kind == "O" for _, _, dtype in shown)
         logger.info("%s: first batch: %s; %s per batch%s",
                     self.words.input_named(self.input_source),
                     ", ".join("%s %s %s" % (name, dtype.name, tuple(shape))
-                              for name, (shape, _), dtype in zip(self.blob_names, layout, dtypes)),
+                              for name, shape, dtype in shown),
                     byte_size(nbytes), " and its objects" if objects else "")
 
     def log_interval(self) -> None:

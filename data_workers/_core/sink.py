@@ -45,6 +45,9 @@ class BatchSink(Protocol):
     #: Why a full sink blocks the enqueuer, and what to check: the stall
     #: warning's words for the consumer's side ("... still calling RunNet?").
     full_hint: str
+    #: Arrays the consumer never sees (a front end's own bookkeeping), left
+    #: out of the description of the first batch.
+    hidden_arrays: frozenset[str]
 
     def destinations(self, layout: BatchLayout) -> list[np.ndarray]:
         """Arrays the next batch is written into, one per blob."""

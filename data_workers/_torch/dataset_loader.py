@@ -467,15 +467,18 @@ class DatasetLoader:
         if not in_process:
             install_thread_worker_info()
         self._run = self._make_run(
-            fetch, 1, self.num_workers, worker_type=self.worker_type, deterministic=True,
+            fetch, frozenset({names[0], names[-1]}), 1, self.num_workers,
+            worker_type=self.worker_type, deterministic=True,
             seed=self.seed, dont_rebatch=True,
             max_buffered_batches=self.prefetch_factor * self.num_workers,
             timeout=self.timeout or _FOREVER, pin_memory=self.pin_memory, names=names,
             name=self.name, **self._engine_options)
         self._run_next = start
 
-    def _make_run(self, fetch: DatasetFetch, *args: Any, **kwargs: Any) -> Any:
-        """A ``fetch_fun`` Loader over ``fetch`` (the public class builds the engine)."""
+    def _make_run(self, fetch: DatasetFetch, hidden_arrays: frozenset[str], *args: Any,
+                  **kwargs: Any) -> Any:
+        """A ``fetch_fun`` Loader over ``fetch`` (the public class builds the engine),
+        whose description of the first batch leaves out ``hidden_arrays``."""
         raise NotImplementedError("data_workers.torch.Loader provides the engine")
 
     def _close_run(self) -> None:

@@ -163,6 +163,8 @@ class TorchSink:
     def __init__(self, names: Sequence[str], pin_memory: bool = False,
                  capacity: int = CAPACITY) -> None:
         self.names = list(names)
+        #: The dataset Loader's bookkeeping arrays (``_torch/dataset_loader.py``).
+        self.hidden_arrays: frozenset[str] = frozenset()
         self.pin_memory = pin_memory
         self.capacity = capacity
         self._pool = _BufferPool()
