@@ -27,7 +27,7 @@ __all__ = [
     "RandomBadOutput", "SlowFetcher", "BlockingFetcher", "SleepForever", "SuddenDeath",
     "SteadyFetcher", "TrickleFetcher", "hostile_output", "HostileFetcher",
     "BigRowFetcher", "RealBigFetcher", "GatedFetcher", "StuckWorkerFetcher",
-    "FailAfterChunks", "CorruptRecords",
+    "FailAfterChunks", "CorruptRecords", "SHARED_LOCK", "NeedsTheSharedLock",
 ]
 
 # ----------------------------------------------------------------------------- rows
@@ -427,3 +427,17 @@ class StuckWorkerFetcher(_PerWorker):
             return None
         _, _, seq, rows = self._next(worker_id)
         return tagged_chunk(worker_id, seq, rows)
+
+
+#: A lock of an importable module: a forked worker gets it in whatever state the
+#: trainer's threads left it at the fork; a spawned one imports it anew.
+SHARED_LOCK = threading.Lock()
+
+
+class NeedsTheSharedLock:
+    """Takes ``SHARED_LOCK`` on every call (a logging handler, a cache, a client
+    library guarded by a module lock)."""
+
+    def __call__(self, worker_id: int, batch_size: int) -> List[np.ndarray]:
+        with SHARED_LOCK:
+            return [np.zeros((4, 3)), np.zeros((4,), np.int32)]

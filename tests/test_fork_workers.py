@@ -10,6 +10,7 @@ memory goes back when its input stops, and a killed trainer leaves no worker.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -161,6 +162,33 @@ def test_a_killed_trainer_leaves_no_forked_worker(fetcher, started_from, tmp_pat
     must see end-of-file on its own sockets, which no sibling may hold."""
     kill_trainer_and_check_its_workers_end(tmp_path / "trainer.py", [fetcher, "fork", started_from],
                                            TESTS_DIR, CHILD_ENV)
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_a_lock_held_at_the_fork_is_a_stall_warning_and_a_clean_stop(ws, start_method, caplog):
+    """Fork's hazard, met on purpose: a trainer thread holds a lock that fetch_fun
+    takes when the workers fork.  A forked worker waits on it forever; the input
+    says so (the stall warning) and stop() ends the worker.  A spawned worker
+    imports the lock anew and feeds the net."""
+    from fault_fetchers import SHARED_LOCK, NeedsTheSharedLock
+
+    net = make_net()
+    coord = init_tagged(net, fetch_fun=NeedsTheSharedLock(), worker_type="process",
+                        num_worker_threads=1, batch_size=4, timeout=2, start_method=start_method,
+                        stall_warning_secs=1)
+    with SHARED_LOCK:  # held by this thread while the worker starts
+        coord.start()
+        wait_for(lambda: coord.stats()[0].worker_pids[0] is not None, 10, "the worker")
+        time.sleep(0.2)
+    if start_method == "spawn":
+        run_and_collect(net, 3)
+    else:
+        with caplog.at_level(logging.WARNING, logger="data_workers"):
+            wait_for(lambda: any("no batch moved" in r.getMessage() for r in caplog.records),
+                     20, "the stall warning")
+    started = time.monotonic()
+    assert coord.stop(timeout=1) is (start_method == "spawn")  # False: it had to be ended
+    assert time.monotonic() - started < 5
 
 
 def test_start_method_is_checked(ws):
