@@ -410,7 +410,6 @@ def test_process_workers_copy_until_torch_is_imported_then_lend():
     assert result.stdout.split() == ["True", "True"]  # some copied first, then lent
 
 
-@pytest.mark.caffe2
 def _stand_in_torch(directory, body):
     """A package ``torch`` in ``directory`` whose import runs ``body``, then fails."""
     (directory / "torch").mkdir()
@@ -418,6 +417,7 @@ def _stand_in_torch(directory, body):
         body + "raise ImportError('the stand-in torch')\n")
 
 
+@pytest.mark.caffe2
 def test_the_script_exits_after_the_background_torch_import_ends(tmp_path):
     # A script that ends while torch is still being imported on the library's
     # thread once crashed with SIGSEGV in the interpreter's finalization (that
@@ -453,6 +453,7 @@ def test_the_script_exits_after_the_background_torch_import_ends(tmp_path):
     assert result.stdout.split() == ["STOPPED", "True", "IMPORTED"], result.stdout
 
 
+@pytest.mark.caffe2
 def test_a_slow_torch_import_holds_up_neither_batches_nor_a_failure(tmp_path):
     # torch is imported on a thread of its own; the enqueuer must never wait for
     # that import (it once did, from the import's first line to its last).  A

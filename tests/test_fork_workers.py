@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import pytest
+
 import data_workers
 from fault_util import kill_trainer_and_check_its_workers_end, wait_for, wait_for_failure
 from util import SelfDestruct, check_tagged, init_tagged, make_net, open_fds, run_and_collect
