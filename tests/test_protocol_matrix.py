@@ -1,7 +1,9 @@
 """The fault matrix: every fault, at every point of an input's life, for both backends.
 
 One test body is stamped over fault x point x worker_type (as CPython's
-``test_concurrent_futures`` stamps one body over each executor).  Each cell
+``test_concurrent_futures`` stamps one body over each executor); the worker
+types are thread, process (spawned) and fork (process workers forked from the
+trainer, ``start_method="fork"``), which expects what process expects.  Each cell
 has one expected outcome, named in ``OUTCOMES`` below and checked with a
 bounded wait.  The rules are NOTE [ Shutdown and error protocol ] in
 ``data_workers/_core/coordinator.py``.
@@ -112,10 +114,17 @@ OUTCOMES = {(f, p): _expected(f, p) for f in FAULTS for p in POINTS
             if not (p == "init_fun" and f in PROCESS_ONLY_FAULTS + LOGGER_FAULTS)}
 
 
+def _workers(worker_type: str) -> dict:
+    """``init_data_input_workers`` keywords of a matrix worker type."""
+    if worker_type == "fork":
+        return dict(worker_type="process", start_method="fork")
+    return dict(worker_type=worker_type)
+
+
 def _cells():
     for fault in FAULTS:
         for point in POINTS:
-            for wt in ("thread", "process"):
+            for wt in ("thread", "process", "fork"):
                 reason = _na(fault, point, wt)
                 marks = [pytest.mark.skip(reason="n/a: " + reason)] if reason else []
                 yield pytest.param(fault, point, wt, marks=marks, id="%s-%s-%s" % (fault, point, wt))
@@ -136,8 +145,9 @@ class _Cell:
         self.release = threading.Event()  # lets a hung thread (fetcher, logger) end
         self.net = core.Net("cell")
         self.logger: Optional[MatrixLogger] = None
-        kwargs: dict = dict(worker_type=worker_type, batch_size=4, max_buffered_batches=2,
-                            num_worker_threads=2 if point == "mid_run" else 1)
+        kwargs: dict = dict(batch_size=4, max_buffered_batches=2,
+                            num_worker_threads=2 if point == "mid_run" else 1,
+                            **_workers(worker_type))
         if fault in LOGGER_FAULTS:
             fetch: Any = ChunkFetcher(4)
             self.logger = MatrixLogger(fault, self._logger_armed, self.release)
@@ -229,7 +239,7 @@ def _stop_stuck(coord: Any, caplog: Any, worker_type: str, what: str) -> float:
     secs = time.monotonic() - started
     assert secs < STUCK_TIMEOUT + 2.0, "stop() took %.2f s" % secs
     messages = [r.getMessage() for r in caplog.records]
-    if what == "fetcher" and worker_type == "process":
+    if what == "fetcher" and worker_type != "thread":
         assert any("terminating" in m for m in messages), messages
     else:
         stuck = [m for m in messages if "did not end" in m and what in m]
@@ -265,7 +275,7 @@ def _init_fun_cell(fault: str, worker_type: str) -> None:
         strike(fault)
 
     net = core.Net("init")
-    coord = make_input(net, ChunkFetcher(), init_fun=init_fun, worker_type=worker_type)
+    coord = make_input(net, ChunkFetcher(), init_fun=init_fun, **_workers(worker_type))
     group = coord.inputs()[0]
     if fault == "hang":
         errors: List[BaseException] = []
