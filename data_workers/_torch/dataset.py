@@ -354,6 +354,16 @@ def install_thread_worker_info() -> None:
         _patched = True
 
 
+def _message_head(kind: int, epoch: int, k: int) -> np.ndarray:
+    """A batch message's first array: where the batch belongs, and what it holds."""
+    return np.array([[epoch, k, kind]], np.int64)
+
+
+def _message_payload(payload: Any) -> np.ndarray:
+    """A batch message's last array: its non-array leaves (or error), pickled."""
+    return np.array([pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)], object)
+
+
 class DatasetFetch:
     """The ``fetch_fun`` of a dataset loader: each call returns one whole batch.
 
@@ -394,8 +404,10 @@ class DatasetFetch:
         self.batch_size = batch_size
         self.drop_last = drop_last
         self._states: dict[int, Iterator[list[np.ndarray]]] = {}
-        #: Ring memory a process worker lends (``use_output_buffers``).
+        #: Ring memory a process worker lends (``use_output_buffers``), and the
+        #: template's leaf dtypes the batches written there must have.
         self._buffers: OutputBuffers | None = None
+        self._leaf_dtypes: list[str] = []
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -408,6 +420,7 @@ class DatasetFetch:
         straight into the worker's ring (``collate_in_place.py``)."""
         if self.collate is default_collate and tensor_leaves_only(self.template):
             self._buffers = buffers
+            self._leaf_dtypes = leaf_dtypes(self.template)
 
     def __call__(self, worker_id: int, batch_size: int) -> list[np.ndarray]:
         batches = self._states.get(worker_id)
@@ -467,10 +480,10 @@ class DatasetFetch:
     def _collated(self, samples: list[Any], epoch: int, k: int) -> list[np.ndarray]:
         """The message of a batch of ``samples``: written into lent memory where it can be."""
         if self._buffers is not None:
-            arrays = collate_into(self._buffers, self.template, leaf_dtypes(self.template),
-                                  samples, np.array([[epoch, k, BATCH]], np.int64))
+            arrays = collate_into(self._buffers, self.template, self._leaf_dtypes, samples,
+                                  _message_head(BATCH, epoch, k))
             if arrays is not None:
-                return arrays + [np.array([pickle.dumps([], pickle.HIGHEST_PROTOCOL)], object)]
+                return arrays + [_message_payload([])]  # no object leaves: tensors alone
         return self._pack(self.collate(samples), epoch, k)
 
     def _where(self, worker_id: int) -> str:
@@ -541,8 +554,7 @@ class DatasetFetch:
         if failures is not None:
             kind |= WITH_FAILURES
             payload = (payload,) + tuple(failures)
-        return ([np.array([[epoch, k, kind]], np.int64)] + arrays
-                + [np.array([pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)], object)])
+        return [_message_head(kind, epoch, k)] + arrays + [_message_payload(payload)]
 
     def _error(self, exc: Exception, epoch: int, k: int, worker_id: int) -> list[np.ndarray]:
         """``exc`` as a value, raised by the loader when this batch's turn comes (as

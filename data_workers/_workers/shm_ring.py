@@ -89,7 +89,8 @@ MIN_RING_BYTES = 64 << 20
 ArrayLayout = tuple[str, tuple[int, ...], int]
 
 
-#: The arenas this process created and has not closed, for ``unmap_inherited``.
+#: The arenas this process created whose mapping may still be there (not closed,
+#: or closed while views of it were alive), for ``unmap_inherited``.
 _CREATED: "weakref.WeakSet[ShmArena]" = weakref.WeakSet()
 
 
@@ -101,7 +102,7 @@ def unmap_inherited() -> None:
     """
     munmap = ctypes.CDLL(None, use_errno=True).munmap
     munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    for arena in list(_CREATED):  # mapped still, even those closed while views were alive
+    for arena in list(_CREATED):
         munmap(arena._address, HEADER_BYTES + arena.size)
     _CREATED.clear()
 
