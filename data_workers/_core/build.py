@@ -81,7 +81,10 @@ def check_start_method(start_method: Any, worker_type: str, arg: str = "start_me
     """Raise ValueError unless ``start_method`` names one of ``START_METHODS``, and
     fork goes with process workers."""
     if start_method not in START_METHODS:
-        raise ValueError("%s must be one of %s, got %r" % (arg, START_METHODS, start_method))
+        raise ValueError("%s must be one of %s, got %r%s" % (
+            arg, START_METHODS, start_method,
+            "; 'forkserver' is not offered: 'spawn' leaves no server behind, 'fork' starts "
+            "fastest" if start_method == "forkserver" else ""))
     if start_method == "fork" and worker_type != "process":
         raise ValueError("%s=%r starts worker processes, and worker_type=%r runs threads: "
                          "pass worker_type='process' too" % (arg, start_method, worker_type))

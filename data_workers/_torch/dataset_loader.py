@@ -41,8 +41,7 @@ from torch.utils.data._utils.collate import default_collate, default_convert
 
 from .._core.args import (check_int, check_max_fetch_failures, check_positive_int,
                           check_positive_seconds)
-from .._core.backend import START_METHODS
-from .._core.build import check_worker_type
+from .._core.build import check_start_method, check_worker_type
 from .._core.budget import FetchFailureBudget
 from .._core.errors import FetcherError, RemoteTraceback
 from .._core.metrics import InputCounters, InputStats, Metrics
@@ -441,19 +440,11 @@ class DatasetLoader:
         if context is None:
             return "spawn"
         method = context.get_start_method() if hasattr(context, "get_start_method") else context
-        if method not in START_METHODS:
-            raise ValueError("multiprocessing_context must be one of %s (or a multiprocessing "
-                             "context of one), got %r; 'forkserver' is not offered: 'spawn' "
-                             "leaves no server behind, 'fork' starts fastest"
-                             % (START_METHODS, context))
+        check_start_method(method, worker_type or "process", arg="multiprocessing_context")
         if num_workers == 0:
             raise ValueError("multiprocessing_context=%r starts worker processes, and "
                              "num_workers=0 loads in the calling thread: pass num_workers "
                              ">= 1 or leave it None" % (context,))
-        if worker_type == "thread":
-            raise ValueError("multiprocessing_context=%r starts worker processes, and "
-                             "worker_type='thread' runs threads: leave worker_type out "
-                             "(or pass 'process')" % (context,))
         return str(method)
 
     def _start_run(self, start: tuple[int, int]) -> None:
