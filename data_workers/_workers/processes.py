@@ -5,14 +5,17 @@ each worker is a process with its own interpreter, so N workers use N cores.
 Arrays come back through a shared-memory ring per worker (``_workers/shm_ring.py``);
 only a few bytes of metadata cross the socket.
 
-How workers start, and why: each is a fresh interpreter (``subprocess``,
-``python -m data_workers._workers.boot``, which runs ``child.py``).  The trainer
-already runs Caffe2 and our own threads when workers start; ``fork`` would copy
-their locked mutexes and half-initialised thread pools into the child, where
-they can deadlock.  ``multiprocessing``'s spawn and forkserver start methods are safe
-but leave a helper process (the resource tracker, or the fork server) running
-after ``stop()``.  Launching the interpreter ourselves, with the sockets and
-the arena's memfd passed as inherited file descriptors, leaves nothing behind.
+How workers start, and why: by default each is a fresh interpreter
+(``subprocess``, ``python -m data_workers._workers.boot``, which runs
+``child.py``).  The trainer already runs Caffe2 and our own threads when workers
+start; ``fork`` would copy their locked mutexes and half-initialised thread pools
+into the child, where they can deadlock.  ``multiprocessing``'s spawn and
+forkserver start methods are safe but leave a helper process (the resource
+tracker, or the fork server) running after ``stop()``.  Launching the
+interpreter ourselves, with the sockets and the arena's memfd passed as
+inherited file descriptors, leaves nothing behind.  ``start_method="fork"``
+forks the trainer instead, for DataLoader's start-up, with that hazard
+(``_workers/fork.py``); the child then runs the same ``boot.run``.
 
 How ``fetch_fun`` gets there: pickled with cloudpickle, once per ``start()``,
 the same bytes for every worker (as Ray, Dask and joblib send functions).
